@@ -1,0 +1,250 @@
+//! Where the guest console goes, and what the VMM learns from it.
+//!
+//! [`ConsoleSink`] receives every byte the guest writes to its serial port.
+//! Bytes go to a file as they arrive (nothing is buffered in the VMM, so a
+//! crash loses nothing already written) and/or to the log a line at a time.
+//! [`ConsoleWatch`] records when output started and when registered marker
+//! strings (the agent's ready line, a kernel panic) first appeared, and keeps
+//! the last lines for error reports.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Lines kept for error reports.
+const TAIL_LINES: usize = 64;
+/// Longest line kept; longer ones are split (a guest can write without newlines).
+const MAX_LINE: usize = 4096;
+
+#[derive(Debug, Default)]
+struct WatchState {
+    first_byte: Option<Instant>,
+    first_line: Option<Instant>,
+    /// (pattern, first time a line containing it was seen)
+    markers: Vec<(String, Option<Instant>)>,
+    tail: VecDeque<String>,
+    bytes: u64,
+}
+
+/// Observes the console: first output, markers, the last lines.
+#[derive(Debug, Default)]
+pub struct ConsoleWatch {
+    state: Mutex<WatchState>,
+    changed: Condvar,
+}
+
+impl ConsoleWatch {
+    /// A watch that records when a line containing any of `markers` appears.
+    pub fn new<S: Into<String>>(markers: impl IntoIterator<Item = S>) -> Self {
+        let markers = markers.into_iter().map(|m| (m.into(), None)).collect();
+        Self {
+            state: Mutex::new(WatchState {
+                markers,
+                ..WatchState::default()
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, WatchState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn on_bytes(&self, n: usize) {
+        let mut s = self.lock();
+        if s.first_byte.is_none() {
+            s.first_byte = Some(Instant::now());
+        }
+        s.bytes += n as u64;
+    }
+
+    fn on_line(&self, line: &str) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        if s.first_line.is_none() {
+            s.first_line = Some(now);
+        }
+        for (pattern, seen) in s.markers.iter_mut() {
+            if seen.is_none() && line.contains(pattern.as_str()) {
+                *seen = Some(now);
+            }
+        }
+        if s.tail.len() == TAIL_LINES {
+            s.tail.pop_front();
+        }
+        s.tail.push_back(line.to_string());
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// When the guest wrote its first byte.
+    pub fn first_byte(&self) -> Option<Instant> {
+        self.lock().first_byte
+    }
+
+    /// When the guest completed its first line.
+    pub fn first_line(&self) -> Option<Instant> {
+        self.lock().first_line
+    }
+
+    /// Total bytes written by the guest.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    /// When a line containing `marker` (registered at construction) appeared.
+    pub fn marker(&self, marker: &str) -> Option<Instant> {
+        self.lock()
+            .markers
+            .iter()
+            .find(|(p, _)| p == marker)
+            .and_then(|(_, t)| *t)
+    }
+
+    /// The first kept line containing `needle`.
+    pub fn find_line(&self, needle: &str) -> Option<String> {
+        self.lock().tail.iter().find(|l| l.contains(needle)).cloned()
+    }
+
+    /// The last `n` complete lines.
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        let s = self.lock();
+        s.tail.iter().skip(s.tail.len().saturating_sub(n)).cloned().collect()
+    }
+
+    /// Waits until `marker` has been seen or `timeout` passes.
+    pub fn wait_marker(&self, marker: &str, timeout: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.lock();
+        loop {
+            if let Some(t) = s.markers.iter().find(|(p, _)| p == marker).and_then(|m| m.1) {
+                return Some(t);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            s = self
+                .changed
+                .wait_timeout(s, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// The writer behind the guest's serial port.
+pub struct ConsoleSink {
+    file: Option<File>,
+    log: bool,
+    line: Vec<u8>,
+    watch: std::sync::Arc<ConsoleWatch>,
+    write_failed: bool,
+}
+
+impl ConsoleSink {
+    /// Console bytes go to `file` (if any) and, a line at a time, to the log
+    /// (target `guest_console`) when `log` is set.
+    pub fn new(file: Option<File>, log: bool, watch: std::sync::Arc<ConsoleWatch>) -> Self {
+        Self {
+            file,
+            log,
+            line: Vec::with_capacity(256),
+            watch,
+            write_failed: false,
+        }
+    }
+
+    fn end_line(&mut self) {
+        let text = String::from_utf8_lossy(&self.line);
+        let text = text.trim_end_matches('\r');
+        if self.log {
+            tracing::info!(target: "guest_console", "{text}");
+        }
+        self.watch.on_line(text);
+        self.line.clear();
+    }
+}
+
+impl Write for ConsoleSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.watch.on_bytes(buf.len());
+        if let Some(f) = self.file.as_mut() {
+            // A failing console file (disk full) must not stop the guest:
+            // report it once and keep feeding the log and the watch.
+            if let Err(e) = f.write_all(buf) {
+                if !self.write_failed {
+                    tracing::warn!(error = %e, "guest console file write failed; console output is being dropped");
+                    self.write_failed = true;
+                }
+            }
+        }
+        for &b in buf {
+            if b == b'\n' || self.line.len() >= MAX_LINE {
+                self.end_line();
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            self.line.push(b);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ConsoleSink {
+    fn drop(&mut self) {
+        if !self.line.is_empty() {
+            self.end_line();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::sync::Arc;
+
+    #[test]
+    fn markers_tail_and_file() {
+        let watch = Arc::new(ConsoleWatch::new(["husk-agent ready", "Kernel panic"]));
+        let mut path = std::env::temp_dir();
+        path.push(format!("husk-console-test-{}", std::process::id()));
+        let file = File::create(&path).unwrap();
+        let mut sink = ConsoleSink::new(Some(file), false, watch.clone());
+        assert!(watch.first_byte().is_none());
+        for b in b"Linux version 6.1\r\nhusk-agent ready\npartial" {
+            sink.write_all(&[*b]).unwrap();
+        }
+        assert!(watch.first_line().is_some());
+        assert!(watch.marker("husk-agent ready").is_some());
+        assert!(watch.marker("Kernel panic").is_none());
+        assert_eq!(watch.tail(5), vec!["Linux version 6.1", "husk-agent ready"]);
+        drop(sink);
+        assert_eq!(watch.tail(1), vec!["partial"]);
+        let mut s = String::new();
+        File::open(&path).unwrap().read_to_string(&mut s).unwrap();
+        assert_eq!(s, "Linux version 6.1\r\nhusk-agent ready\npartial");
+        std::fs::remove_file(path).unwrap();
+        assert!(watch
+            .wait_marker("Kernel panic", Duration::from_millis(10))
+            .is_none());
+    }
+
+    #[test]
+    fn endless_line_is_split_and_bounded() {
+        let watch = Arc::new(ConsoleWatch::new(Vec::<String>::new()));
+        let mut sink = ConsoleSink::new(None, false, watch.clone());
+        sink.write_all(&vec![b'x'; MAX_LINE * 3 + 5]).unwrap();
+        assert_eq!(watch.tail(10).len(), 3);
+        assert_eq!(watch.bytes(), (MAX_LINE * 3 + 5) as u64);
+        for _ in 0..(TAIL_LINES * 2) {
+            sink.write_all(b"line\n").unwrap();
+        }
+        assert_eq!(watch.tail(usize::MAX).len(), TAIL_LINES);
+    }
+}
