@@ -1,1 +1,26 @@
+//! husk's in-process KVM VMM.
+//!
+//! [`start`] builds a VM from a [`VmConfig`] (guest memory, the kernel and
+//! initrd, legacy devices, vCPUs) and runs it on its own threads: one per
+//! vCPU (`husk-vcpuN`) and one event loop (`husk-vmm`). The returned
+//! [`VmmHandle`] is the only way to talk to it, so the containerd shim can own
+//! one VMM per pod inside its own process.
 
+pub mod api;
+pub mod boot;
+pub mod builder;
+pub mod config;
+pub(crate) mod controller;
+pub mod error;
+pub mod exit;
+pub mod host;
+pub mod runstate;
+pub mod vstate;
+
+pub use api::{ApiError, VmInfo, VmmHandle, VmmRequest, VmmResponse};
+pub use builder::{start, start_with, ExtraDevices};
+pub use config::{ConsoleConfig, PvmCompat, VmConfig, READY_MARKER};
+pub use controller::PANIC_MARKER;
+pub use error::{StartError, VmmError};
+pub use exit::{EmulationFailure, ExitReason};
+pub use runstate::{Timeline, VmOutcome};

@@ -1,1 +1,49 @@
-fn main(){}
+//! `husk`: the operator CLI.
+
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use husk_shim::cli::{check, exit_code, vm_run};
+
+#[derive(Parser)]
+#[command(name = "husk", version, about = "husk microVM container runtime")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check what this host offers (KVM, capabilities, virtualization kind).
+    Check,
+    /// Work with VMs directly.
+    Vm {
+        #[command(subcommand)]
+        command: VmCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum VmCommand {
+    /// Boot a VM in this process; exits with the guest's outcome.
+    Run(vm_run::RunArgs),
+}
+
+fn main() {
+    let start = Instant::now();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Check => check::report(&check::run_checks()),
+        Command::Vm {
+            command: VmCommand::Run(args),
+        } => vm_run::run(&args, start),
+    };
+    std::process::exit(if code == 0 { exit_code::OK } else { code });
+}

@@ -1,0 +1,18 @@
+//! `husk` subcommands.
+
+pub mod check;
+pub mod vm_run;
+
+/// Exit codes of the `husk` binary.
+pub mod exit_code {
+    /// The guest shut down cleanly (or the check passed).
+    pub const OK: i32 = 0;
+    /// husk itself failed (bad input, no KVM, ...).
+    pub const ERROR: i32 = 1;
+    /// The guest crashed (kernel panic, triple fault, emulation failure).
+    pub const GUEST_CRASH: i32 = 3;
+    /// `--timeout` expired.
+    pub const TIMEOUT: i32 = 124;
+    /// Interrupted (SIGINT/SIGTERM).
+    pub const INTERRUPTED: i32 = 130;
+}

@@ -1,0 +1,175 @@
+//! `husk vm run`: boot a VM in this process and exit with the guest's outcome.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use husk_vmm::{ConsoleConfig, PvmCompat, Timeline, VmConfig, VmOutcome};
+
+use super::exit_code;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Options of `husk vm run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Guest kernel: an ELF vmlinux.
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// initramfs (cpio, optionally gzip'd).
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel command line arguments, added after husk's own.
+    #[arg(long, default_value = "")]
+    pub cmdline: String,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    pub mem_mib: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    /// Write the guest console to this file (default: the log, on stderr).
+    #[arg(long)]
+    pub console: Option<PathBuf>,
+    /// Stop the VM after this many seconds (exit code 124).
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// Have the guest power off once its agent is ready.
+    #[arg(long)]
+    pub oneshot: bool,
+    /// PVM compatibility command line: auto (when the host is PVM), on, off.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub pvm_compat: String,
+    /// Name of the VM in logs and errors.
+    #[arg(long, default_value = "vm")]
+    pub name: String,
+    /// Print boot timings (seconds since process start) to stdout.
+    #[arg(long)]
+    pub timings: bool,
+}
+
+impl RunArgs {
+    fn config(&self) -> VmConfig {
+        VmConfig {
+            name: self.name.clone(),
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            cmdline_extra: self.cmdline.clone(),
+            mem_mib: self.mem_mib,
+            vcpus: self.vcpus,
+            console: ConsoleConfig {
+                file: self.console.clone(),
+                log: self.console.is_none(),
+            },
+            pvm_compat: match self.pvm_compat.as_str() {
+                "on" => PvmCompat::On,
+                "off" => PvmCompat::Off,
+                _ => PvmCompat::Auto,
+            },
+            oneshot: self.oneshot,
+            ..VmConfig::default()
+        }
+    }
+}
+
+/// Runs the VM; returns the process exit code.
+pub fn run(args: &RunArgs, process_start: Instant) -> i32 {
+    if let Some(t) = args.timeout {
+        if !(t.is_finite() && t > 0.0) {
+            eprintln!("husk: --timeout must be a positive number of seconds");
+            return exit_code::ERROR;
+        }
+    }
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let handle = match husk_vmm::start(args.config()) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("husk: {e}");
+            return exit_code::ERROR;
+        }
+    };
+    let deadline = args.timeout.map(|t| Instant::now() + Duration::from_secs_f64(t));
+    let mut timed_out = false;
+    let mut interrupted = false;
+    let outcome = loop {
+        if let Some(o) = handle.wait(Some(Duration::from_millis(100))) {
+            break o;
+        }
+        let expired = deadline.is_some_and(|d| Instant::now() >= d);
+        if (expired || INTERRUPTED.load(Ordering::SeqCst)) && !(timed_out || interrupted) {
+            timed_out = expired;
+            interrupted = !expired;
+            if let Err(e) = handle.stop() {
+                eprintln!("husk: {e}");
+            }
+        }
+    };
+    if args.timings {
+        print_timings(&outcome.timeline, process_start);
+    }
+    report(&outcome, timed_out, interrupted, args)
+}
+
+fn print_timings(t: &Timeline, origin: Instant) {
+    let fmt = |x: Option<Instant>| match Timeline::since(origin, x) {
+        Some(d) => format!("{:.6}", d.as_secs_f64()),
+        None => "-".into(),
+    };
+    println!("vmm_started_s: {}", fmt(t.started));
+    println!("first_guest_instruction_s: {}", fmt(t.first_run));
+    println!("first_console_byte_s: {}", fmt(t.first_console_byte));
+    println!("first_console_line_s: {}", fmt(t.first_console_line));
+    println!("agent_ready_s: {}", fmt(t.ready));
+    println!("vm_stopped_s: {}", fmt(t.stopped));
+}
+
+fn report(o: &VmOutcome, timed_out: bool, interrupted: bool, args: &RunArgs) -> i32 {
+    if timed_out {
+        eprintln!(
+            "husk: VM {} timed out after {}s{}",
+            args.name,
+            args.timeout.unwrap_or_default(),
+            if o.timeline.ready.is_some() { " (the agent was ready)" } else { " before the agent was ready" }
+        );
+        print_tail(o);
+        return exit_code::TIMEOUT;
+    }
+    if interrupted {
+        eprintln!("husk: VM {} stopped on a signal", args.name);
+        return exit_code::INTERRUPTED;
+    }
+    if o.reason.is_clean() {
+        if args.oneshot && o.timeline.ready.is_none() {
+            eprintln!("husk: VM {} shut down before its agent was ready", args.name);
+            print_tail(o);
+            return exit_code::ERROR;
+        }
+        eprintln!("husk: VM {}: {}", args.name, o.reason);
+        return exit_code::OK;
+    }
+    eprintln!("husk: VM {}: {}", args.name, o.reason);
+    print_tail(o);
+    if o.reason.is_guest_crash() {
+        exit_code::GUEST_CRASH
+    } else {
+        exit_code::ERROR
+    }
+}
+
+fn print_tail(o: &VmOutcome) {
+    if o.console_tail.is_empty() {
+        return;
+    }
+    eprintln!("husk: last guest console lines:");
+    for l in &o.console_tail {
+        eprintln!("  | {l}");
+    }
+}

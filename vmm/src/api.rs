@@ -1,0 +1,151 @@
+//! The request/response handle: the only way the host side (the `husk` CLI
+//! now, the containerd shim later) talks to a running VMM.
+//!
+//! Requests travel over a channel to the VMM's event loop thread, which is
+//! woken by an eventfd; each carries its own reply channel. Waiting for the
+//! VM to end does not need the event loop.
+
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use husk_devices::legacy::ConsoleWatch;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::runstate::{RunState, VmOutcome};
+
+/// What the host can ask of a running VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmmRequest {
+    /// Describe the VM.
+    Info,
+    /// Stop the VM (the outcome is `ExitReason::HostRequest`).
+    Stop,
+}
+
+/// Replies to [`VmmRequest`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmmResponse {
+    Info(VmInfo),
+    Stopping,
+}
+
+/// A running VM's description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmInfo {
+    pub name: String,
+    pub vcpus: u8,
+    pub mem_mib: u64,
+    pub pvm_compat: bool,
+    pub cmdline: String,
+    pub uptime: Duration,
+    pub console_bytes: u64,
+}
+
+/// Errors talking to the VMM.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("VM {vm} is not running (it stopped: {reason})")]
+    NotRunning { vm: String, reason: String },
+    #[error("VM {vm} did not answer {request:?} within {timeout:?}")]
+    Timeout {
+        vm: String,
+        request: VmmRequest,
+        timeout: Duration,
+    },
+}
+
+pub(crate) type Envelope = (VmmRequest, Sender<VmmResponse>);
+
+/// How long a request may wait for the event loop.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handle to a VMM running in this process.
+pub struct VmmHandle {
+    pub(crate) name: String,
+    pub(crate) requests: Sender<Envelope>,
+    pub(crate) kick: EventFd,
+    pub(crate) state: Arc<RunState>,
+    pub(crate) console: Arc<ConsoleWatch>,
+    pub(crate) started: Instant,
+    pub(crate) thread: Option<JoinHandle<()>>,
+}
+
+impl VmmHandle {
+    /// The VM's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// When `start` was called.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The console observer (markers, last lines).
+    pub fn console(&self) -> &Arc<ConsoleWatch> {
+        &self.console
+    }
+
+    fn not_running(&self) -> ApiError {
+        ApiError::NotRunning {
+            vm: self.name.clone(),
+            reason: self
+                .state
+                .exit_reason()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+        }
+    }
+
+    /// Sends `request` and waits for the reply.
+    pub fn request(&self, request: VmmRequest) -> Result<VmmResponse, ApiError> {
+        let (tx, rx): (Sender<VmmResponse>, Receiver<VmmResponse>) = mpsc::channel();
+        if self.requests.send((request.clone(), tx)).is_err() || self.kick.write(1).is_err() {
+            return Err(self.not_running());
+        }
+        match rx.recv_timeout(REQUEST_TIMEOUT) {
+            Ok(r) => Ok(r),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(self.not_running()),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(ApiError::Timeout {
+                vm: self.name.clone(),
+                request,
+                timeout: REQUEST_TIMEOUT,
+            }),
+        }
+    }
+
+    /// Asks the VM to stop; returns once the request is accepted (use
+    /// [`wait`](Self::wait) for the outcome). Stopping a stopped VM is fine.
+    pub fn stop(&self) -> Result<(), ApiError> {
+        match self.request(VmmRequest::Stop) {
+            Ok(_) => Ok(()),
+            Err(ApiError::NotRunning { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits until the VM has stopped (all its threads are done), or until
+    /// `timeout` passes (None then).
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<VmOutcome> {
+        self.state.wait(timeout)
+    }
+
+    /// The outcome, if the VM has stopped.
+    pub fn outcome(&self) -> Option<VmOutcome> {
+        self.state.outcome()
+    }
+}
+
+impl Drop for VmmHandle {
+    fn drop(&mut self) {
+        // Dropping the handle stops the VM: nothing may outlive its owner.
+        if self.state.outcome().is_none() {
+            let _ = self.stop();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The guest kernel command line.
+
+use super::layout::CMDLINE_MAX;
+use super::BootError;
+
+/// What every husk guest gets: the serial console, resets through the i8042
+/// (the VMM sees them; there is no ACPI), reboot at once on panic.
+pub const BASE: &str = "console=ttyS0 reboot=k panic=-1 nomodule";
+
+/// Extra arguments for nested PVM hosts (`kvm_pvm`), where the guest kernel's
+/// CPL0 code runs in the host's instruction emulator, which cannot execute
+/// several instructions, and KVM_SET_CPUID2 does not reach the guest: the
+/// features are cleared on the command line instead. `clearcpuid=` is read
+/// only up to 127 characters. See shared/notes/kvm-here.md.
+pub const PVM_COMPAT: &str = "clearcpuid=xsave,smap,smep,fsgsbase,rdpid,pcid,invpcid,popcnt,rdrand,rdseed,erms,fsrm,cx16,clflushopt,clwb,umip mitigations=off tsc=reliable no-kvmclock noreplace-smp rodata=off io_delay=none quiet";
+
+/// Tells the agent to power the guest off once it is ready.
+pub const ONESHOT: &str = "husk.oneshot=1";
+
+/// Builds the command line: base, PVM compatibility (when asked), then the
+/// user's extra arguments, then `husk.oneshot=1` (when asked).
+pub fn build(pvm_compat: bool, extra: &str, oneshot: bool) -> Result<linux_loader::cmdline::Cmdline, BootError> {
+    let mut c = linux_loader::cmdline::Cmdline::new(CMDLINE_MAX)
+        .map_err(|e| BootError::Cmdline(e.to_string()))?;
+    let mut push = |s: &str| {
+        c.insert_str(s)
+            .map_err(|e| BootError::Cmdline(format!("{e} (while adding {s:?})")))
+    };
+    push(BASE)?;
+    if pvm_compat {
+        push(PVM_COMPAT)?;
+    }
+    let extra = extra.trim();
+    if !extra.is_empty() {
+        push(extra)?;
+    }
+    if oneshot {
+        push(ONESHOT)?;
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(c: &linux_loader::cmdline::Cmdline) -> String {
+        c.as_cstring().unwrap().into_string().unwrap()
+    }
+
+    #[test]
+    fn composes_in_order() {
+        let c = build(true, "  loglevel=8 ", true).unwrap();
+        let text = s(&c);
+        assert!(text.starts_with(BASE));
+        assert!(text.contains("clearcpuid="));
+        assert!(text.ends_with("loglevel=8 husk.oneshot=1"));
+        assert_eq!(s(&build(false, "", false).unwrap()), BASE);
+    }
+
+    #[test]
+    fn clearcpuid_fits_the_kernel_limit() {
+        let arg = PVM_COMPAT
+            .split(' ')
+            .find(|a| a.starts_with("clearcpuid="))
+            .unwrap();
+        let value = &arg["clearcpuid=".len()..];
+        assert!(value.len() < 128, "clearcpuid list is {} chars", value.len());
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert!(build(false, &"x".repeat(CMDLINE_MAX), false).is_err());
+        assert!(build(false, "a\0b", false).is_err());
+    }
+}

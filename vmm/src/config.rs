@@ -1,0 +1,131 @@
+//! What a VM is made of, validated before anything is created.
+
+use std::path::PathBuf;
+
+use crate::boot::mptable::MAX_CPUS;
+
+/// Smallest guest memory accepted.
+pub const MIN_MEM_MIB: u64 = 16;
+/// Largest guest memory accepted (1 TiB).
+pub const MAX_MEM_MIB: u64 = 1 << 20;
+/// The line the agent prints once it is ready.
+pub const READY_MARKER: &str = "husk-agent ready";
+
+/// Whether to add the PVM compatibility command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PvmCompat {
+    /// When `husk check`'s detection says the host is PVM.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// Where the guest console goes.
+#[derive(Debug, Clone, Default)]
+pub struct ConsoleConfig {
+    /// A file that receives every byte (created or truncated).
+    pub file: Option<PathBuf>,
+    /// Also log each line (target `guest_console`).
+    pub log: bool,
+}
+
+/// A VM to boot.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Names the VM in logs and errors (the pod id, later).
+    pub name: String,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Arguments added after husk's own command line.
+    pub cmdline_extra: String,
+    pub mem_mib: u64,
+    pub vcpus: u8,
+    pub console: ConsoleConfig,
+    pub pvm_compat: PvmCompat,
+    /// Ask the agent to power off once ready.
+    pub oneshot: bool,
+    /// The console line that means "agent ready".
+    pub ready_marker: String,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            name: "vm".into(),
+            kernel: PathBuf::new(),
+            initrd: None,
+            cmdline_extra: String::new(),
+            mem_mib: 128,
+            vcpus: 1,
+            console: ConsoleConfig::default(),
+            pvm_compat: PvmCompat::Auto,
+            oneshot: false,
+            ready_marker: READY_MARKER.into(),
+        }
+    }
+}
+
+/// Invalid configuration.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("memory {mib} MiB is out of range ({MIN_MEM_MIB}..={MAX_MEM_MIB} MiB)")]
+    Memory { mib: u64 },
+    #[error("vCPU count {0} is out of range (1..={MAX_CPUS})")]
+    Vcpus(u8),
+    #[error("no kernel image given")]
+    NoKernel,
+    #[error("the VM name must be 1..=64 characters without '/' or control characters: {0:?}")]
+    Name(String),
+}
+
+impl VmConfig {
+    /// Checks the configuration without touching the host.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || self.name.chars().any(|c| c == '/' || c.is_control())
+        {
+            return Err(ConfigError::Name(self.name.clone()));
+        }
+        if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
+            return Err(ConfigError::Memory { mib: self.mem_mib });
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_CPUS {
+            return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        if self.kernel.as_os_str().is_empty() {
+            return Err(ConfigError::NoKernel);
+        }
+        Ok(())
+    }
+
+    /// Guest memory in bytes.
+    pub fn mem_bytes(&self) -> u64 {
+        self.mem_mib << 20
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation() {
+        let ok = VmConfig {
+            kernel: "/k".into(),
+            ..Default::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let bad = |f: fn(&mut VmConfig)| {
+            let mut c = ok.clone();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert_eq!(bad(|c| c.mem_mib = 8), ConfigError::Memory { mib: 8 });
+        assert_eq!(bad(|c| c.vcpus = 0), ConfigError::Vcpus(0));
+        assert_eq!(bad(|c| c.vcpus = 255), ConfigError::Vcpus(255));
+        assert_eq!(bad(|c| c.kernel = "".into()), ConfigError::NoKernel);
+        assert!(matches!(bad(|c| c.name = "a/b".into()), ConfigError::Name(_)));
+    }
+}

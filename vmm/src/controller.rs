@@ -1,0 +1,214 @@
+//! The VMM's event loop thread: waits for the guest's reset, vCPU exits and
+//! host requests, and stops the VM in order.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use husk_devices::legacy::ConsoleWatch;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::api::{Envelope, VmInfo, VmmRequest, VmmResponse};
+use crate::exit::ExitReason;
+use crate::runstate::{RunState, Timeline, VmOutcome};
+
+/// The console text of a kernel panic.
+pub const PANIC_MARKER: &str = "Kernel panic - not syncing";
+
+/// Signal used to kick vCPU threads out of KVM_RUN.
+fn kick_signal() -> i32 {
+    libc::SIGRTMIN() + 1
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) kick handler once per process, so the signal
+/// interrupts KVM_RUN with EINTR instead of killing the process.
+pub(crate) fn install_kick_handler() -> std::io::Result<()> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()));
+    });
+    result
+}
+
+/// Static facts the controller reports.
+pub(crate) struct Facts {
+    pub name: String,
+    pub vcpus: u8,
+    pub mem_mib: u64,
+    pub pvm_compat: bool,
+    pub cmdline: String,
+    pub ready_marker: String,
+}
+
+pub(crate) struct Controller {
+    facts: Facts,
+    state: Arc<RunState>,
+    reset_evt: EventFd,
+    api_evt: EventFd,
+    requests: Receiver<Envelope>,
+    console: Arc<ConsoleWatch>,
+    started: Instant,
+}
+
+impl Controller {
+    pub fn new(
+        facts: Facts,
+        state: Arc<RunState>,
+        reset_evt: EventFd,
+        api_evt: EventFd,
+        requests: Receiver<Envelope>,
+        console: Arc<ConsoleWatch>,
+        started: Instant,
+    ) -> Self {
+        Self {
+            facts,
+            state,
+            reset_evt,
+            api_evt,
+            requests,
+            console,
+            started,
+        }
+    }
+
+    fn on_reset(&mut self) {
+        let _ = self.reset_evt.read();
+        let reason = match self.console.find_line(PANIC_MARKER) {
+            Some(line) => ExitReason::GuestPanic { message: line },
+            None => ExitReason::GuestShutdown,
+        };
+        tracing::info!(vm = %self.facts.name, %reason, "guest reset");
+        self.state.report(reason);
+    }
+
+    fn on_requests(&mut self) {
+        let _ = self.api_evt.read();
+        while let Ok((req, reply)) = self.requests.try_recv() {
+            let resp = match req {
+                VmmRequest::Info => VmmResponse::Info(VmInfo {
+                    name: self.facts.name.clone(),
+                    vcpus: self.facts.vcpus,
+                    mem_mib: self.facts.mem_mib,
+                    pvm_compat: self.facts.pvm_compat,
+                    cmdline: self.facts.cmdline.clone(),
+                    uptime: self.started.elapsed(),
+                    console_bytes: self.console.bytes(),
+                }),
+                VmmRequest::Stop => {
+                    tracing::info!(vm = %self.facts.name, "stop requested by the host");
+                    self.state.report(ExitReason::HostRequest);
+                    VmmResponse::Stopping
+                }
+            };
+            // The requester may have given up waiting; that is fine.
+            let _ = reply.send(resp);
+        }
+    }
+}
+
+impl MutEventSubscriber for Controller {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.reset_evt.as_raw_fd() {
+            self.on_reset();
+        } else if fd == self.api_evt.as_raw_fd() {
+            self.on_requests();
+        } else if fd == self.state.exit_evt.as_raw_fd() {
+            let _ = self.state.exit_evt.read();
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [&self.reset_evt, &self.api_evt, &self.state.exit_evt] {
+            if let Err(e) = ops.add(Events::new(fd, EventSet::IN)) {
+                tracing::error!(vm = %self.facts.name, error = ?e, "cannot watch a VMM event");
+                self.state.report(ExitReason::VcpuError {
+                    vcpu: 0,
+                    error: format!("event loop setup failed: {e:?}"),
+                });
+            }
+        }
+    }
+}
+
+/// Runs the event loop until an exit is reported, then stops the vCPUs and
+/// publishes the outcome.
+pub(crate) fn run(controller: Controller, vcpus: Vec<JoinHandle<()>>) {
+    let state = controller.state.clone();
+    let console = controller.console.clone();
+    let name = controller.facts.name.clone();
+    let marker = controller.facts.ready_marker.clone();
+    let started = controller.started;
+    let controller = Arc::new(Mutex::new(controller));
+    match EventManager::<Arc<Mutex<Controller>>>::new() {
+        Ok(mut mgr) => {
+            mgr.add_subscriber(controller.clone());
+            while state.exit_reason().is_none() {
+                if let Err(e) = mgr.run_with_timeout(1000) {
+                    tracing::error!(vm = %name, error = ?e, "event loop failed");
+                    state.report(ExitReason::VcpuError {
+                        vcpu: 0,
+                        error: format!("event loop failed: {e:?}"),
+                    });
+                }
+            }
+        }
+        Err(e) => state.report(ExitReason::VcpuError {
+            vcpu: 0,
+            error: format!("cannot create the event loop: {e:?}"),
+        }),
+    }
+    // Drop the request receiver now: later requests fail fast with NotRunning.
+    drop(controller);
+    stop_vcpus(&state, vcpus, &name);
+    let reason = state.exit_reason().unwrap_or(ExitReason::HostRequest);
+    let timeline = Timeline {
+        started: Some(started),
+        first_run: state.first_run(),
+        first_console_byte: console.first_byte(),
+        first_console_line: console.first_line(),
+        ready: console.marker(&marker),
+        stopped: Some(Instant::now()),
+    };
+    tracing::info!(vm = %name, %reason, "VM stopped");
+    state.finish(VmOutcome {
+        reason,
+        timeline,
+        console_tail: console.tail(20),
+    });
+}
+
+/// Stops vCPU threads started before a later setup step failed.
+pub(crate) fn stop_started(state: &RunState, vcpus: Vec<JoinHandle<()>>) {
+    stop_vcpus(state, vcpus, "(starting)");
+}
+
+/// Sets the stop flag and kicks each vCPU thread until it has left KVM_RUN.
+fn stop_vcpus(state: &RunState, vcpus: Vec<JoinHandle<()>>, name: &str) {
+    state.stop.store(true, Ordering::Release);
+    for (i, t) in vcpus.into_iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !t.is_finished() {
+            // SAFETY: pthread_kill with a valid, not yet joined thread handle;
+            // the signal's handler is installed and does nothing.
+            unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+            if Instant::now() > deadline {
+                tracing::error!(vm = %name, vcpu = i, "vCPU thread does not stop; leaving it");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if t.is_finished() && t.join().is_err() {
+            tracing::error!(vm = %name, vcpu = i, "vCPU thread panicked");
+        }
+    }
+}

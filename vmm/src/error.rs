@@ -1,0 +1,54 @@
+//! The VMM's errors.
+
+use crate::boot::BootError;
+use crate::config::ConfigError;
+use crate::vstate::kvm::KvmError;
+use crate::vstate::memory::MemoryError;
+use crate::vstate::vcpu::VcpuError;
+use crate::vstate::vm::VmError;
+
+/// Why a VM could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    KvmOpen(#[from] KvmError),
+    #[error("{what} failed: {source}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error("device bus: {0}")]
+    Bus(#[from] husk_devices::bus::BusError),
+    #[error("console file {path}: {source}")]
+    ConsoleFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A start failure, naming the VM.
+#[derive(Debug, thiserror::Error)]
+#[error("VM {vm}: {source}")]
+pub struct StartError {
+    pub vm: String,
+    #[source]
+    pub source: VmmError,
+}

@@ -1,0 +1,128 @@
+//! State shared by the vCPU threads, the controller and the handle: the
+//! stop flag, the first exit reason, and the final outcome.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::exit::ExitReason;
+
+/// When things happened during a VM's life.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    /// `start` was called.
+    pub started: Option<Instant>,
+    /// The boot vCPU entered KVM_RUN for the first time.
+    pub first_run: Option<Instant>,
+    /// The guest wrote its first console byte / completed its first line.
+    pub first_console_byte: Option<Instant>,
+    pub first_console_line: Option<Instant>,
+    /// The ready marker appeared on the console.
+    pub ready: Option<Instant>,
+    /// The VM stopped.
+    pub stopped: Option<Instant>,
+}
+
+impl Timeline {
+    /// `t` relative to `origin`, if both are known.
+    pub fn since(origin: Instant, t: Option<Instant>) -> Option<Duration> {
+        t.and_then(|t| t.checked_duration_since(origin))
+    }
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone)]
+pub struct VmOutcome {
+    pub reason: ExitReason,
+    pub timeline: Timeline,
+    /// The last console lines, for error reports.
+    pub console_tail: Vec<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Shared run state.
+pub struct RunState {
+    /// Set when the VM is stopping; vCPU threads leave their loop.
+    pub stop: AtomicBool,
+    exit: Mutex<Option<ExitReason>>,
+    /// Written when an exit reason is reported (watched by the controller).
+    pub exit_evt: EventFd,
+    first_run: OnceLock<Instant>,
+    outcome: Mutex<Option<VmOutcome>>,
+    done: Condvar,
+}
+
+impl RunState {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            stop: AtomicBool::new(false),
+            exit: Mutex::new(None),
+            exit_evt: EventFd::new(EFD_NONBLOCK)?,
+            first_run: OnceLock::new(),
+            outcome: Mutex::new(None),
+            done: Condvar::new(),
+        })
+    }
+
+    /// Records why the VM stops; the first report wins.
+    pub fn report(&self, reason: ExitReason) {
+        let mut e = lock(&self.exit);
+        if e.is_none() {
+            *e = Some(reason);
+        }
+        drop(e);
+        if let Err(err) = self.exit_evt.write(1) {
+            tracing::error!(error = %err, "cannot signal the VM exit event");
+        }
+    }
+
+    /// The reported exit reason, if any.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        lock(&self.exit).clone()
+    }
+
+    pub(crate) fn vcpu_started(&self) {
+        let _ = self.first_run.set(Instant::now());
+    }
+
+    pub fn first_run(&self) -> Option<Instant> {
+        self.first_run.get().copied()
+    }
+
+    /// Publishes the final outcome and wakes waiters.
+    pub(crate) fn finish(&self, outcome: VmOutcome) {
+        *lock(&self.outcome) = Some(outcome);
+        self.done.notify_all();
+    }
+
+    /// The outcome once the VM has fully stopped.
+    pub fn outcome(&self) -> Option<VmOutcome> {
+        lock(&self.outcome).clone()
+    }
+
+    /// Waits for the outcome; None on timeout.
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<VmOutcome> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut g = lock(&self.outcome);
+        loop {
+            if let Some(o) = g.as_ref() {
+                return Some(o.clone());
+            }
+            g = match deadline {
+                None => self.done.wait(g).unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let left = d.checked_duration_since(Instant::now())?;
+                    self.done
+                        .wait_timeout(g, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+}
