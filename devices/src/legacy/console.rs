@@ -114,6 +114,26 @@ impl ConsoleWatch {
         s.tail.iter().skip(s.tail.len().saturating_sub(n)).cloned().collect()
     }
 
+    /// Waits until a line containing `needle` (any text, registered or not)
+    /// has been seen among the kept lines, or `timeout` passes.
+    pub fn wait_marker_any(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.lock();
+        loop {
+            if s.tail.iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            s = self
+                .changed
+                .wait_timeout(s, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
     /// Waits until `marker` has been seen or `timeout` passes.
     pub fn wait_marker(&self, marker: &str, timeout: Duration) -> Option<Instant> {
         let deadline = Instant::now() + timeout;
