@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 /// True when /dev/kvm can be opened read-write; otherwise prints why the
 /// calling test is skipped.
 pub fn kvm_available(test: &str) -> bool {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => true,
         Err(e) => {
             eprintln!("SKIP {test}: /dev/kvm is not usable here ({e}); VM tests need KVM");

@@ -8,7 +8,11 @@ fn log(msg: &str) {
 
 fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong) {
     let _ = std::fs::create_dir_all(target);
-    let (Ok(s), Ok(t), Ok(f)) = (CString::new(source), CString::new(target), CString::new(fstype)) else {
+    let (Ok(s), Ok(t), Ok(f)) = (
+        CString::new(source),
+        CString::new(target),
+        CString::new(fstype),
+    ) else {
         return;
     };
     // SAFETY: all pointers are valid NUL-terminated strings that outlive the
@@ -32,10 +36,12 @@ pub fn mount_basics() {
 
 /// True when the kernel command line carries `name=1` (or bare `name`).
 pub fn cmdline_flag(cmdline: &str, name: &str) -> bool {
-    cmdline.split_whitespace().any(|arg| match arg.split_once('=') {
-        Some((k, v)) => k == name && matches!(v, "1" | "y" | "yes" | "true" | "on"),
-        None => arg == name,
-    })
+    cmdline
+        .split_whitespace()
+        .any(|arg| match arg.split_once('=') {
+            Some((k, v)) => k == name && matches!(v, "1" | "y" | "yes" | "true" | "on"),
+            None => arg == name,
+        })
 }
 
 /// The running kernel's release.
@@ -46,7 +52,12 @@ pub fn kernel_release() -> String {
     if unsafe { libc::uname(&mut u) } != 0 {
         return "unknown".into();
     }
-    let bytes: Vec<u8> = u.release.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    let bytes: Vec<u8> = u
+        .release
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -59,7 +70,10 @@ pub fn power_off(why: &str) -> ! {
         libc::reboot(libc::RB_AUTOBOOT);
     }
     // reboot only returns on error; nothing else to do but wait.
-    log(&format!("reboot failed: {}", std::io::Error::last_os_error()));
+    log(&format!(
+        "reboot failed: {}",
+        std::io::Error::last_os_error()
+    ));
     loop {
         // SAFETY: pause takes no arguments.
         unsafe { libc::pause() };

@@ -2,6 +2,8 @@
 //! milliseconds: serial output, PIO/MMIO dispatch, i8042 reset, vCPU count,
 //! panics, triple faults, host stop, console flooding.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,7 +38,10 @@ fn hello_prints_and_resets() {
     let o = boot(cfg, ExtraDevices::default());
     assert_eq!(o.reason, ExitReason::GuestShutdown, "{:?}", o.console_tail);
     assert_eq!(o.console_tail, vec!["husk-test-guest: hello"]);
-    assert_eq!(std::fs::read_to_string(&console).unwrap(), "husk-test-guest: hello\n");
+    assert_eq!(
+        std::fs::read_to_string(&console).unwrap(),
+        "husk-test-guest: hello\n"
+    );
     let t = &o.timeline;
     assert!(t.first_run.is_some() && t.first_console_line >= t.first_run);
     std::fs::remove_file(console).unwrap();
@@ -89,13 +94,26 @@ fn pio_and_mmio_exits_reach_bus_devices() {
     let mmio_dev = Arc::new(Mutex::new(TestDevice::default()));
     let pio_dev = Arc::new(Mutex::new(TestDevice::default()));
     let extra = ExtraDevices {
-        pio: vec![(0x510, 1, "test-port".into(), Arc::new(Mutex::new(Shared(pio_dev.clone()))))],
-        mmio: vec![(0xd000_0000, 0x1000, "test-mmio".into(), Arc::new(Mutex::new(Shared(mmio_dev.clone()))))],
+        pio: vec![(
+            0x510,
+            1,
+            "test-port".into(),
+            Arc::new(Mutex::new(Shared(pio_dev.clone()))),
+        )],
+        mmio: vec![(
+            0xd000_0000,
+            0x1000,
+            "test-mmio".into(),
+            Arc::new(Mutex::new(Shared(mmio_dev.clone()))),
+        )],
     };
     let o = boot(config("devices"), extra);
     assert_eq!(o.reason, ExitReason::GuestShutdown);
     assert_eq!(o.console_tail, vec!["devices: ok"]);
-    assert_eq!(mmio_dev.lock().unwrap().writes, vec![(4, 0x1234_5678u32.to_le_bytes().to_vec())]);
+    assert_eq!(
+        mmio_dev.lock().unwrap().writes,
+        vec![(4, 0x1234_5678u32.to_le_bytes().to_vec())]
+    );
     assert_eq!(pio_dev.lock().unwrap().writes, vec![(0, vec![0x42])]);
 }
 
@@ -128,7 +146,10 @@ fn triple_fault_is_reported() {
     }
     let o = boot(config("triple"), ExtraDevices::default());
     assert!(
-        matches!(o.reason, ExitReason::TripleFault { vcpu: 0 } | ExitReason::EmulationFailure(_)),
+        matches!(
+            o.reason,
+            ExitReason::TripleFault { vcpu: 0 } | ExitReason::EmulationFailure(_)
+        ),
         "expected a triple fault, got {}",
         o.reason
     );
@@ -141,7 +162,10 @@ fn host_stops_a_spinning_guest() {
         return;
     }
     let h = husk_vmm::start(config("spin")).expect("VM starts");
-    assert!(h.console().wait_marker_any("spin: spinning", WAIT), "guest never spoke");
+    assert!(
+        h.console().wait_marker_any("spin: spinning", WAIT),
+        "guest never spoke"
+    );
     match h.request(VmmRequest::Info).expect("info") {
         VmmResponse::Info(i) => {
             assert_eq!(i.name, "test-spin");
@@ -208,7 +232,10 @@ fn bad_input_is_refused_with_clear_errors() {
     let mut c = config("hello");
     c.initrd = Some(big.clone());
     let e = err(c);
-    assert!(e.contains("does not fit") && e.contains("big-initrd"), "{e}");
+    assert!(
+        e.contains("does not fit") && e.contains("big-initrd"),
+        "{e}"
+    );
     std::fs::remove_file(big).unwrap();
     let mut c = config("hello");
     c.kernel = husk_tests::repo_root().join("Cargo.toml");

@@ -62,14 +62,34 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
         PvmCompat::Off => false,
         PvmCompat::Auto => host::detect() == VirtKind::Pvm,
     };
-    let cmdline = cmdline::build(pvm, &config.cmdline_extra, config.oneshot)?;
+    // vCPU fds come first: on PVM hosts the command line carries the TSC
+    // frequency KVM reports (the guest cannot calibrate it there).
+    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+    for id in 0..config.vcpus {
+        vcpus.push(Vcpu::new(vm.fd(), id)?);
+    }
+    let tsc_khz = if pvm {
+        vcpus.first().and_then(Vcpu::tsc_khz)
+    } else {
+        None
+    };
+    let cmdline = cmdline::build(&cmdline::Options {
+        pvm_compat: pvm,
+        tsc_khz,
+        extra: &config.cmdline_extra,
+        oneshot: config.oneshot,
+    })?;
     let cmdline_text = cmdline
         .as_cstring()
         .map_err(|e| boot::BootError::Cmdline(e.to_string()))?
         .into_string()
         .map_err(|e| boot::BootError::Cmdline(e.to_string()))?;
-    linux_loader::loader::load_cmdline(&mem, vm_memory::GuestAddress(boot::layout::CMDLINE), &cmdline)
-        .map_err(|e| boot::BootError::Cmdline(e.to_string()))?;
+    linux_loader::loader::load_cmdline(
+        &mem,
+        vm_memory::GuestAddress(boot::layout::CMDLINE),
+        &cmdline,
+    )
+    .map_err(|e| boot::BootError::Cmdline(e.to_string()))?;
     let seed = params::write_rng_seed(&mem, &params::random_seed()?)?;
     let zp = params::boot_params(mem_size, cmdline_text.len(), initrd, Some(seed));
     params::write_zero_page(&mem, &zp)?;
@@ -101,9 +121,24 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
         reset_evt.try_clone().map_err(io_err("reset eventfd"))?,
     ));
     let mut pio = Bus::new();
-    pio.insert(serial::COM1_BASE, serial::COM1_LEN, "serial", Arc::new(Mutex::new(serial_dev)))?;
-    pio.insert(i8042::I8042_BASE, i8042::I8042_LEN, "i8042", Arc::new(Mutex::new(i8042_dev)))?;
-    pio.insert(cmos::CMOS_BASE, cmos::CMOS_LEN, "cmos", Arc::new(Mutex::new(Cmos::default())))?;
+    pio.insert(
+        serial::COM1_BASE,
+        serial::COM1_LEN,
+        "serial",
+        Arc::new(Mutex::new(serial_dev)),
+    )?;
+    pio.insert(
+        i8042::I8042_BASE,
+        i8042::I8042_LEN,
+        "i8042",
+        Arc::new(Mutex::new(i8042_dev)),
+    )?;
+    pio.insert(
+        cmos::CMOS_BASE,
+        cmos::CMOS_LEN,
+        "cmos",
+        Arc::new(Mutex::new(Cmos::default())),
+    )?;
     let mut mmio = Bus::new();
     for (base, len, name, dev) in extra.pio {
         pio.insert(base, len, &name, dev)?;
@@ -122,11 +157,8 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
         rip: loaded.entry,
         cr3,
     };
-    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
-    for id in 0..config.vcpus {
-        let v = Vcpu::new(vm.fd(), id)?;
+    for v in &vcpus {
         v.configure(&supported, config.vcpus, entry)?;
-        vcpus.push(v);
     }
 
     // Threads.

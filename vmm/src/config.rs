@@ -126,6 +126,9 @@ mod tests {
         assert_eq!(bad(|c| c.vcpus = 0), ConfigError::Vcpus(0));
         assert_eq!(bad(|c| c.vcpus = 255), ConfigError::Vcpus(255));
         assert_eq!(bad(|c| c.kernel = "".into()), ConfigError::NoKernel);
-        assert!(matches!(bad(|c| c.name = "a/b".into()), ConfigError::Name(_)));
+        assert!(matches!(
+            bad(|c| c.name = "a/b".into()),
+            ConfigError::Name(_)
+        ));
     }
 }

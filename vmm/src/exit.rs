@@ -19,7 +19,11 @@ pub enum ExitReason {
     /// The host's KVM could not emulate a guest instruction.
     EmulationFailure(EmulationFailure),
     /// Another KVM internal error.
-    InternalError { vcpu: u8, suberror: u32, data: Vec<u64> },
+    InternalError {
+        vcpu: u8,
+        suberror: u32,
+        data: Vec<u64>,
+    },
     /// KVM could not enter the guest.
     FailEntry { vcpu: u8, reason: u64 },
     /// A vCPU ioctl failed.
@@ -162,12 +166,18 @@ mod tests {
     fn decodes_kvm_instruction_bytes() {
         // flags=1, insn_size=3, bytes 0f 01 ca (clac)
         let d1 = u64::from_le_bytes([3, 0x0f, 0x01, 0xca, 0, 0, 0, 0]);
-        assert_eq!(emulation_insn_bytes(3, &[1, d1, 0]), Some(vec![0x0f, 0x01, 0xca]));
+        assert_eq!(
+            emulation_insn_bytes(3, &[1, d1, 0]),
+            Some(vec![0x0f, 0x01, 0xca])
+        );
         assert_eq!(emulation_insn_bytes(3, &[0, d1, 0]), None);
         assert_eq!(emulation_insn_bytes(1, &[1]), None);
         // A lying size is clamped to the 15 bytes KVM has room for.
         let d1 = u64::from_le_bytes([0xff, 1, 2, 3, 4, 5, 6, 7]);
-        assert_eq!(emulation_insn_bytes(3, &[1, d1, u64::MAX]).unwrap().len(), 15);
+        assert_eq!(
+            emulation_insn_bytes(3, &[1, d1, u64::MAX]).unwrap().len(),
+            15
+        );
     }
 
     #[test]
@@ -189,13 +199,20 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
         // cr3 at 0x1000: PML4[511] -> PDPT 0x2000; PDPT[510] -> PD 0x3000;
         // PD[8] -> 2 MiB page at 0x20_0000 (VA 0xffffffff81000000 -> PA 0x200000).
-        mem.write_obj(0x2003u64, GuestAddress(0x1000 + 511 * 8)).unwrap();
-        mem.write_obj(0x3003u64, GuestAddress(0x2000 + 510 * 8)).unwrap();
-        mem.write_obj(0x20_0083u64, GuestAddress(0x3000 + 8 * 8)).unwrap();
-        mem.write_slice(&[0x0f, 0x01, 0xca, 0x90], GuestAddress(0x20_0010)).unwrap();
+        mem.write_obj(0x2003u64, GuestAddress(0x1000 + 511 * 8))
+            .unwrap();
+        mem.write_obj(0x3003u64, GuestAddress(0x2000 + 510 * 8))
+            .unwrap();
+        mem.write_obj(0x20_0083u64, GuestAddress(0x3000 + 8 * 8))
+            .unwrap();
+        mem.write_slice(&[0x0f, 0x01, 0xca, 0x90], GuestAddress(0x20_0010))
+            .unwrap();
         let rip = 0xffff_ffff_8100_0010;
         assert_eq!(gva_to_gpa(&mem, 0x1000, rip), Some(0x20_0010));
-        assert_eq!(&read_insn(&mem, 0x1000, rip)[..4], &[0x0f, 0x01, 0xca, 0x90]);
+        assert_eq!(
+            &read_insn(&mem, 0x1000, rip)[..4],
+            &[0x0f, 0x01, 0xca, 0x90]
+        );
         assert_eq!(gva_to_gpa(&mem, 0x1000, 0x1000), None);
         // Garbage cr3 outside memory: no panic, nothing read.
         assert!(read_insn(&mem, 0xffff_f000, rip).is_empty());

@@ -57,7 +57,8 @@ pub fn classify(cpuinfo: &str, pvm_loaded: bool, hw_module_loaded: bool) -> Virt
 pub fn detect() -> VirtKind {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let pvm = Path::new("/sys/module/kvm_pvm").exists();
-    let hw = Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists();
+    let hw =
+        Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists();
     classify(&cpuinfo, pvm, hw)
 }
 
@@ -69,10 +70,16 @@ mod tests {
     fn classifies() {
         let intel = "processor\t: 0\nflags\t\t: fpu vme vmx sse\n";
         let plain = "processor\t: 0\nflags\t\t: fpu vme sse hypervisor\n";
-        assert_eq!(classify(intel, false, true), VirtKind::Hardware { flag: "vmx" });
+        assert_eq!(
+            classify(intel, false, true),
+            VirtKind::Hardware { flag: "vmx" }
+        );
         assert_eq!(classify(plain, true, false), VirtKind::Pvm);
         assert_eq!(classify(intel, true, false), VirtKind::Pvm);
-        assert_eq!(classify(intel, true, true), VirtKind::Hardware { flag: "vmx" });
+        assert_eq!(
+            classify(intel, true, true),
+            VirtKind::Hardware { flag: "vmx" }
+        );
         assert_eq!(classify(plain, false, false), VirtKind::Unknown);
         assert_eq!(cpu_virt_flag("flags : svm"), Some("svm"));
         // "vmx" inside another word does not count.

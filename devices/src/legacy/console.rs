@@ -105,13 +105,21 @@ impl ConsoleWatch {
 
     /// The first kept line containing `needle`.
     pub fn find_line(&self, needle: &str) -> Option<String> {
-        self.lock().tail.iter().find(|l| l.contains(needle)).cloned()
+        self.lock()
+            .tail
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
     }
 
     /// The last `n` complete lines.
     pub fn tail(&self, n: usize) -> Vec<String> {
         let s = self.lock();
-        s.tail.iter().skip(s.tail.len().saturating_sub(n)).cloned().collect()
+        s.tail
+            .iter()
+            .skip(s.tail.len().saturating_sub(n))
+            .cloned()
+            .collect()
     }
 
     /// Waits until a line containing `needle` (any text, registered or not)
@@ -139,7 +147,12 @@ impl ConsoleWatch {
         let deadline = Instant::now() + timeout;
         let mut s = self.lock();
         loop {
-            if let Some(t) = s.markers.iter().find(|(p, _)| p == marker).and_then(|m| m.1) {
+            if let Some(t) = s
+                .markers
+                .iter()
+                .find(|(p, _)| p == marker)
+                .and_then(|m| m.1)
+            {
                 return Some(t);
             }
             let left = deadline.checked_duration_since(Instant::now())?;

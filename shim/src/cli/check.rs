@@ -42,26 +42,46 @@ pub fn run_checks() -> Vec<Finding> {
             out.push(f(
                 "kvm",
                 format!("/dev/kvm API version {v}"),
-                if v == KVM_API_VERSION { Level::Ok } else { Level::Fail },
+                if v == KVM_API_VERSION {
+                    Level::Ok
+                } else {
+                    Level::Fail
+                },
             ));
             for (cap, name, why) in REQUIRED_CAPS {
                 let ok = kvm.check_extension(*cap);
                 out.push(f(
                     &format!("cap {name}"),
-                    if ok { "yes".to_string() } else { format!("missing ({why})") },
+                    if ok {
+                        "yes".to_string()
+                    } else {
+                        format!("missing ({why})")
+                    },
                     if ok { Level::Ok } else { Level::Fail },
                 ));
             }
-            for (cap, name) in [(Cap::ImmediateExit, "IMMEDIATE_EXIT"), (Cap::ReadonlyMem, "READONLY_MEM"), (Cap::TscDeadlineTimer, "TSC_DEADLINE_TIMER")] {
+            for (cap, name) in [
+                (Cap::ImmediateExit, "IMMEDIATE_EXIT"),
+                (Cap::ReadonlyMem, "READONLY_MEM"),
+                (Cap::TscDeadlineTimer, "TSC_DEADLINE_TIMER"),
+            ] {
                 if REQUIRED_CAPS.iter().any(|c| c.1 == name) {
                     continue;
                 }
                 let ok = kvm.check_extension(cap);
-                out.push(f(&format!("cap {name}"), if ok { "yes" } else { "no" }, if ok { Level::Ok } else { Level::Warn }));
+                out.push(f(
+                    &format!("cap {name}"),
+                    if ok { "yes" } else { "no" },
+                    if ok { Level::Ok } else { Level::Warn },
+                ));
             }
             out.push(f(
                 "vcpus",
-                format!("recommended {}, max {}", kvm.get_nr_vcpus(), kvm.get_max_vcpus()),
+                format!(
+                    "recommended {}, max {}",
+                    kvm.get_nr_vcpus(),
+                    kvm.get_max_vcpus()
+                ),
                 Level::Ok,
             ));
         }
@@ -79,19 +99,31 @@ pub fn run_checks() -> Vec<Finding> {
     let tun = Path::new("/dev/net/tun").exists();
     out.push(f(
         "tun",
-        if tun { "/dev/net/tun present" } else { "/dev/net/tun missing (needed for pod networking)" },
+        if tun {
+            "/dev/net/tun present"
+        } else {
+            "/dev/net/tun missing (needed for pod networking)"
+        },
         if tun { Level::Ok } else { Level::Warn },
     ));
     let cg2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     out.push(f(
         "cgroup",
-        if cg2 { "cgroup v2 (unified)" } else { "cgroup v2 not mounted at /sys/fs/cgroup" },
+        if cg2 {
+            "cgroup v2 (unified)"
+        } else {
+            "cgroup v2 not mounted at /sys/fs/cgroup"
+        },
         if cg2 { Level::Ok } else { Level::Warn },
     ));
     let containerd = which("containerd");
     out.push(match containerd {
         Some(p) => f("containerd", format!("{}", p.display()), Level::Ok),
-        None => f("containerd", "not found in PATH (needed for pods)", Level::Warn),
+        None => f(
+            "containerd",
+            "not found in PATH (needed for pods)",
+            Level::Warn,
+        ),
     });
     out
 }

@@ -96,7 +96,9 @@ pub fn run(args: &RunArgs, process_start: Instant) -> i32 {
             return exit_code::ERROR;
         }
     };
-    let deadline = args.timeout.map(|t| Instant::now() + Duration::from_secs_f64(t));
+    let deadline = args
+        .timeout
+        .map(|t| Instant::now() + Duration::from_secs_f64(t));
     let mut timed_out = false;
     let mut interrupted = false;
     let outcome = loop {
@@ -137,7 +139,11 @@ fn report(o: &VmOutcome, timed_out: bool, interrupted: bool, args: &RunArgs) -> 
             "husk: VM {} timed out after {}s{}",
             args.name,
             args.timeout.unwrap_or_default(),
-            if o.timeline.ready.is_some() { " (the agent was ready)" } else { " before the agent was ready" }
+            if o.timeline.ready.is_some() {
+                " (the agent was ready)"
+            } else {
+                " before the agent was ready"
+            }
         );
         print_tail(o);
         return exit_code::TIMEOUT;
@@ -148,7 +154,10 @@ fn report(o: &VmOutcome, timed_out: bool, interrupted: bool, args: &RunArgs) -> 
     }
     if o.reason.is_clean() {
         if args.oneshot && o.timeline.ready.is_none() {
-            eprintln!("husk: VM {} shut down before its agent was ready", args.name);
+            eprintln!(
+                "husk: VM {} shut down before its agent was ready",
+                args.name
+            );
             print_tail(o);
             return exit_code::ERROR;
         }

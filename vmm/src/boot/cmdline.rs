@@ -17,9 +17,24 @@ pub const PVM_COMPAT: &str = "clearcpuid=xsave,smap,smep,fsgsbase,rdpid,pcid,inv
 /// Tells the agent to power the guest off once it is ready.
 pub const ONESHOT: &str = "husk.oneshot=1";
 
+/// What goes into the command line besides [`BASE`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Options<'a> {
+    /// Add [`PVM_COMPAT`].
+    pub pvm_compat: bool,
+    /// With `pvm_compat`: the TSC frequency KVM reports, passed as
+    /// `tsc_early_khz=` (the guest cannot calibrate its TSC there: no HPET,
+    /// no PM timer, and the PIT is too slow under emulation).
+    pub tsc_khz: Option<u32>,
+    /// The user's extra arguments.
+    pub extra: &'a str,
+    /// Add [`ONESHOT`].
+    pub oneshot: bool,
+}
+
 /// Builds the command line: base, PVM compatibility (when asked), then the
 /// user's extra arguments, then `husk.oneshot=1` (when asked).
-pub fn build(pvm_compat: bool, extra: &str, oneshot: bool) -> Result<linux_loader::cmdline::Cmdline, BootError> {
+pub fn build(o: &Options<'_>) -> Result<linux_loader::cmdline::Cmdline, BootError> {
     let mut c = linux_loader::cmdline::Cmdline::new(CMDLINE_MAX)
         .map_err(|e| BootError::Cmdline(e.to_string()))?;
     let mut push = |s: &str| {
@@ -27,14 +42,17 @@ pub fn build(pvm_compat: bool, extra: &str, oneshot: bool) -> Result<linux_loade
             .map_err(|e| BootError::Cmdline(format!("{e} (while adding {s:?})")))
     };
     push(BASE)?;
-    if pvm_compat {
+    if o.pvm_compat {
         push(PVM_COMPAT)?;
+        if let Some(khz) = o.tsc_khz {
+            push(&format!("tsc_early_khz={khz}"))?;
+        }
     }
-    let extra = extra.trim();
+    let extra = o.extra.trim();
     if !extra.is_empty() {
         push(extra)?;
     }
-    if oneshot {
+    if o.oneshot {
         push(ONESHOT)?;
     }
     Ok(c)
@@ -50,12 +68,23 @@ mod tests {
 
     #[test]
     fn composes_in_order() {
-        let c = build(true, "  loglevel=8 ", true).unwrap();
-        let text = s(&c);
+        let o = Options {
+            pvm_compat: true,
+            tsc_khz: Some(2_445_404),
+            extra: "  loglevel=8 ",
+            oneshot: true,
+        };
+        let text = s(&build(&o).unwrap());
         assert!(text.starts_with(BASE));
         assert!(text.contains("clearcpuid="));
-        assert!(text.ends_with("loglevel=8 husk.oneshot=1"));
-        assert_eq!(s(&build(false, "", false).unwrap()), BASE);
+        assert!(text.ends_with("tsc_early_khz=2445404 loglevel=8 husk.oneshot=1"));
+        assert_eq!(s(&build(&Options::default()).unwrap()), BASE);
+        // The TSC hint belongs to the PVM set only.
+        let hw = Options {
+            tsc_khz: Some(1),
+            ..Options::default()
+        };
+        assert_eq!(s(&build(&hw).unwrap()), BASE);
     }
 
     #[test]
@@ -65,12 +94,25 @@ mod tests {
             .find(|a| a.starts_with("clearcpuid="))
             .unwrap();
         let value = &arg["clearcpuid=".len()..];
-        assert!(value.len() < 128, "clearcpuid list is {} chars", value.len());
+        assert!(
+            value.len() < 128,
+            "clearcpuid list is {} chars",
+            value.len()
+        );
     }
 
     #[test]
     fn rejects_bad_input() {
-        assert!(build(false, &"x".repeat(CMDLINE_MAX), false).is_err());
-        assert!(build(false, "a\0b", false).is_err());
+        let long = "x".repeat(CMDLINE_MAX);
+        assert!(build(&Options {
+            extra: &long,
+            ..Options::default()
+        })
+        .is_err());
+        assert!(build(&Options {
+            extra: "a\0b",
+            ..Options::default()
+        })
+        .is_err());
     }
 }

@@ -25,7 +25,11 @@ pub struct LoadedKernel {
 const KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
 
 /// Loads the ELF kernel at `path` into `mem`.
-pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path, mem_size: u64) -> Result<LoadedKernel, BootError> {
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    mem_size: u64,
+) -> Result<LoadedKernel, BootError> {
     let p = path.display().to_string();
     let mut file = File::open(path).map_err(|source| BootError::KernelOpen {
         path: p.clone(),
@@ -144,7 +148,10 @@ mod tests {
     fn rejects_missing_bzimage_and_garbage() {
         let m = mem(32);
         let missing = Path::new("/nonexistent/vmlinux");
-        assert!(matches!(load_kernel(&m, missing, 32 << 20), Err(BootError::KernelOpen { .. })));
+        assert!(matches!(
+            load_kernel(&m, missing, 32 << 20),
+            Err(BootError::KernelOpen { .. })
+        ));
         let mut bz = vec![0u8; 0x400];
         bz[0x202..0x206].copy_from_slice(b"HdrS");
         let p = temp("bz", &bz);
@@ -153,10 +160,16 @@ mod tests {
         assert!(e.to_string().contains("vmlinux"));
         std::fs::remove_file(&p).unwrap();
         let p = temp("garbage", b"hello");
-        assert!(matches!(load_kernel(&m, &p, 32 << 20), Err(BootError::NotElf { .. })));
+        assert!(matches!(
+            load_kernel(&m, &p, 32 << 20),
+            Err(BootError::NotElf { .. })
+        ));
         std::fs::remove_file(&p).unwrap();
         let p = temp("truncated-elf", b"\x7fELF\x02\x01\x01");
-        assert!(matches!(load_kernel(&m, &p, 32 << 20), Err(BootError::KernelLoad { .. })));
+        assert!(matches!(
+            load_kernel(&m, &p, 32 << 20),
+            Err(BootError::KernelLoad { .. })
+        ));
         std::fs::remove_file(&p).unwrap();
     }
 

@@ -62,7 +62,13 @@ mod tests {
         assert_eq!(ram_ranges(128 << 20), vec![(0, 128 << 20)]);
         assert_eq!(ram_ranges(MMIO_GAP_START), vec![(0, MMIO_GAP_START)]);
         let r = ram_ranges(4 << 30);
-        assert_eq!(r, vec![(0, MMIO_GAP_START), (MMIO_GAP_END, (4 << 30) - MMIO_GAP_START)]);
+        assert_eq!(
+            r,
+            vec![
+                (0, MMIO_GAP_START),
+                (MMIO_GAP_END, (4 << 30) - MMIO_GAP_START)
+            ]
+        );
         assert_eq!(r.iter().map(|x| x.1).sum::<u64>(), 4 << 30);
         assert_eq!(low_ram_end(8 << 30), MMIO_GAP_START);
         const { assert!(PD + PD_COUNT * 0x1000 <= CMDLINE) };

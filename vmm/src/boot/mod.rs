@@ -24,7 +24,9 @@ pub enum BootError {
     BzImage { path: String },
     #[error("kernel image {path} is not an ELF vmlinux (no ELF magic)")]
     NotElf { path: String },
-    #[error("kernel image {path} could not be loaded into {mem_mib} MiB of guest memory: {reason}")]
+    #[error(
+        "kernel image {path} could not be loaded into {mem_mib} MiB of guest memory: {reason}"
+    )]
     KernelLoad {
         path: String,
         mem_mib: u64,
@@ -56,7 +58,10 @@ pub enum BootError {
     Random(std::io::Error),
 }
 
-pub(crate) fn write_err(what: &'static str, addr: GuestAddress) -> impl Fn(vm_memory::GuestMemoryError) -> BootError {
+pub(crate) fn write_err(
+    what: &'static str,
+    addr: GuestAddress,
+) -> impl Fn(vm_memory::GuestMemoryError) -> BootError {
     move |e| BootError::GuestWrite {
         what,
         addr: addr.0,

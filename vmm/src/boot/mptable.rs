@@ -28,7 +28,10 @@ const CPU_BOOTPROCESSOR: u8 = 2;
 pub const MAX_CPUS: u8 = 254;
 
 fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |s, b| s.wrapping_add(*b)).wrapping_neg()
+    bytes
+        .iter()
+        .fold(0u8, |s, b| s.wrapping_add(*b))
+        .wrapping_neg()
 }
 
 /// Serializes the floating pointer and configuration table for `cpus` CPUs

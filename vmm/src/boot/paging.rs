@@ -3,7 +3,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::{BOOT_GDT, BOOT_IDT, PD, PD_COUNT, PDPT, PML4};
+use super::layout::{BOOT_GDT, BOOT_IDT, PD, PDPT, PD_COUNT, PML4};
 use super::{write_err, BootError};
 
 /// Flat GDT: null, 64-bit code, data, TSS.
@@ -61,7 +61,14 @@ mod tests {
     fn identity_maps_four_gib() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
         let cr3 = write_page_tables(&mem).unwrap();
-        for va in [0u64, 0x1000, 0x100_0123, 0x3fff_ffff, 0xfee0_0000, 0xffff_ffff] {
+        for va in [
+            0u64,
+            0x1000,
+            0x100_0123,
+            0x3fff_ffff,
+            0xfee0_0000,
+            0xffff_ffff,
+        ] {
             assert_eq!(gva_to_gpa(&mem, cr3, va), Some(va), "va {va:#x}");
         }
         assert_eq!(gva_to_gpa(&mem, cr3, 0x1_0000_0000), None);

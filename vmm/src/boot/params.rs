@@ -32,7 +32,11 @@ pub fn e820_map(mem_size: u64) -> Vec<(u64, u64)> {
     let mut map = vec![(0, EBDA_START)];
     for (start, len) in layout::ram_ranges(mem_size) {
         let start = start.max(HIMEM_START);
-        let end = if start == HIMEM_START { len } else { start + len };
+        let end = if start == HIMEM_START {
+            len
+        } else {
+            start + len
+        };
         if end > start {
             map.push((start, end - start));
         }
@@ -93,7 +97,8 @@ pub fn write_rng_seed(mem: &GuestMemoryMmap, seed: &[u8; RNG_SEED_LEN]) -> Resul
 /// Writes the zero page.
 pub fn write_zero_page(mem: &GuestMemoryMmap, params: &boot_params) -> Result<(), BootError> {
     let addr = GuestAddress(ZERO_PAGE);
-    mem.write_obj(*params, addr).map_err(write_err("zero page", addr))
+    mem.write_obj(*params, addr)
+        .map_err(write_err("zero page", addr))
 }
 
 /// A fresh random seed from the host.
@@ -103,13 +108,8 @@ pub fn random_seed() -> Result<[u8; RNG_SEED_LEN], BootError> {
     while filled < seed.len() {
         // SAFETY: the pointer and length describe the unfilled tail of `seed`,
         // which outlives the call.
-        let n = unsafe {
-            libc::getrandom(
-                seed[filled..].as_mut_ptr().cast(),
-                seed.len() - filled,
-                0,
-            )
-        };
+        let n =
+            unsafe { libc::getrandom(seed[filled..].as_mut_ptr().cast(), seed.len() - filled, 0) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -129,7 +129,10 @@ mod tests {
 
     #[test]
     fn e820_small_and_split() {
-        assert_eq!(e820_map(128 << 20), vec![(0, 0x9fc00), (0x10_0000, (128 << 20) - 0x10_0000)]);
+        assert_eq!(
+            e820_map(128 << 20),
+            vec![(0, 0x9fc00), (0x10_0000, (128 << 20) - 0x10_0000)]
+        );
         let big = 6u64 << 30;
         assert_eq!(
             e820_map(big),
@@ -146,7 +149,10 @@ mod tests {
         let p = boot_params(
             64 << 20,
             42,
-            Some(InitrdPlacement { addr: 0x3f0_0000, size: 0x1234 }),
+            Some(InitrdPlacement {
+                addr: 0x3f0_0000,
+                size: 0x1234,
+            }),
             Some(SETUP_DATA),
         );
         assert_eq!({ p.hdr.header }, KERNEL_HDR_MAGIC);
@@ -158,7 +164,10 @@ mod tests {
         assert_eq!({ p.hdr.setup_data }, SETUP_DATA);
         assert_eq!(p.e820_entries, 2);
         let e = p.e820_table[1];
-        assert_eq!(({ e.addr }, { e.size }, { e.r#type }), (0x10_0000, (64 << 20) - 0x10_0000, 1));
+        assert_eq!(
+            ({ e.addr }, { e.size }, { e.r#type }),
+            (0x10_0000, (64 << 20) - 0x10_0000, 1)
+        );
     }
 
     #[test]
@@ -171,7 +180,8 @@ mod tests {
         let len: u32 = mem.read_obj(GuestAddress(SETUP_DATA + 12)).unwrap();
         assert_eq!((kind, len), (9, 32));
         let mut back = [0u8; RNG_SEED_LEN];
-        mem.read_slice(&mut back, GuestAddress(SETUP_DATA + 16)).unwrap();
+        mem.read_slice(&mut back, GuestAddress(SETUP_DATA + 16))
+            .unwrap();
         assert_eq!(back, seed);
     }
 }

@@ -10,10 +10,26 @@ pub const REQUIRED_CAPS: &[(Cap, &str, &str)] = &[
     (Cap::Irqchip, "IRQCHIP", "in-kernel IOAPIC/PIC/LAPIC"),
     (Cap::Pit2, "PIT2", "in-kernel PIT timer"),
     (Cap::Irqfd, "IRQFD", "device interrupts without a VM exit"),
-    (Cap::Ioeventfd, "IOEVENTFD", "virtqueue notifications without a trip through the VMM"),
-    (Cap::UserMemory, "USER_MEMORY", "guest memory mapped from the VMM"),
-    (Cap::SetTssAddr, "SET_TSS_ADDR", "x86 real-mode TSS placement"),
-    (Cap::ImmediateExit, "IMMEDIATE_EXIT", "stopping vCPUs promptly"),
+    (
+        Cap::Ioeventfd,
+        "IOEVENTFD",
+        "virtqueue notifications without a trip through the VMM",
+    ),
+    (
+        Cap::UserMemory,
+        "USER_MEMORY",
+        "guest memory mapped from the VMM",
+    ),
+    (
+        Cap::SetTssAddr,
+        "SET_TSS_ADDR",
+        "x86 real-mode TSS placement",
+    ),
+    (
+        Cap::ImmediateExit,
+        "IMMEDIATE_EXIT",
+        "stopping vCPUs promptly",
+    ),
 ];
 
 /// Errors opening KVM.
@@ -24,7 +40,10 @@ pub enum KvmError {
     #[error("/dev/kvm reports API version {0}, husk needs {KVM_API_VERSION}")]
     ApiVersion(i32),
     #[error("/dev/kvm lacks KVM_CAP_{name} ({why})")]
-    MissingCap { name: &'static str, why: &'static str },
+    MissingCap {
+        name: &'static str,
+        why: &'static str,
+    },
 }
 
 /// Opens /dev/kvm and checks the API version and required capabilities.

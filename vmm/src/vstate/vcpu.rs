@@ -3,7 +3,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
@@ -11,7 +13,9 @@ use husk_devices::bus::Bus;
 
 use crate::boot::layout::{BOOT_GDT, BOOT_IDT, BOOT_STACK, ZERO_PAGE};
 use crate::boot::paging::{CODE_SELECTOR, DATA_SELECTOR, GDT, TSS_SELECTOR};
-use crate::exit::{emulation_insn_bytes, read_insn, EmulationFailure, ExitReason, SUBERROR_EMULATION};
+use crate::exit::{
+    emulation_insn_bytes, read_insn, EmulationFailure, ExitReason, SUBERROR_EMULATION,
+};
 use crate::runstate::RunState;
 
 /// Errors creating or configuring a vCPU.
@@ -47,17 +51,17 @@ const APIC_MODE_EXTINT: u32 = 0x7;
 
 /// MSRs set at boot (index, value), as a BIOS would leave them.
 const BOOT_MSRS: &[(u32, u64)] = &[
-    (0x174, 0),                // IA32_SYSENTER_CS
-    (0x175, 0),                // IA32_SYSENTER_ESP
-    (0x176, 0),                // IA32_SYSENTER_EIP
-    (0xc000_0081, 0),          // STAR
-    (0xc000_0082, 0),          // LSTAR
-    (0xc000_0083, 0),          // CSTAR
-    (0xc000_0084, 0),          // SYSCALL_MASK
-    (0xc000_0102, 0),          // KERNEL_GS_BASE
-    (0x10, 0),                 // IA32_TSC
-    (0x1a0, 1),                // IA32_MISC_ENABLE: fast strings
-    (0x2ff, (1 << 11) | 0x6),  // MTRRdefType: enabled, write-back
+    (0x174, 0),               // IA32_SYSENTER_CS
+    (0x175, 0),               // IA32_SYSENTER_ESP
+    (0x176, 0),               // IA32_SYSENTER_EIP
+    (0xc000_0081, 0),         // STAR
+    (0xc000_0082, 0),         // LSTAR
+    (0xc000_0083, 0),         // CSTAR
+    (0xc000_0084, 0),         // SYSCALL_MASK
+    (0xc000_0102, 0),         // KERNEL_GS_BASE
+    (0x10, 0),                // IA32_TSC
+    (0x1a0, 1),               // IA32_MISC_ENABLE: fast strings
+    (0x2ff, (1 << 11) | 0x6), // MTRRdefType: enabled, write-back
 ];
 
 /// Where the boot vCPU starts.
@@ -76,17 +80,24 @@ pub struct Vcpu {
 impl Vcpu {
     /// Creates vCPU `id`.
     pub fn new(vm: &VmFd, id: u8) -> Result<Self, VcpuError> {
-        let fd = vm.create_vcpu(u64::from(id)).map_err(|source| VcpuError::Kvm {
-            id,
-            what: "KVM_CREATE_VCPU",
-            source,
-        })?;
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|source| VcpuError::Kvm {
+                id,
+                what: "KVM_CREATE_VCPU",
+                source,
+            })?;
         Ok(Self { id, fd })
     }
 
     /// The vCPU index (also its APIC id).
     pub fn id(&self) -> u8 {
         self.id
+    }
+
+    /// The guest TSC frequency KVM uses, when it says.
+    pub fn tsc_khz(&self) -> Option<u32> {
+        self.fd.get_tsc_khz().ok().filter(|k| *k > 0)
     }
 
     fn kvm_err(&self, what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VcpuError {
@@ -97,7 +108,12 @@ impl Vcpu {
     /// Sets CPUID, MSRs, FPU, registers and the LAPIC for a 64-bit entry at
     /// `entry` (all vCPUs get it; only the BSP runs until the kernel starts
     /// the others).
-    pub fn configure(&self, supported: &CpuId, vcpus: u8, entry: BootEntry) -> Result<(), VcpuError> {
+    pub fn configure(
+        &self,
+        supported: &CpuId,
+        vcpus: u8,
+        entry: BootEntry,
+    ) -> Result<(), VcpuError> {
         let cpuid = cpuid_for(supported, self.id, vcpus);
         self.fd
             .set_cpuid2(&cpuid)
@@ -118,7 +134,9 @@ impl Vcpu {
             rsi: ZERO_PAGE,
             ..Default::default()
         };
-        self.fd.set_regs(&regs).map_err(self.kvm_err("KVM_SET_REGS"))?;
+        self.fd
+            .set_regs(&regs)
+            .map_err(self.kvm_err("KVM_SET_REGS"))?;
         self.set_lint()
     }
 
@@ -136,12 +154,19 @@ impl Vcpu {
             what: "MSR list",
             reason: format!("{e:?}"),
         })?;
-        let set = self.fd.set_msrs(&msrs).map_err(self.kvm_err("KVM_SET_MSRS"))?;
+        let set = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(self.kvm_err("KVM_SET_MSRS"))?;
         if set < entries.len() {
             // Nested hosts refuse some MSRs (e.g. PVM); say which, and go on:
             // none of these is needed to boot.
             for e in &entries[set..] {
-                tracing::warn!(vcpu = self.id, msr = format_args!("{:#x}", e.index), "KVM_SET_MSRS did not take this boot MSR");
+                tracing::warn!(
+                    vcpu = self.id,
+                    msr = format_args!("{:#x}", e.index),
+                    "KVM_SET_MSRS did not take this boot MSR"
+                );
             }
         }
         Ok(())
@@ -183,7 +208,9 @@ impl Vcpu {
         sregs.cr3 = cr3;
         sregs.cr4 = X86_CR4_PAE;
         sregs.efer = EFER_LME | EFER_LMA;
-        self.fd.set_sregs(&sregs).map_err(self.kvm_err("KVM_SET_SREGS"))
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(self.kvm_err("KVM_SET_SREGS"))
     }
 
     fn set_lint(&self) -> Result<(), VcpuError> {
@@ -200,7 +227,9 @@ impl Vcpu {
         };
         rw(APIC_LVT0, APIC_MODE_EXTINT);
         rw(APIC_LVT1, APIC_MODE_NMI);
-        self.fd.set_lapic(&lapic).map_err(self.kvm_err("KVM_SET_LAPIC"))
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(self.kvm_err("KVM_SET_LAPIC"))
     }
 
     /// Runs the vCPU until the VM stops; reports why through `state`.
@@ -226,10 +255,16 @@ impl Vcpu {
                     }
                     VcpuExit::Shutdown => break Some(ExitReason::TripleFault { vcpu: self.id }),
                     VcpuExit::SystemEvent(kind, _) => {
-                        break Some(ExitReason::SystemEvent { vcpu: self.id, kind })
+                        break Some(ExitReason::SystemEvent {
+                            vcpu: self.id,
+                            kind,
+                        })
                     }
                     VcpuExit::FailEntry(reason, _) => {
-                        break Some(ExitReason::FailEntry { vcpu: self.id, reason })
+                        break Some(ExitReason::FailEntry {
+                            vcpu: self.id,
+                            reason,
+                        })
                     }
                     VcpuExit::InternalError => break Some(self.internal_error(&ctx.mem)),
                     VcpuExit::Intr => {}

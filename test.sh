@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every check and test: formatting, clippy (warnings are errors), unit
+# tests, the tiny test-guest VM tests and the real guest-kernel test. Builds
+# the guest image first (cached). VM tests skip, saying so, only where
+# /dev/kvm is absent.
+set -euo pipefail
+cd "$(dirname "$0")"
+bash guest-image/build.sh
+cargo fmt --all -- --check
+cargo clippy -q --workspace --all-targets -- -D warnings
+cargo test --workspace
