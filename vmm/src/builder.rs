@@ -14,6 +14,7 @@ use crate::api::VmmHandle;
 use crate::boot::{self, cmdline, kernel, mptable, paging, params};
 use crate::config::{PvmCompat, VmConfig};
 use crate::controller::{self, Controller, Facts, PANIC_MARKER};
+use crate::device_manager::DeviceManager;
 use crate::error::{StartError, VmmError};
 use crate::host::{self, VirtKind};
 use crate::runstate::RunState;
@@ -62,6 +63,18 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
         PvmCompat::Off => false,
         PvmCompat::Auto => host::detect() == VirtKind::Pvm,
     };
+    // Devices.
+    let console = Arc::new(ConsoleWatch::new(console_markers(&config)));
+    let (mut pio, reset_evt) = legacy_devices(&config, &vm, &console)?;
+    let mut mmio = Bus::new();
+    let mut devices = DeviceManager::new();
+    attach_virtio_devices(&config, &vm, &mem, &mut mmio, &mut devices)?;
+    for (base, len, name, dev) in extra.pio {
+        pio.insert(base, len, &name, dev)?;
+    }
+    for (base, len, name, dev) in extra.mmio {
+        mmio.insert(base, len, &name, dev)?;
+    }
     // vCPU fds come first: on PVM hosts the command line carries the TSC
     // frequency KVM reports (the guest cannot calibrate it there).
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
@@ -76,6 +89,7 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
     let cmdline = cmdline::build(&cmdline::Options {
         pvm_compat: pvm,
         tsc_khz,
+        devices: &devices.cmdline_entries(),
         extra: &config.cmdline_extra,
         oneshot: config.oneshot,
     })?;
@@ -97,55 +111,6 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
     let cr3 = paging::write_page_tables(&mem)?;
     paging::write_gdt(&mem)?;
 
-    // Legacy devices.
-    let mut markers = vec![PANIC_MARKER.to_string()];
-    if !config.ready_marker.is_empty() {
-        markers.push(config.ready_marker.clone());
-    }
-    let console = Arc::new(ConsoleWatch::new(markers));
-    let console_file = match &config.console.file {
-        Some(p) => Some(File::create(p).map_err(|source| VmmError::ConsoleFile {
-            path: p.display().to_string(),
-            source,
-        })?),
-        None => None,
-    };
-    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("serial eventfd"))?;
-    vm.register_irqfd(&serial_irq, serial::COM1_IRQ)?;
-    let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("reset eventfd"))?;
-    let serial_dev = Serial::new(
-        EventFdTrigger::new(serial_irq),
-        ConsoleSink::new(console_file, config.console.log, console.clone()),
-    );
-    let i8042_dev = I8042::new(EventFdTrigger::new(
-        reset_evt.try_clone().map_err(io_err("reset eventfd"))?,
-    ));
-    let mut pio = Bus::new();
-    pio.insert(
-        serial::COM1_BASE,
-        serial::COM1_LEN,
-        "serial",
-        Arc::new(Mutex::new(serial_dev)),
-    )?;
-    pio.insert(
-        i8042::I8042_BASE,
-        i8042::I8042_LEN,
-        "i8042",
-        Arc::new(Mutex::new(i8042_dev)),
-    )?;
-    pio.insert(
-        cmos::CMOS_BASE,
-        cmos::CMOS_LEN,
-        "cmos",
-        Arc::new(Mutex::new(Cmos::default())),
-    )?;
-    let mut mmio = Bus::new();
-    for (base, len, name, dev) in extra.pio {
-        pio.insert(base, len, &name, dev)?;
-    }
-    for (base, len, name, dev) in extra.mmio {
-        mmio.insert(base, len, &name, dev)?;
-    }
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
     // vCPUs.
@@ -206,6 +171,7 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
         console.clone(),
         started,
     );
+    let subscribers = devices.take_subscribers();
     // The VM (and its memory) must outlive the vCPU threads: the controller
     // thread owns it until they have all stopped.
     let ctl_thread = std::thread::Builder::new()
@@ -213,7 +179,7 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
         .spawn(move || {
             let _vm = vm;
             let _kvm = kvm;
-            controller::run(ctl, threads);
+            controller::run(ctl, subscribers, threads);
         })
         .map_err(io_err("spawning the VMM thread"))?;
     Ok(VmmHandle {
@@ -225,4 +191,70 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
         started,
         thread: Some(ctl_thread),
     })
+}
+
+/// Attaches the configured virtio devices.
+fn attach_virtio_devices(
+    _config: &VmConfig,
+    _vm: &Vm,
+    _mem: &vm_memory::GuestMemoryMmap,
+    _mmio: &mut Bus,
+    _devices: &mut DeviceManager,
+) -> Result<(), VmmError> {
+    Ok(())
+}
+
+/// What the console watch looks for.
+fn console_markers(config: &VmConfig) -> Vec<String> {
+    let mut markers = vec![PANIC_MARKER.to_string()];
+    if !config.ready_marker.is_empty() {
+        markers.push(config.ready_marker.clone());
+    }
+    markers
+}
+
+/// The PIO bus with the serial console, the i8042 and the CMOS clock;
+/// returns it with the eventfd the i8042 signals on a guest reset.
+fn legacy_devices(
+    config: &VmConfig,
+    vm: &Vm,
+    console: &Arc<ConsoleWatch>,
+) -> Result<(Bus, EventFd), VmmError> {
+    let console_file = match &config.console.file {
+        Some(p) => Some(File::create(p).map_err(|source| VmmError::ConsoleFile {
+            path: p.display().to_string(),
+            source,
+        })?),
+        None => None,
+    };
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("serial eventfd"))?;
+    vm.register_irqfd(&serial_irq, serial::COM1_IRQ)?;
+    let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("reset eventfd"))?;
+    let serial_dev = Serial::new(
+        EventFdTrigger::new(serial_irq),
+        ConsoleSink::new(console_file, config.console.log, console.clone()),
+    );
+    let i8042_dev = I8042::new(EventFdTrigger::new(
+        reset_evt.try_clone().map_err(io_err("reset eventfd"))?,
+    ));
+    let mut pio = Bus::new();
+    pio.insert(
+        serial::COM1_BASE,
+        serial::COM1_LEN,
+        "serial",
+        Arc::new(Mutex::new(serial_dev)),
+    )?;
+    pio.insert(
+        i8042::I8042_BASE,
+        i8042::I8042_LEN,
+        "i8042",
+        Arc::new(Mutex::new(i8042_dev)),
+    )?;
+    pio.insert(
+        cmos::CMOS_BASE,
+        cmos::CMOS_LEN,
+        "cmos",
+        Arc::new(Mutex::new(Cmos::default())),
+    )?;
+    Ok((pio, reset_evt))
 }

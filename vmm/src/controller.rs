@@ -14,6 +14,7 @@ use husk_devices::legacy::ConsoleWatch;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::{Envelope, VmInfo, VmmRequest, VmmResponse};
+use crate::device_manager::Subscriber;
 use crate::exit::ExitReason;
 use crate::runstate::{RunState, Timeline, VmOutcome};
 
@@ -142,16 +143,19 @@ impl MutEventSubscriber for Controller {
 
 /// Runs the event loop until an exit is reported, then stops the vCPUs and
 /// publishes the outcome.
-pub(crate) fn run(controller: Controller, vcpus: Vec<JoinHandle<()>>) {
+pub(crate) fn run(controller: Controller, devices: Vec<Subscriber>, vcpus: Vec<JoinHandle<()>>) {
     let state = controller.state.clone();
     let console = controller.console.clone();
     let name = controller.facts.name.clone();
     let marker = controller.facts.ready_marker.clone();
     let started = controller.started;
-    let controller = Arc::new(Mutex::new(controller));
-    match EventManager::<Arc<Mutex<Controller>>>::new() {
+    let controller: Subscriber = Arc::new(Mutex::new(controller));
+    match EventManager::<Subscriber>::new() {
         Ok(mut mgr) => {
             mgr.add_subscriber(controller.clone());
+            for d in devices {
+                mgr.add_subscriber(d);
+            }
             while state.exit_reason().is_none() {
                 if let Err(e) = mgr.run_with_timeout(1000) {
                     tracing::error!(vm = %name, error = ?e, "event loop failed");
@@ -167,7 +171,8 @@ pub(crate) fn run(controller: Controller, vcpus: Vec<JoinHandle<()>>) {
             error: format!("cannot create the event loop: {e:?}"),
         }),
     }
-    // Drop the request receiver now: later requests fail fast with NotRunning.
+    // Drop the request receiver now (the event manager, which held the other
+    // reference, is gone): later requests fail fast with NotRunning.
     drop(controller);
     stop_vcpus(&state, vcpus, &name);
     let reason = state.exit_reason().unwrap_or(ExitReason::HostRequest);

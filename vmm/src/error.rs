@@ -28,6 +28,8 @@ pub enum VmmError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Boot(#[from] BootError),
+    #[error(transparent)]
+    Device(#[from] crate::device_manager::DeviceError),
     #[error("device bus: {0}")]
     Bus(#[from] husk_devices::bus::BusError),
     #[error("console file {path}: {source}")]

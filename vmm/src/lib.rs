@@ -11,6 +11,7 @@ pub mod boot;
 pub mod builder;
 pub mod config;
 pub(crate) mod controller;
+pub mod device_manager;
 pub mod error;
 pub mod exit;
 pub mod host;

@@ -26,14 +26,16 @@ pub struct Options<'a> {
     /// `tsc_early_khz=` (the guest cannot calibrate its TSC there: no HPET,
     /// no PM timer, and the PIT is too slow under emulation).
     pub tsc_khz: Option<u32>,
+    /// `virtio_mmio.device=` entries of the attached devices.
+    pub devices: &'a [String],
     /// The user's extra arguments.
     pub extra: &'a str,
     /// Add [`ONESHOT`].
     pub oneshot: bool,
 }
 
-/// Builds the command line: base, PVM compatibility (when asked), then the
-/// user's extra arguments, then `husk.oneshot=1` (when asked).
+/// Builds the command line: base, PVM compatibility (when asked), the
+/// devices, the user's extra arguments, then `husk.oneshot=1` (when asked).
 pub fn build(o: &Options<'_>) -> Result<linux_loader::cmdline::Cmdline, BootError> {
     let mut c = linux_loader::cmdline::Cmdline::new(CMDLINE_MAX)
         .map_err(|e| BootError::Cmdline(e.to_string()))?;
@@ -47,6 +49,9 @@ pub fn build(o: &Options<'_>) -> Result<linux_loader::cmdline::Cmdline, BootErro
         if let Some(khz) = o.tsc_khz {
             push(&format!("tsc_early_khz={khz}"))?;
         }
+    }
+    for d in o.devices {
+        push(d)?;
     }
     let extra = o.extra.trim();
     if !extra.is_empty() {
@@ -71,13 +76,16 @@ mod tests {
         let o = Options {
             pvm_compat: true,
             tsc_khz: Some(2_445_404),
+            devices: &["virtio_mmio.device=4K@0xd0000000:5".to_string()],
             extra: "  loglevel=8 ",
             oneshot: true,
         };
         let text = s(&build(&o).unwrap());
         assert!(text.starts_with(BASE));
         assert!(text.contains("clearcpuid="));
-        assert!(text.ends_with("tsc_early_khz=2445404 loglevel=8 husk.oneshot=1"));
+        assert!(text.ends_with(
+            "tsc_early_khz=2445404 virtio_mmio.device=4K@0xd0000000:5 loglevel=8 husk.oneshot=1"
+        ));
         assert_eq!(s(&build(&Options::default()).unwrap()), BASE);
         // The TSC hint belongs to the PVM set only.
         let hw = Options {

@@ -1,0 +1,584 @@
+//! The virtio-mmio transport (virtio 1.2, 4.2; "modern", version 2).
+//!
+//! Registers are 32 bits wide; other widths on them are ignored (reads give
+//! zero). The status register follows the driver's initialization sequence;
+//! out-of-order steps are refused (FEATURES_OK is not latched when the
+//! driver asked for features the device lacks or not for VERSION_1), queue
+//! registers only take writes between FEATURES_OK and DRIVER_OK, and nothing
+//! the guest writes can make the VMM panic.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::BusDevice;
+use crate::virtio::interrupt::{InterruptKind, MmioInterrupt, VirtioInterrupt};
+use crate::virtio::{status, ActivateContext, ActiveQueue, VirtioDevice, VIRTIO_F_VERSION_1};
+
+/// Size of one device's MMIO window.
+pub const MMIO_WINDOW: u64 = 0x1000;
+/// QueueNotify's offset (where the VMM puts the ioeventfds).
+pub const NOTIFY_OFFSET: u64 = 0x50;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR: u32 = 0x4b53_5548; // "HUSK"
+const CONFIG_OFFSET: u64 = 0x100;
+
+/// A device behind virtio-mmio registers.
+pub struct MmioTransport {
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<MmioInterrupt>,
+    notify: Vec<EventFd>,
+    queues: Vec<Queue>,
+    status: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    config_generation: u32,
+    activated: bool,
+}
+
+/// Errors building a transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("{device}: queue {index} of max size {size}: {reason}")]
+    Queue {
+        device: String,
+        index: usize,
+        size: u16,
+        reason: String,
+    },
+    #[error("{device}: {got} notify eventfds for {expected} queues")]
+    NotifyCount {
+        device: String,
+        expected: usize,
+        got: usize,
+    },
+}
+
+impl MmioTransport {
+    /// Puts `device` behind MMIO registers. `notify` holds one eventfd per
+    /// queue (registered by the VMM as ioeventfds at [`NOTIFY_OFFSET`] with the
+    /// queue index as datamatch); `interrupt`'s eventfd is the device's irqfd.
+    pub fn new(
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<MmioInterrupt>,
+        notify: Vec<EventFd>,
+    ) -> Result<Self, TransportError> {
+        let (name, sizes) = {
+            let d = lock(&device);
+            (d.name().to_string(), d.queue_max_sizes().to_vec())
+        };
+        if notify.len() != sizes.len() {
+            return Err(TransportError::NotifyCount {
+                device: name,
+                expected: sizes.len(),
+                got: notify.len(),
+            });
+        }
+        let queues = sizes
+            .iter()
+            .enumerate()
+            .map(|(index, &size)| {
+                Queue::new(size).map_err(|e| TransportError::Queue {
+                    device: name.clone(),
+                    index,
+                    size,
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            device,
+            mem,
+            interrupt,
+            notify,
+            queues,
+            status: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            config_generation: 0,
+            activated: false,
+        })
+    }
+
+    /// The device status register.
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    /// Whether the device is running.
+    pub fn is_activated(&self) -> bool {
+        self.activated
+    }
+
+    fn device(&self) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
+        lock(&self.device)
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// Queue registers are writable only while features are negotiated and
+    /// the driver is not yet running.
+    fn queue_config_allowed(&self) -> bool {
+        self.status & status::FEATURES_OK != 0
+            && self.status & (status::DRIVER_OK | status::FAILED) == 0
+    }
+
+    fn read_reg(&self, offset: u64) -> u32 {
+        match offset {
+            0x00 => MAGIC,
+            0x04 => VERSION,
+            0x08 => self.device().device_type(),
+            0x0c => VENDOR,
+            0x10 => {
+                let f = self.device().features() | VIRTIO_F_VERSION_1;
+                match self.device_features_sel {
+                    0 => f as u32,
+                    1 => (f >> 32) as u32,
+                    _ => 0,
+                }
+            }
+            0x34 => self
+                .queues
+                .get(self.queue_sel as usize)
+                .map_or(0, |q| u32::from(q.max_size())),
+            0x44 => self
+                .queues
+                .get(self.queue_sel as usize)
+                .map_or(0, |q| u32::from(q.ready())),
+            0x60 => self.interrupt.status(),
+            0x70 => self.status,
+            0xfc => self.config_generation,
+            _ => 0,
+        }
+    }
+
+    fn write_reg(&mut self, offset: u64, v: u32) {
+        match offset {
+            0x14 => self.device_features_sel = v,
+            0x20 => {
+                if self.status & status::DRIVER != 0 && self.status & status::FEATURES_OK == 0 {
+                    match self.driver_features_sel {
+                        0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+                        1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
+                        _ => {}
+                    }
+                }
+            }
+            0x24 => self.driver_features_sel = v,
+            0x30 => self.queue_sel = v,
+            0x38 if self.queue_config_allowed() => {
+                if let Some(q) = self.selected_queue() {
+                    // Queue validates the size (power of two, <= max);
+                    // an invalid one leaves the queue invalid until fixed.
+                    q.set_size(v as u16);
+                }
+            }
+            0x44 if self.queue_config_allowed() => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(v == 1);
+                }
+            }
+            0x50 => {
+                // Normally KVM consumes this write (ioeventfd); without one,
+                // forward the notification ourselves.
+                if let Some(evt) = self.notify.get(v as usize) {
+                    let _ = evt.write(1);
+                }
+            }
+            0x64 => self.interrupt.ack(v),
+            0x70 => self.write_status(v),
+            0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 if self.queue_config_allowed() => {
+                let high = offset & 0x4 != 0;
+                let (lo, hi) = if high { (None, Some(v)) } else { (Some(v), None) };
+                if let Some(q) = self.selected_queue() {
+                    match offset & !0x4 {
+                        0x80 => q.set_desc_table_address(lo, hi),
+                        0x90 => q.set_avail_ring_address(lo, hi),
+                        _ => q.set_used_ring_address(lo, hi),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn write_status(&mut self, v: u32) {
+        use status::*;
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        let new_bits = v & !self.status;
+        // The driver may only add bits, in order (virtio 1.2, 3.1.1).
+        if v & self.status != self.status {
+            return;
+        }
+        if new_bits & FAILED != 0 {
+            self.status |= FAILED;
+            return;
+        }
+        match new_bits {
+            ACKNOWLEDGE if self.status == 0 => self.status = v,
+            DRIVER if self.status == ACKNOWLEDGE => self.status = v,
+            FEATURES_OK if self.status == ACKNOWLEDGE | DRIVER => {
+                let offered = self.device().features() | VIRTIO_F_VERSION_1;
+                let acked = self.driver_features;
+                if acked & !offered == 0 && acked & VIRTIO_F_VERSION_1 != 0 {
+                    self.device().ack_features(acked);
+                    self.status = v;
+                }
+                // Otherwise FEATURES_OK stays clear: the driver reads it back
+                // and gives up on the device.
+            }
+            DRIVER_OK if self.status == ACKNOWLEDGE | DRIVER | FEATURES_OK => {
+                self.status = v;
+                self.activate();
+            }
+            _ => {}
+        }
+    }
+
+    fn activate(&mut self) {
+        let name = self.device().name().to_string();
+        let mut queues = Vec::new();
+        for index in 0..self.queues.len() {
+            let q = &self.queues[index];
+            if !q.ready() {
+                continue;
+            }
+            if !q.is_valid(&self.mem) {
+                tracing::warn!(device = %name, queue = index, "driver readied an invalid queue; device needs reset");
+                self.needs_reset();
+                return;
+            }
+            let notify = match self.notify[index].try_clone() {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(device = %name, error = %e, "cannot clone a queue eventfd");
+                    self.needs_reset();
+                    return;
+                }
+            };
+            let queue = match Queue::try_from(q.state()) {
+                Ok(q) => q,
+                Err(e) => {
+                    tracing::warn!(device = %name, queue = index, error = %e, "queue state rejected");
+                    self.needs_reset();
+                    return;
+                }
+            };
+            queues.push(ActiveQueue {
+                index,
+                queue,
+                notify,
+            });
+        }
+        let ctx = ActivateContext {
+            mem: self.mem.clone(),
+            interrupt: self.interrupt.clone(),
+            acked_features: self.driver_features,
+            queues,
+        };
+        let result = self.device().activate(ctx);
+        match result {
+            Ok(()) => {
+                self.activated = true;
+                tracing::debug!(device = %name, "virtio device activated");
+            }
+            Err(e) => {
+                tracing::warn!(device = %name, error = %e, "virtio device activation failed");
+                self.needs_reset();
+            }
+        }
+    }
+
+    fn needs_reset(&mut self) {
+        self.status |= status::DEVICE_NEEDS_RESET;
+        let _ = self.interrupt.trigger(InterruptKind::Config);
+    }
+
+    fn reset(&mut self) {
+        if self.activated {
+            self.device().reset();
+            self.activated = false;
+        }
+        for q in self.queues.iter_mut() {
+            q.reset();
+        }
+        self.status = 0;
+        self.driver_features = 0;
+        self.driver_features_sel = 0;
+        self.device_features_sel = 0;
+        self.queue_sel = 0;
+        self.interrupt.clear();
+    }
+}
+
+fn lock(d: &Arc<Mutex<dyn VirtioDevice>>) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
+    d.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_OFFSET {
+            self.device().read_config(offset - CONFIG_OFFSET, data);
+            return;
+        }
+        if data.len() != 4 || offset % 4 != 0 {
+            data.fill(0);
+            return;
+        }
+        data.copy_from_slice(&self.read_reg(offset).to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_OFFSET {
+            // Config writes are only meaningful once the driver is set up.
+            if self.status & status::DRIVER != 0 {
+                self.device().write_config(offset - CONFIG_OFFSET, data);
+                self.config_generation = self.config_generation.wrapping_add(1);
+            }
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            return;
+        };
+        if offset % 4 != 0 {
+            return;
+        }
+        self.write_reg(offset, u32::from_le_bytes(bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::{read_config_bytes, ActivateError};
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    #[derive(Default)]
+    struct Dummy {
+        activations: Vec<Vec<usize>>,
+        resets: usize,
+        acked: u64,
+        fail_activate: bool,
+        config: [u8; 8],
+    }
+
+    struct DummyDev(Arc<Mutex<Dummy>>);
+
+    impl VirtioDevice for DummyDev {
+        fn name(&self) -> &str {
+            "dummy"
+        }
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 8]
+        }
+        fn features(&self) -> u64 {
+            1 << 3
+        }
+        fn ack_features(&mut self, acked: u64) {
+            self.0.lock().unwrap().acked = acked;
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            read_config_bytes(&self.0.lock().unwrap().config, offset, data);
+        }
+        fn write_config(&mut self, offset: u64, data: &[u8]) {
+            let mut d = self.0.lock().unwrap();
+            if let Some(dst) = d.config.get_mut(offset as usize..offset as usize + data.len()) {
+                dst.copy_from_slice(data);
+            }
+        }
+        fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+            let mut d = self.0.lock().unwrap();
+            if d.fail_activate {
+                return Err(ActivateError::Device {
+                    device: "dummy".into(),
+                    reason: "refused".into(),
+                });
+            }
+            d.activations.push(ctx.queues.iter().map(|q| q.index).collect());
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.0.lock().unwrap().resets += 1;
+        }
+    }
+
+    fn setup() -> (MmioTransport, Arc<Mutex<Dummy>>, Arc<MmioInterrupt>, EventFd) {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let state = Arc::new(Mutex::new(Dummy::default()));
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let interrupt = Arc::new(MmioInterrupt::new(irq.try_clone().unwrap()));
+        let notify = vec![EventFd::new(EFD_NONBLOCK).unwrap(), EventFd::new(EFD_NONBLOCK).unwrap()];
+        let t = MmioTransport::new(Arc::new(Mutex::new(DummyDev(state.clone()))), mem, interrupt.clone(), notify).unwrap();
+        (t, state, interrupt, irq)
+    }
+
+    fn r(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut d = [0u8; 4];
+        t.read(off, &mut d);
+        u32::from_le_bytes(d)
+    }
+
+    fn w(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    fn negotiate(t: &mut MmioTransport, features: u64) {
+        w(t, 0x70, status::ACKNOWLEDGE);
+        w(t, 0x70, status::ACKNOWLEDGE | status::DRIVER);
+        w(t, 0x24, 0);
+        w(t, 0x20, features as u32);
+        w(t, 0x24, 1);
+        w(t, 0x20, (features >> 32) as u32);
+        w(t, 0x70, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+    }
+
+    fn setup_queue(t: &mut MmioTransport, sel: u32, size: u32, base: u64) {
+        w(t, 0x30, sel);
+        w(t, 0x38, size);
+        w(t, 0x80, base as u32);
+        w(t, 0x84, 0);
+        w(t, 0x90, (base + 0x1000) as u32);
+        w(t, 0x94, 0);
+        w(t, 0xa0, (base + 0x2000) as u32);
+        w(t, 0xa4, 0);
+        w(t, 0x44, 1);
+    }
+
+    const ALL: u32 = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+
+    #[test]
+    fn identification_and_features() {
+        let (mut t, _, _, _) = setup();
+        assert_eq!(r(&mut t, 0x00), MAGIC);
+        assert_eq!(r(&mut t, 0x04), 2);
+        assert_eq!(r(&mut t, 0x08), 42);
+        w(&mut t, 0x14, 0);
+        assert_eq!(r(&mut t, 0x10), 1 << 3);
+        w(&mut t, 0x14, 1);
+        assert_eq!(r(&mut t, 0x10), 1, "VERSION_1 is offered");
+        w(&mut t, 0x14, 7);
+        assert_eq!(r(&mut t, 0x10), 0);
+        w(&mut t, 0x30, 1);
+        assert_eq!(r(&mut t, 0x34), 8);
+        w(&mut t, 0x30, 9);
+        assert_eq!(r(&mut t, 0x34), 0, "no such queue");
+        // Odd widths and misaligned registers are ignored.
+        let mut b = [0xffu8; 2];
+        t.read(0x00, &mut b);
+        assert_eq!(b, [0, 0]);
+        t.write(0x70, &[1]);
+        assert_eq!(t.status(), 0);
+    }
+
+    #[test]
+    fn full_negotiation_activates_ready_queues() {
+        let (mut t, state, _, _) = setup();
+        negotiate(&mut t, VIRTIO_F_VERSION_1 | (1 << 3));
+        assert_eq!(t.status(), status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        assert_eq!(state.lock().unwrap().acked, VIRTIO_F_VERSION_1 | (1 << 3));
+        setup_queue(&mut t, 0, 16, 0x1_0000);
+        w(&mut t, 0x70, ALL);
+        assert!(t.is_activated());
+        assert_eq!(state.lock().unwrap().activations, vec![vec![0]]);
+        // Queue registers are frozen once running.
+        w(&mut t, 0x30, 1);
+        w(&mut t, 0x38, 8);
+        w(&mut t, 0x44, 1);
+        assert_eq!(r(&mut t, 0x44), 0);
+        // Reset.
+        w(&mut t, 0x70, 0);
+        assert_eq!(t.status(), 0);
+        assert_eq!(state.lock().unwrap().resets, 1);
+        assert!(!t.is_activated());
+        w(&mut t, 0x30, 0);
+        assert_eq!(r(&mut t, 0x44), 0, "queues reset");
+    }
+
+    #[test]
+    fn refuses_bad_feature_sets_and_out_of_order_status() {
+        let (mut t, state, _, _) = setup();
+        // Features the device does not offer.
+        negotiate(&mut t, VIRTIO_F_VERSION_1 | (1 << 5));
+        assert_eq!(t.status() & status::FEATURES_OK, 0);
+        w(&mut t, 0x70, 0);
+        // Legacy driver (no VERSION_1).
+        negotiate(&mut t, 1 << 3);
+        assert_eq!(t.status() & status::FEATURES_OK, 0);
+        w(&mut t, 0x70, 0);
+        // DRIVER_OK straight away.
+        w(&mut t, 0x70, ALL);
+        assert_eq!(t.status(), 0);
+        w(&mut t, 0x70, status::ACKNOWLEDGE);
+        w(&mut t, 0x70, status::ACKNOWLEDGE | status::DRIVER_OK);
+        assert_eq!(t.status(), status::ACKNOWLEDGE);
+        // Clearing bits other than by a reset is refused.
+        w(&mut t, 0x70, status::DRIVER);
+        assert_eq!(t.status(), status::ACKNOWLEDGE);
+        // Queue setup before FEATURES_OK is ignored.
+        setup_queue(&mut t, 0, 16, 0x1_0000);
+        assert_eq!(r(&mut t, 0x44), 0);
+        assert!(state.lock().unwrap().activations.is_empty());
+        w(&mut t, 0x70, status::ACKNOWLEDGE | status::FAILED);
+        assert_ne!(t.status() & status::FAILED, 0);
+    }
+
+    #[test]
+    fn invalid_queue_or_failed_activation_needs_reset() {
+        let (mut t, state, intr, irq) = setup();
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        // A queue outside guest memory.
+        setup_queue(&mut t, 0, 16, 0xffff_0000);
+        w(&mut t, 0x70, ALL);
+        assert!(!t.is_activated());
+        assert_ne!(t.status() & status::DEVICE_NEEDS_RESET, 0);
+        assert_eq!(intr.status() & 2, 2);
+        assert_eq!(irq.read().unwrap(), 1);
+        w(&mut t, 0x64, 2);
+        assert_eq!(intr.status(), 0);
+        w(&mut t, 0x70, 0);
+        state.lock().unwrap().fail_activate = true;
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 0, 16, 0x1_0000);
+        w(&mut t, 0x70, ALL);
+        assert!(!t.is_activated());
+        assert_ne!(t.status() & status::DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn config_space_and_notify_fallback() {
+        let (mut t, _state, _, _) = setup();
+        let mut b = [0u8; 2];
+        w(&mut t, 0x70, status::ACKNOWLEDGE);
+        w(&mut t, 0x70, status::ACKNOWLEDGE | status::DRIVER);
+        t.write(0x102, &[7, 9]);
+        t.read(0x102, &mut b);
+        assert_eq!(b, [7, 9]);
+        assert_eq!(r(&mut t, 0xfc), 1, "config generation moves on writes");
+        let mut far = [0xffu8; 4];
+        t.read(0x1000, &mut far);
+        assert_eq!(far, [0; 4]);
+        // QueueNotify without an ioeventfd reaches the queue's eventfd.
+        w(&mut t, 0x50, 1);
+        assert_eq!(t.notify[1].read().unwrap(), 1);
+        w(&mut t, 0x50, 99); // no such queue: ignored
+    }
+}

@@ -1,0 +1,5 @@
+//! virtio transports.
+
+pub mod mmio;
+
+pub use mmio::MmioTransport;
