@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use husk_devices::bus::{Bus, SharedDevice};
 use husk_devices::legacy::{cmos, i8042, serial, Cmos, ConsoleSink, ConsoleWatch, Serial, I8042};
+use husk_devices::virtio::vsock::Vsock;
 use husk_devices::EventFdTrigger;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -195,12 +196,16 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
 
 /// Attaches the configured virtio devices.
 fn attach_virtio_devices(
-    _config: &VmConfig,
-    _vm: &Vm,
-    _mem: &vm_memory::GuestMemoryMmap,
-    _mmio: &mut Bus,
-    _devices: &mut DeviceManager,
+    config: &VmConfig,
+    vm: &Vm,
+    mem: &vm_memory::GuestMemoryMmap,
+    mmio: &mut Bus,
+    devices: &mut DeviceManager,
 ) -> Result<(), VmmError> {
+    if let Some(v) = &config.vsock {
+        let vsock = Vsock::new(u64::from(v.guest_cid), v.uds_path.clone())?;
+        devices.attach(vm, mem, mmio, Arc::new(Mutex::new(vsock)))?;
+    }
     Ok(())
 }
 

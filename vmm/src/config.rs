@@ -30,6 +30,19 @@ pub struct ConsoleConfig {
     pub log: bool,
 }
 
+/// The vsock device and its hybrid-vsock Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context id (3 or more).
+    pub guest_cid: u32,
+    /// Host connections come in here (`CONNECT <port>`); guest connections
+    /// to host port P go to `<uds_path>_P`.
+    pub uds_path: PathBuf,
+}
+
+/// The guest CID husk gives by default.
+pub const DEFAULT_GUEST_CID: u32 = 3;
+
 /// A VM to boot.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -47,6 +60,8 @@ pub struct VmConfig {
     pub oneshot: bool,
     /// The console line that means "agent ready".
     pub ready_marker: String,
+    /// A virtio-vsock device, if any.
+    pub vsock: Option<VsockConfig>,
 }
 
 impl Default for VmConfig {
@@ -62,6 +77,7 @@ impl Default for VmConfig {
             pvm_compat: PvmCompat::Auto,
             oneshot: false,
             ready_marker: READY_MARKER.into(),
+            vsock: None,
         }
     }
 }
@@ -75,6 +91,10 @@ pub enum ConfigError {
     Vcpus(u8),
     #[error("no kernel image given")]
     NoKernel,
+    #[error("vsock guest CID {0} is reserved (use 3 or more)")]
+    GuestCid(u32),
+    #[error("vsock socket path {0:?} is too long for a Unix socket (with a port suffix)")]
+    VsockPath(PathBuf),
     #[error("the VM name must be 1..=64 characters without '/' or control characters: {0:?}")]
     Name(String),
 }
@@ -96,6 +116,15 @@ impl VmConfig {
         }
         if self.kernel.as_os_str().is_empty() {
             return Err(ConfigError::NoKernel);
+        }
+        if let Some(v) = &self.vsock {
+            if v.guest_cid < 3 {
+                return Err(ConfigError::GuestCid(v.guest_cid));
+            }
+            // sun_path holds 108 bytes; leave room for "_<port>" and the NUL.
+            if v.uds_path.as_os_str().is_empty() || v.uds_path.as_os_str().len() > 96 {
+                return Err(ConfigError::VsockPath(v.uds_path.clone()));
+            }
         }
         Ok(())
     }

@@ -30,6 +30,8 @@ pub enum VmmError {
     Boot(#[from] BootError),
     #[error(transparent)]
     Device(#[from] crate::device_manager::DeviceError),
+    #[error("vsock device: {0}")]
+    Vsock(#[from] husk_devices::virtio::vsock::VsockError),
     #[error("device bus: {0}")]
     Bus(#[from] husk_devices::bus::BusError),
     #[error("console file {path}: {source}")]

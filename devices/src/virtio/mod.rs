@@ -7,6 +7,7 @@
 
 pub mod interrupt;
 pub mod transport;
+pub mod vsock;
 
 use std::sync::Arc;
 

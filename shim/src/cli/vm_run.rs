@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use husk_vmm::{ConsoleConfig, PvmCompat, Timeline, VmConfig, VmOutcome};
+use husk_vmm::{ConsoleConfig, PvmCompat, Timeline, VmConfig, VmOutcome, VsockConfig};
 
 use super::exit_code;
 
@@ -50,6 +50,14 @@ pub struct RunArgs {
     /// Print boot timings (seconds since process start) to stdout.
     #[arg(long)]
     pub timings: bool,
+    /// Give the guest a virtio-vsock device behind this hybrid-vsock Unix
+    /// socket (host: connect, write `CONNECT <port>\n`, read `OK ...\n`;
+    /// guest connections to host port P go to `PATH_P`).
+    #[arg(long)]
+    pub vsock_uds: Option<PathBuf>,
+    /// The guest's vsock context id.
+    #[arg(long, default_value_t = husk_vmm::DEFAULT_GUEST_CID)]
+    pub vsock_cid: u32,
 }
 
 impl RunArgs {
@@ -71,6 +79,10 @@ impl RunArgs {
                 _ => PvmCompat::Auto,
             },
             oneshot: self.oneshot,
+            vsock: self.vsock_uds.as_ref().map(|p| VsockConfig {
+                guest_cid: self.vsock_cid,
+                uds_path: p.clone(),
+            }),
             ..VmConfig::default()
         }
     }

@@ -135,6 +135,11 @@ impl MmioTransport {
             && self.status & (status::DRIVER_OK | status::FAILED) == 0
     }
 
+    /// Driver features are writable between DRIVER and FEATURES_OK.
+    fn features_writable(&self) -> bool {
+        self.status & status::DRIVER != 0 && self.status & status::FEATURES_OK == 0
+    }
+
     fn read_reg(&self, offset: u64) -> u32 {
         match offset {
             0x00 => MAGIC,
@@ -167,15 +172,14 @@ impl MmioTransport {
     fn write_reg(&mut self, offset: u64, v: u32) {
         match offset {
             0x14 => self.device_features_sel = v,
-            0x20 => {
-                if self.status & status::DRIVER != 0 && self.status & status::FEATURES_OK == 0 {
-                    match self.driver_features_sel {
-                        0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
-                        1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
-                        _ => {}
-                    }
+            0x20 if self.features_writable() => match self.driver_features_sel {
+                0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+                1 => {
+                    self.driver_features =
+                        (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
                 }
-            }
+                _ => {}
+            },
             0x24 => self.driver_features_sel = v,
             0x30 => self.queue_sel = v,
             0x38 if self.queue_config_allowed() => {
@@ -201,7 +205,11 @@ impl MmioTransport {
             0x70 => self.write_status(v),
             0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 if self.queue_config_allowed() => {
                 let high = offset & 0x4 != 0;
-                let (lo, hi) = if high { (None, Some(v)) } else { (Some(v), None) };
+                let (lo, hi) = if high {
+                    (None, Some(v))
+                } else {
+                    (Some(v), None)
+                };
                 if let Some(q) = self.selected_queue() {
                     match offset & !0x4 {
                         0x80 => q.set_desc_table_address(lo, hi),
@@ -336,7 +344,7 @@ impl BusDevice for MmioTransport {
             self.device().read_config(offset - CONFIG_OFFSET, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             data.fill(0);
             return;
         }
@@ -355,7 +363,7 @@ impl BusDevice for MmioTransport {
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
             return;
         };
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return;
         }
         self.write_reg(offset, u32::from_le_bytes(bytes));
@@ -401,7 +409,10 @@ mod tests {
         }
         fn write_config(&mut self, offset: u64, data: &[u8]) {
             let mut d = self.0.lock().unwrap();
-            if let Some(dst) = d.config.get_mut(offset as usize..offset as usize + data.len()) {
+            if let Some(dst) = d
+                .config
+                .get_mut(offset as usize..offset as usize + data.len())
+            {
                 dst.copy_from_slice(data);
             }
         }
@@ -413,7 +424,8 @@ mod tests {
                     reason: "refused".into(),
                 });
             }
-            d.activations.push(ctx.queues.iter().map(|q| q.index).collect());
+            d.activations
+                .push(ctx.queues.iter().map(|q| q.index).collect());
             Ok(())
         }
         fn reset(&mut self) {
@@ -421,13 +433,27 @@ mod tests {
         }
     }
 
-    fn setup() -> (MmioTransport, Arc<Mutex<Dummy>>, Arc<MmioInterrupt>, EventFd) {
+    fn setup() -> (
+        MmioTransport,
+        Arc<Mutex<Dummy>>,
+        Arc<MmioInterrupt>,
+        EventFd,
+    ) {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let state = Arc::new(Mutex::new(Dummy::default()));
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let interrupt = Arc::new(MmioInterrupt::new(irq.try_clone().unwrap()));
-        let notify = vec![EventFd::new(EFD_NONBLOCK).unwrap(), EventFd::new(EFD_NONBLOCK).unwrap()];
-        let t = MmioTransport::new(Arc::new(Mutex::new(DummyDev(state.clone()))), mem, interrupt.clone(), notify).unwrap();
+        let notify = vec![
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+        ];
+        let t = MmioTransport::new(
+            Arc::new(Mutex::new(DummyDev(state.clone()))),
+            mem,
+            interrupt.clone(),
+            notify,
+        )
+        .unwrap();
         (t, state, interrupt, irq)
     }
 
@@ -448,7 +474,11 @@ mod tests {
         w(t, 0x20, features as u32);
         w(t, 0x24, 1);
         w(t, 0x20, (features >> 32) as u32);
-        w(t, 0x70, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        w(
+            t,
+            0x70,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
     }
 
     fn setup_queue(t: &mut MmioTransport, sel: u32, size: u32, base: u64) {
@@ -493,7 +523,10 @@ mod tests {
     fn full_negotiation_activates_ready_queues() {
         let (mut t, state, _, _) = setup();
         negotiate(&mut t, VIRTIO_F_VERSION_1 | (1 << 3));
-        assert_eq!(t.status(), status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        assert_eq!(
+            t.status(),
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK
+        );
         assert_eq!(state.lock().unwrap().acked, VIRTIO_F_VERSION_1 | (1 << 3));
         setup_queue(&mut t, 0, 16, 0x1_0000);
         w(&mut t, 0x70, ALL);

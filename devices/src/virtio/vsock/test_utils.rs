@@ -1,0 +1,360 @@
+//! A guest-side driver for whole-device tests: places packets into TX
+//! chains and harvests RX used entries on mock memory, and a rig that runs
+//! the device under a real event manager (no KVM).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::packet::{PacketHeader, HDR_SIZE};
+use super::{
+    Vsock, EVENT_QUEUE, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VSOCK_HOST_CID, VSOCK_TYPE_STREAM,
+};
+use crate::virtio::{ActivateContext, ActiveQueue, InterruptKind, VirtioDevice, VirtioInterrupt};
+
+pub const GUEST_CID: u64 = 3;
+const MEM_SIZE: usize = 0x200_0000;
+const VRING_DESC_F_NEXT: u16 = 1;
+const VRING_DESC_F_WRITE: u16 = 2;
+
+#[derive(Default)]
+pub struct CountingInterrupt {
+    pub queue: AtomicUsize,
+}
+
+impl VirtioInterrupt for CountingInterrupt {
+    fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
+        if kind == InterruptKind::Queue {
+            self.queue.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+/// A used entry: (head, length, the chain's buffers as (addr, len)).
+pub type UsedEntry = (u16, u32, Vec<(u64, u32)>);
+
+/// The driver's view of one split queue.
+pub struct GuestQueue {
+    desc: u64,
+    avail: u64,
+    used: u64,
+    next_desc: u16,
+    avail_idx: u16,
+    last_used: u16,
+    buf_start: u64,
+    buf_end: u64,
+    buf_next: u64,
+    /// Head index → the buffers of its chain.
+    chains: HashMap<u16, Vec<(u64, u32)>>,
+}
+
+impl GuestQueue {
+    fn new(mem: &GuestMemoryMmap, base: u64, bufs: (u64, u64)) -> (Self, Queue) {
+        let mock = MockSplitQueue::create(mem, GuestAddress(base), QUEUE_SIZE);
+        let queue: Queue = mock.create_queue().unwrap();
+        let q = Self {
+            desc: mock.desc_table_addr().0,
+            avail: mock.avail_addr().0,
+            used: mock.used_addr().0,
+            next_desc: 0,
+            avail_idx: 0,
+            last_used: 0,
+            buf_start: bufs.0,
+            buf_end: bufs.1,
+            buf_next: bufs.0,
+            chains: HashMap::new(),
+        };
+        (q, queue)
+    }
+
+    /// Reserves `len` bytes of buffer space.
+    pub fn alloc(&mut self, len: u32) -> u64 {
+        let len = u64::from(len).max(1).next_multiple_of(64);
+        if self.buf_next + len > self.buf_end {
+            self.buf_next = self.buf_start;
+        }
+        let addr = self.buf_next;
+        self.buf_next += len;
+        addr
+    }
+
+    /// Adds a chain of (addr, len, device-writable) buffers; returns its head.
+    pub fn add_chain(&mut self, mem: &GuestMemoryMmap, bufs: &[(u64, u32, bool)]) -> u16 {
+        let head = self.next_desc;
+        for (i, (addr, len, write)) in bufs.iter().enumerate() {
+            let idx = self.next_desc;
+            self.next_desc = (self.next_desc + 1) % QUEUE_SIZE;
+            let last = i + 1 == bufs.len();
+            let mut flags = if *write { VRING_DESC_F_WRITE } else { 0 };
+            if !last {
+                flags |= VRING_DESC_F_NEXT;
+            }
+            self.write_desc(mem, idx, *addr, *len, flags, self.next_desc);
+        }
+        self.publish(mem, head);
+        self.chains
+            .insert(head, bufs.iter().map(|(a, l, _)| (*a, *l)).collect());
+        head
+    }
+
+    pub fn write_desc(
+        &self,
+        mem: &GuestMemoryMmap,
+        idx: u16,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) {
+        let at = GuestAddress(self.desc + 16 * u64::from(idx));
+        mem.write_obj(addr, at).unwrap();
+        mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
+        mem.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
+        mem.write_obj(next, GuestAddress(at.0 + 14)).unwrap();
+    }
+
+    /// Makes `head` available.
+    pub fn publish(&mut self, mem: &GuestMemoryMmap, head: u16) {
+        let slot = u64::from(self.avail_idx % QUEUE_SIZE);
+        mem.write_obj(head, GuestAddress(self.avail + 4 + 2 * slot))
+            .unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
+            .unwrap();
+    }
+
+    /// Reserves descriptor slots for a hand-built chain.
+    pub fn take_descs(&mut self, n: u16) -> u16 {
+        let first = self.next_desc;
+        self.next_desc = (self.next_desc + n) % QUEUE_SIZE;
+        first
+    }
+
+    /// Used entries since the last call: (head, len, buffers).
+    pub fn used(&mut self, mem: &GuestMemoryMmap) -> Vec<UsedEntry> {
+        let idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap();
+        let mut out = Vec::new();
+        while self.last_used != idx {
+            let slot = u64::from(self.last_used % QUEUE_SIZE);
+            let at = self.used + 4 + 8 * slot;
+            let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
+            let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();
+            let head = id as u16;
+            out.push((head, len, self.chains.remove(&head).unwrap_or_default()));
+            self.last_used = self.last_used.wrapping_add(1);
+        }
+        out
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.chains.len()
+    }
+}
+
+/// The guest: memory, its three queues and their notify eventfds.
+pub struct TestGuest {
+    pub mem: GuestMemoryMmap,
+    pub rx: GuestQueue,
+    pub tx: GuestQueue,
+    pub ev: GuestQueue,
+    notify: Vec<EventFd>,
+    pub irq: Arc<CountingInterrupt>,
+}
+
+impl TestGuest {
+    pub fn new() -> (Self, ActivateContext) {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        let (rx, rxq) = GuestQueue::new(&mem, 0, (0x10_0000, 0x90_0000));
+        let (tx, txq) = GuestQueue::new(&mem, 0x1_0000, (0x90_0000, 0x110_0000));
+        let (ev, evq) = GuestQueue::new(&mem, 0x2_0000, (0x110_0000, 0x120_0000));
+        let notify: Vec<EventFd> = (0..3)
+            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+            .collect();
+        let irq = Arc::new(CountingInterrupt::default());
+        let queues = [rxq, txq, evq]
+            .into_iter()
+            .enumerate()
+            .map(|(index, queue)| ActiveQueue {
+                index,
+                queue,
+                notify: notify[index].try_clone().unwrap(),
+            })
+            .collect();
+        let ctx = ActivateContext {
+            mem: mem.clone(),
+            interrupt: irq.clone(),
+            acked_features: 0,
+            queues,
+        };
+        (
+            Self {
+                mem,
+                rx,
+                tx,
+                ev,
+                notify,
+                irq,
+            },
+            ctx,
+        )
+    }
+
+    pub fn kick(&self, queue: usize) {
+        self.notify[queue].write(1).unwrap();
+    }
+
+    /// A stream header from the guest (src = guest, dst = host).
+    pub fn hdr(&self, op: u16, src_port: u32, dst_port: u32) -> PacketHeader {
+        PacketHeader {
+            src_cid: GUEST_CID,
+            dst_cid: VSOCK_HOST_CID,
+            src_port,
+            dst_port,
+            type_: VSOCK_TYPE_STREAM,
+            op,
+            buf_alloc: 256 * 1024,
+            ..Default::default()
+        }
+    }
+
+    /// Queues one TX packet (header descriptor + data descriptor) and kicks.
+    pub fn send(&mut self, mut hdr: PacketHeader, data: &[u8]) {
+        hdr.len = data.len() as u32;
+        let h = self.tx.alloc(HDR_SIZE as u32);
+        self.mem
+            .write_slice(&hdr.to_bytes(), GuestAddress(h))
+            .unwrap();
+        let mut bufs = vec![(h, HDR_SIZE as u32, false)];
+        if !data.is_empty() {
+            let d = self.tx.alloc(data.len() as u32);
+            self.mem.write_slice(data, GuestAddress(d)).unwrap();
+            bufs.push((d, data.len() as u32, false));
+        }
+        self.tx.add_chain(&self.mem, &bufs);
+        self.kick(TX_QUEUE);
+    }
+
+    /// Gives the device `n` RX buffers with room for `data_len` payload bytes.
+    pub fn provide_rx(&mut self, n: usize, data_len: u32) {
+        for _ in 0..n {
+            let h = self.rx.alloc(HDR_SIZE as u32);
+            let d = self.rx.alloc(data_len);
+            self.rx.add_chain(
+                &self.mem,
+                &[(h, HDR_SIZE as u32, true), (d, data_len, true)],
+            );
+        }
+        self.kick(RX_QUEUE);
+    }
+
+    /// Gives the device one event buffer.
+    pub fn provide_event(&mut self) {
+        let a = self.ev.alloc(8);
+        self.ev.add_chain(&self.mem, &[(a, 8, true)]);
+        self.kick(EVENT_QUEUE);
+    }
+
+    /// Packets the device put into RX buffers since the last call.
+    pub fn recv(&mut self) -> Vec<(PacketHeader, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (_, len, bufs) in self.rx.used(&self.mem) {
+            let mut bytes = Vec::new();
+            for (addr, l) in bufs {
+                let mut b = vec![0u8; l as usize];
+                self.mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
+                bytes.extend(b);
+            }
+            bytes.truncate(len as usize);
+            assert!(
+                bytes.len() >= HDR_SIZE,
+                "RX used length {len} shorter than a header"
+            );
+            let raw: [u8; HDR_SIZE] = bytes[..HDR_SIZE].try_into().unwrap();
+            let hdr = PacketHeader::from_bytes(&raw);
+            let data = bytes[HDR_SIZE..].to_vec();
+            assert_eq!(hdr.len as usize, data.len());
+            assert_eq!(hdr.src_cid, VSOCK_HOST_CID);
+            assert_eq!(hdr.dst_cid, GUEST_CID);
+            out.push((hdr, data));
+        }
+        out
+    }
+}
+
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+static DIRS: AtomicUsize = AtomicUsize::new(0);
+
+/// A device under a real event manager, as the VMM wires it.
+pub struct Rig {
+    pub dev: Arc<Mutex<Vsock>>,
+    pub em: EventManager<Subscriber>,
+    pub guest: TestGuest,
+    pub dir: PathBuf,
+}
+
+impl Rig {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "husk-vsock-{}-{}",
+            std::process::id(),
+            DIRS.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dev = Arc::new(Mutex::new(
+            Vsock::new(GUEST_CID, dir.join("v.sock")).unwrap(),
+        ));
+        let mut em = EventManager::<Subscriber>::new().unwrap();
+        em.add_subscriber(dev.clone());
+        let (guest, ctx) = TestGuest::new();
+        dev.lock().unwrap().activate(ctx).unwrap();
+        let mut rig = Self {
+            dev,
+            em,
+            guest,
+            dir,
+        };
+        rig.pump();
+        rig
+    }
+
+    pub fn uds(&self) -> PathBuf {
+        self.dir.join("v.sock")
+    }
+
+    /// Runs the event loop until it goes idle.
+    pub fn pump(&mut self) {
+        let mut idle = 0;
+        for _ in 0..500 {
+            if self.em.run_with_timeout(5).unwrap() == 0 {
+                idle += 1;
+                if idle == 3 {
+                    return;
+                }
+            } else {
+                idle = 0;
+            }
+        }
+    }
+
+    /// Sends, pumps, and returns what came back.
+    pub fn exchange(&mut self, hdr: PacketHeader, data: &[u8]) -> Vec<(PacketHeader, Vec<u8>)> {
+        self.guest.send(hdr, data);
+        self.pump();
+        self.guest.recv()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
