@@ -1,23 +1,34 @@
-//! What PID 1 must do: basic mounts, reaping, power-off.
+//! What PID 1 must do: mounts, console stdio, signals, reaping, power-off.
 
 use std::ffi::CString;
+use std::os::fd::IntoRawFd;
+use std::time::Duration;
 
-fn log(msg: &str) {
-    eprintln!("husk-agent: {msg}");
-}
+use husk_agent::log::log;
 
-fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong) {
+/// How long a `Shutdown` request waits before powering off, so that its reply
+/// leaves the guest first.
+const SHUTDOWN_DELAY: Duration = Duration::from_millis(200);
+
+fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: Option<&str>) {
     let _ = std::fs::create_dir_all(target);
-    let (Ok(s), Ok(t), Ok(f)) = (
+    let (Ok(s), Ok(t), Ok(f), Ok(d)) = (
         CString::new(source),
         CString::new(target),
         CString::new(fstype),
+        CString::new(data.unwrap_or_default()),
     ) else {
+        log(&format!("mount {fstype} on {target}: NUL in an argument"));
         return;
+    };
+    let d_ptr = if data.is_some() {
+        d.as_ptr().cast()
+    } else {
+        std::ptr::null()
     };
     // SAFETY: all pointers are valid NUL-terminated strings that outlive the
     // call; a null data pointer is allowed.
-    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, std::ptr::null()) };
+    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d_ptr) };
     if rc != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EBUSY) {
@@ -26,39 +37,73 @@ fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong) {
     }
 }
 
-/// Mounts /proc, /sys and /dev.
+/// Mounts /proc, /sys, /dev, /run, /tmp and the cgroup2 hierarchy.
 pub fn mount_basics() {
-    let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    mount("proc", "/proc", "proc", nosuid_nodev_noexec);
-    mount("sysfs", "/sys", "sysfs", nosuid_nodev_noexec);
-    mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID);
+    let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
+    let nosuid_nodev_noexec = nosuid_nodev | libc::MS_NOEXEC;
+    mount("proc", "/proc", "proc", nosuid_nodev_noexec, None);
+    mount("sysfs", "/sys", "sysfs", nosuid_nodev_noexec, None);
+    mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, None);
+    mount("tmpfs", "/run", "tmpfs", nosuid_nodev, Some("mode=0755"));
+    mount("tmpfs", "/tmp", "tmpfs", nosuid_nodev, Some("mode=1777"));
+    mount(
+        "cgroup2",
+        "/sys/fs/cgroup",
+        "cgroup2",
+        nosuid_nodev_noexec,
+        None,
+    );
 }
 
-/// True when the kernel command line carries `name=1` (or bare `name`).
-pub fn cmdline_flag(cmdline: &str, name: &str) -> bool {
-    cmdline
-        .split_whitespace()
-        .any(|arg| match arg.split_once('=') {
-            Some((k, v)) => k == name && matches!(v, "1" | "y" | "yes" | "true" | "on"),
-            None => arg == name,
-        })
-}
-
-/// The running kernel's release.
-pub fn kernel_release() -> String {
-    // SAFETY: utsname is plain data; uname fills it.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `u` is a valid, writable utsname.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return "unknown".into();
+/// Points stdin, stdout and stderr at /dev/console.
+pub fn console_stdio() {
+    let console = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
+        Ok(f) => f.into_raw_fd(),
+        Err(e) => {
+            log(&format!("open /dev/console: {e}"));
+            return;
+        }
+    };
+    for target in 0..=2 {
+        if console != target {
+            // SAFETY: both are descriptor numbers; dup2 replaces `target`
+            // atomically and touches no memory.
+            unsafe { libc::dup2(console, target) };
+        }
     }
-    let bytes: Vec<u8> = u
-        .release
-        .iter()
-        .take_while(|c| **c != 0)
-        .map(|c| *c as u8)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
+    if console > 2 {
+        // SAFETY: `console` came from into_raw_fd above and is ours alone
+        // (0..=2 now hold their own duplicates).
+        unsafe { libc::close(console) };
+    }
+}
+
+/// The signals PID 1 takes synchronously in [`supervise`].
+pub struct Signals(libc::sigset_t);
+
+/// Blocks SIGCHLD, SIGTERM, SIGINT and SIGPWR in the calling thread. Call it
+/// before any thread starts: threads inherit the mask, so only [`supervise`]'s
+/// sigwaitinfo receives these signals.
+pub fn block_signals() -> Signals {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it and
+    // sigaddset/sigprocmask read it; a null old-set pointer is allowed.
+    let (set, rc) = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGPWR] {
+            libc::sigaddset(&mut set, s);
+        }
+        let rc = libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        (set, rc)
+    };
+    if rc != 0 {
+        log(&format!("sigprocmask: {}", std::io::Error::last_os_error()));
+    }
+    Signals(set)
 }
 
 /// Syncs and resets the machine (the VMM sees the i8042 reset and ends the VM).
@@ -80,26 +125,33 @@ pub fn power_off(why: &str) -> ! {
     }
 }
 
-/// Waits for signals: reaps children on SIGCHLD, powers off on SIGTERM,
-/// SIGINT or SIGPWR.
-pub fn supervise() -> ! {
-    // SAFETY: sigset_t is plain data initialised by sigemptyset/sigaddset;
-    // blocking the signals lets sigwaitinfo take them synchronously.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGPWR] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
+/// The `Shutdown` RPC's action: power off [`SHUTDOWN_DELAY`] from now, on a
+/// thread of its own, so the reply goes out first.
+pub fn power_off_soon() {
+    log("shutdown requested by the host");
+    let spawned = std::thread::Builder::new()
+        .name("power-off".into())
+        .spawn(|| {
+            std::thread::sleep(SHUTDOWN_DELAY);
+            power_off("shutdown request");
+        });
+    if let Err(e) = spawned {
+        log(&format!("power-off thread: {e}; powering off now"));
+        power_off("shutdown request");
+    }
+}
+
+/// Waits for the blocked signals: reaps children on SIGCHLD, powers off on
+/// SIGTERM, SIGINT or SIGPWR.
+pub fn supervise(signals: &Signals) -> ! {
     loop {
-        // SAFETY: `set` is initialised; a null siginfo pointer is allowed.
-        let sig = unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };
+        // SAFETY: the set is initialised; a null siginfo pointer is allowed.
+        let sig = unsafe { libc::sigwaitinfo(&signals.0, std::ptr::null_mut()) };
         match sig {
             libc::SIGCHLD => reap(),
-            libc::SIGTERM | libc::SIGINT | libc::SIGPWR => power_off("signal"),
+            libc::SIGTERM => power_off("SIGTERM"),
+            libc::SIGINT => power_off("SIGINT"),
+            libc::SIGPWR => power_off("SIGPWR"),
             _ => {}
         }
     }
@@ -113,20 +165,5 @@ fn reap() {
         if pid <= 0 {
             break;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_on_the_command_line() {
-        let c = "console=ttyS0 reboot=k husk.oneshot=1 quiet";
-        assert!(cmdline_flag(c, "husk.oneshot"));
-        assert!(!cmdline_flag("husk.oneshot=0", "husk.oneshot"));
-        assert!(cmdline_flag("husk.oneshot", "husk.oneshot"));
-        assert!(!cmdline_flag("xhusk.oneshot=1", "husk.oneshot"));
-        assert!(!kernel_release().is_empty());
     }
 }

@@ -1,39 +1,62 @@
 //! husk-agent: PID 1 of a husk guest.
 //!
-//! Now: mounts /proc, /sys and /dev, announces itself on the console with the
-//! line `husk-agent ready`, reaps orphans, and powers the guest off on
-//! SIGTERM (or at once when the kernel command line has `husk.oneshot=1`).
-//! The ttrpc API over vsock arrives with the vsock issue.
+//! Blocks the signals it handles (before any thread starts), mounts /proc,
+//! /sys, /dev, /run, /tmp and cgroup2, puts stdio on /dev/console, starts the
+//! log stream to the host, serves the ttrpc `Agent` API on vsock port 1024,
+//! and only then prints `husk-agent ready (version X, kernel Y)`. Then it
+//! reaps orphans and powers off on SIGTERM/SIGINT/SIGPWR or a `Shutdown`
+//! request (at once after ready when the command line has `husk.oneshot=1`).
 
 mod init;
 
 use std::io::Write;
 
-/// The line the VMM waits for.
-pub const READY_MARKER: &str = "husk-agent ready";
+use husk_agent::facts::{GuestFacts, ProcFacts};
+use husk_agent::log::{self, log};
+use husk_agent::service::{self, AgentService};
+use husk_agent::{cmdline, AGENT_VERSION, READY_MARKER};
+use husk_agent_protocol::AGENT_VSOCK_PORT;
 
 fn main() {
-    let pid1 = std::process::id() == 1;
-    if pid1 {
-        init::mount_basics();
-    }
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let oneshot = init::cmdline_flag(&cmdline, "husk.oneshot");
-    let release = init::kernel_release();
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "{READY_MARKER} (version {}, kernel {release})",
-        env!("CARGO_PKG_VERSION")
-    );
-    let _ = out.flush();
-    drop(out);
-    if !pid1 {
-        eprintln!("husk-agent: not PID 1; nothing more to do outside a guest");
+    if std::process::id() != 1 {
+        log(&format!(
+            "version {AGENT_VERSION}: not PID 1; nothing to do outside a guest"
+        ));
         return;
     }
+    // First, while this is the only thread: every thread inherits the mask.
+    let signals = init::block_signals();
+    init::mount_basics();
+    init::console_stdio();
+    log::connect_host_stream();
+
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let oneshot = cmdline::cmdline_flag(&cmdline, "husk.oneshot");
+    let release = ProcFacts
+        .kernel_release()
+        .unwrap_or_else(|_| "unknown".into());
+
+    let addr = service::vsock_address(AGENT_VSOCK_PORT);
+    let service = AgentService::new(ProcFacts, Box::new(init::power_off_soon));
+    // Kept for the life of PID 1 (supervise never returns).
+    let _server = match service::serve(&addr, service) {
+        Ok(server) => {
+            // One write, so no other thread's line lands inside it.
+            let line = format!("{READY_MARKER} (version {AGENT_VERSION}, kernel {release})\n");
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(line.as_bytes());
+            let _ = out.flush();
+            Some(server)
+        }
+        Err(e) => {
+            // Not ready: the host cannot reach us. Stay up as PID 1 (exiting
+            // would panic the kernel) so the console tells what happened.
+            log(&format!("agent API unavailable, not ready: {e}"));
+            None
+        }
+    };
     if oneshot {
         init::power_off("oneshot");
     }
-    init::supervise();
+    init::supervise(&signals);
 }

@@ -20,7 +20,9 @@ pub mod vstate;
 
 pub use api::{ApiError, VmInfo, VmmHandle, VmmRequest, VmmResponse};
 pub use builder::{start, start_with, ExtraDevices};
-pub use config::{ConsoleConfig, PvmCompat, VmConfig, VsockConfig, DEFAULT_GUEST_CID, READY_MARKER};
+pub use config::{
+    ConsoleConfig, PvmCompat, VmConfig, VsockConfig, DEFAULT_GUEST_CID, READY_MARKER,
+};
 pub use controller::PANIC_MARKER;
 pub use error::{StartError, VmmError};
 pub use exit::{EmulationFailure, ExitReason};

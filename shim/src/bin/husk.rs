@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use husk_shim::cli::{check, exit_code, vm_run};
+use husk_shim::cli::{agent, check, exit_code, vm_run};
 
 #[derive(Parser)]
 #[command(name = "husk", version, about = "husk microVM container runtime")]
@@ -21,12 +21,24 @@ enum Command {
         #[command(subcommand)]
         command: VmCommand,
     },
+    /// Talk to a guest's agent.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
 }
 
 #[derive(Subcommand)]
 enum VmCommand {
     /// Boot a VM in this process; exits with the guest's outcome.
     Run(vm_run::RunArgs),
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Connect through the VM's hybrid-vsock socket and print what the agent
+    /// reports (version, kernel, boot id, memory, uptime).
+    Ping(agent::PingArgs),
 }
 
 fn main() {
@@ -44,6 +56,9 @@ fn main() {
         Command::Vm {
             command: VmCommand::Run(args),
         } => vm_run::run(&args, start),
+        Command::Agent {
+            command: AgentCommand::Ping(args),
+        } => agent::ping(&args),
     };
     std::process::exit(if code == 0 { exit_code::OK } else { code });
 }

@@ -1,0 +1,52 @@
+//! The husk agent API, shared by the guest agent and the shim.
+//!
+//! `proto/agent.proto` (package `husk.agent.v1`) is compiled by build.rs
+//! (ttrpc-codegen, pure Rust) into protobuf 3 messages ([`agent`]) and the
+//! ttrpc sync client and server ([`agent_ttrpc`]: `AgentClient`, the `Agent`
+//! trait, `create_agent`).
+
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::undocumented_unsafe_blocks,
+    unsafe_op_in_unsafe_fn
+)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/generated/mod.rs"));
+}
+
+pub use generated::{agent, agent_ttrpc};
+
+/// The vsock port the agent serves its ttrpc API on.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// The vsock port on the host (CID 2) the agent streams its log lines to.
+pub const LOG_VSOCK_PORT: u32 = 1025;
+/// The version of `agent.proto` this crate was built from; bump it when the
+/// API gains or changes meaning.
+pub const API_VERSION: u32 = 1;
+/// What `Health` answers while the agent serves requests.
+pub const HEALTH_SERVING: &str = "SERVING";
+
+#[cfg(test)]
+mod tests {
+    use protobuf::Message;
+
+    use super::agent::GuestInfoResponse;
+
+    #[test]
+    fn guest_info_round_trips_and_ignores_unknown_fields() {
+        let mut info = GuestInfoResponse::new();
+        info.agent_version = "0.1.0".into();
+        info.mem_total_kib = 131_072;
+        info.uptime_seconds = 1.5;
+        let mut bytes = info.write_to_bytes().expect("encodes");
+        // A field a newer agent might add (number 99, varint 7) must not
+        // break an older reader.
+        bytes.extend_from_slice(&[0x98, 0x06, 0x07]);
+        let back = GuestInfoResponse::parse_from_bytes(&bytes).expect("decodes");
+        assert_eq!(back.agent_version, "0.1.0");
+        assert_eq!(back.mem_total_kib, 131_072);
+        assert!((back.uptime_seconds - 1.5).abs() < f64::EPSILON);
+    }
+}

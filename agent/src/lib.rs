@@ -1,0 +1,20 @@
+//! husk-agent: PID 1 of a husk guest, as a library.
+//!
+//! What runs (and is unit-tested) on any Linux host lives here: the ttrpc
+//! `Agent` service ([`service`]) over injectable guest facts ([`facts`]), the
+//! console + vsock logger ([`log`]), the vsock connect helper ([`vsock`]) and
+//! the kernel command line ([`cmdline`]). `main.rs` is the PID 1 binary.
+
+pub mod cmdline;
+pub mod facts;
+pub mod log;
+pub mod service;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
+pub mod vsock;
+
+/// The line the VMM waits for: printed once the ttrpc server listens.
+pub const READY_MARKER: &str = "husk-agent ready";
+
+/// This agent's version (the crate version).
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

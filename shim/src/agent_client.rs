@@ -1,0 +1,437 @@
+//! The host side of the agent API: ttrpc over the VMM's hybrid-vsock Unix
+//! socket.
+//!
+//! Hybrid vsock (as in Firecracker and Cloud Hypervisor): the host connects to
+//! the VM's Unix socket, writes `CONNECT <port>\n`, and reads one line that
+//! must be `OK <something>\n`; from then on the stream is a connection to the
+//! guest's vsock `port`. The agent serves ttrpc on
+//! [`AGENT_VSOCK_PORT`](husk_agent_protocol::AGENT_VSOCK_PORT).
+//!
+//! Protobuf types stay inside this module: callers get [`AgentVersion`] and
+//! [`GuestInfo`].
+
+use std::io::{self, Read, Write};
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use husk_agent_protocol::agent::{
+    GuestInfoRequest, HealthRequest, ShutdownRequest, VersionRequest,
+};
+use husk_agent_protocol::agent_ttrpc::AgentClient as RpcClient;
+use husk_agent_protocol::AGENT_VSOCK_PORT;
+use thiserror::Error;
+use ttrpc::context::{self, Context};
+
+/// The longest handshake reply line accepted, `\n` included.
+pub const HANDSHAKE_LINE_MAX: usize = 64;
+/// Pause between connection attempts.
+const RETRY_INTERVAL: Duration = Duration::from_millis(50);
+/// How long one attempt waits for the reply line (the guest's vsock answers
+/// it; tens of ms even on emulated hosts).
+const REPLY_BOUND: Duration = Duration::from_secs(3);
+/// Default bound on one call.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why one hybrid-vsock handshake failed.
+#[derive(Debug, Error)]
+pub enum HandshakeError {
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    #[error("send CONNECT: {0}")]
+    Send(io::Error),
+    #[error("no reply within {0:?}")]
+    NoReply(Duration),
+    #[error("read the reply: {0}")]
+    Read(io::Error),
+    #[error("connection closed before the reply line")]
+    Closed,
+    #[error("reply line longer than {HANDSHAKE_LINE_MAX} bytes")]
+    TooLong,
+    #[error("reply {0:?} is not `OK <port>`")]
+    NotOk(String),
+}
+
+impl HandshakeError {
+    /// Worth another try before the deadline: everything except a socket
+    /// path the system rejects outright.
+    fn retryable(&self) -> bool {
+        !matches!(self, Self::Connect(e) if e.kind() == io::ErrorKind::InvalidInput)
+    }
+}
+
+/// What can go wrong talking to the agent.
+#[derive(Debug, Error)]
+pub enum AgentClientError {
+    #[error(
+        "agent not reachable over vsock at {} (port {port}) within {deadline:?}: last error: {last}",
+        path.display()
+    )]
+    Unreachable {
+        path: PathBuf,
+        port: u32,
+        deadline: Duration,
+        last: HandshakeError,
+    },
+    #[error("agent connection at {} (port {port}): {source}", path.display())]
+    Setup {
+        path: PathBuf,
+        port: u32,
+        source: ttrpc::Error,
+    },
+    #[error("agent {method}: no reply within {timeout:?}")]
+    Timeout {
+        method: &'static str,
+        timeout: Duration,
+    },
+    #[error("agent {method} failed: {code:?}: {message}")]
+    Rpc {
+        method: &'static str,
+        code: ttrpc::Code,
+        message: String,
+    },
+    #[error("agent {method}: {source}")]
+    Transport {
+        method: &'static str,
+        source: ttrpc::Error,
+    },
+}
+
+/// What `Version` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentVersion {
+    pub agent_version: String,
+    pub api_version: u32,
+}
+
+/// What `GuestInfo` reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuestInfo {
+    pub agent_version: String,
+    pub kernel_release: String,
+    pub boot_id: String,
+    pub hostname: String,
+    pub mem_total_kib: u64,
+    pub mem_available_kib: u64,
+    pub uptime_seconds: f64,
+}
+
+/// One hybrid-vsock handshake: connects to `uds_path`, asks for `port`, and
+/// returns the stream once the reply is `OK ...`. Reads the reply byte by
+/// byte, so nothing past its line is consumed; waits at most `reply_bound`
+/// for it. The returned stream is blocking, without timeouts.
+pub fn hybrid_vsock_connect(
+    uds_path: &Path,
+    port: u32,
+    reply_bound: Duration,
+) -> Result<UnixStream, HandshakeError> {
+    let mut s = UnixStream::connect(uds_path).map_err(HandshakeError::Connect)?;
+    // A zero timeout is an error to set_*_timeout.
+    let bound = reply_bound.max(Duration::from_millis(1));
+    s.set_write_timeout(Some(bound))
+        .and_then(|()| s.set_read_timeout(Some(bound)))
+        .map_err(HandshakeError::Connect)?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())
+        .map_err(HandshakeError::Send)?;
+    let line = read_reply(&mut s, bound)?;
+    if !line.starts_with("OK ") {
+        return Err(HandshakeError::NotOk(line));
+    }
+    s.set_write_timeout(None)
+        .and_then(|()| s.set_read_timeout(None))
+        .map_err(HandshakeError::Connect)?;
+    Ok(s)
+}
+
+/// Reads one `\n`-terminated line (returned without it), one byte at a time.
+fn read_reply(r: &mut impl Read, bound: Duration) -> Result<String, HandshakeError> {
+    let mut line = Vec::with_capacity(HANDSHAKE_LINE_MAX);
+    let mut byte = [0u8; 1];
+    while line.len() < HANDSHAKE_LINE_MAX {
+        match r.read(&mut byte) {
+            Ok(0) => return Err(HandshakeError::Closed),
+            Ok(_) if byte[0] == b'\n' => return Ok(String::from_utf8_lossy(&line).into_owned()),
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(HandshakeError::NoReply(bound))
+            }
+            Err(e) => return Err(HandshakeError::Read(e)),
+        }
+    }
+    Err(HandshakeError::TooLong)
+}
+
+/// A connection to one guest's agent.
+pub struct AgentClient {
+    rpc: RpcClient,
+    call_timeout: Duration,
+}
+
+impl AgentClient {
+    /// Connects to the agent through the VM's hybrid-vsock socket at
+    /// `uds_path`, retrying every 50 ms until `deadline` has passed (the
+    /// socket may not exist yet, or the agent may not listen yet).
+    pub fn connect(
+        uds_path: impl AsRef<Path>,
+        deadline: Duration,
+    ) -> Result<Self, AgentClientError> {
+        Self::connect_port(uds_path, AGENT_VSOCK_PORT, deadline)
+    }
+
+    /// [`connect`](Self::connect) to another guest port.
+    pub fn connect_port(
+        uds_path: impl AsRef<Path>,
+        port: u32,
+        deadline: Duration,
+    ) -> Result<Self, AgentClientError> {
+        let uds_path = uds_path.as_ref();
+        // None: a deadline too far to represent, i.e. none.
+        let end = Instant::now().checked_add(deadline);
+        let remaining = || {
+            end.map_or(Duration::MAX, |e| {
+                e.saturating_duration_since(Instant::now())
+            })
+        };
+        let unreachable = |last| AgentClientError::Unreachable {
+            path: uds_path.to_owned(),
+            port,
+            deadline,
+            last,
+        };
+        let stream = loop {
+            match hybrid_vsock_connect(uds_path, port, remaining().min(REPLY_BOUND)) {
+                Ok(s) => break s,
+                Err(e) => {
+                    let remaining = remaining();
+                    if !e.retryable() || remaining.is_zero() {
+                        return Err(unreachable(e));
+                    }
+                    tracing::debug!(path = %uds_path.display(), port, error = %e, "agent not reachable yet");
+                    std::thread::sleep(RETRY_INTERVAL.min(remaining));
+                }
+            }
+        };
+        // ttrpc takes the descriptor over: on success the client closes it
+        // when its last clone drops (closing it elsewhere too would make
+        // ttrpc's Drop panic on EBADF). On error ttrpc 0.10 has not stored it
+        // and does not close it; we do not close it either, as its docs
+        // promise ownership: one descriptor leaks on that (EMFILE-class)
+        // failure rather than risk a double close.
+        let client =
+            ttrpc::Client::new(stream.into_raw_fd()).map_err(|source| AgentClientError::Setup {
+                path: uds_path.to_owned(),
+                port,
+                source,
+            })?;
+        Ok(Self {
+            rpc: RpcClient::new(client),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+        })
+    }
+
+    /// Bounds each call by `timeout` (default [`DEFAULT_CALL_TIMEOUT`]).
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// The agent's version and API version.
+    pub fn version(&self) -> Result<AgentVersion, AgentClientError> {
+        let r = self.call("Version", |c, ctx| c.version(ctx, &VersionRequest::new()))?;
+        Ok(AgentVersion {
+            agent_version: r.agent_version,
+            api_version: r.api_version,
+        })
+    }
+
+    /// The agent's health status (`"SERVING"`).
+    pub fn health(&self) -> Result<String, AgentClientError> {
+        let r = self.call("Health", |c, ctx| c.health(ctx, &HealthRequest::new()))?;
+        Ok(r.status)
+    }
+
+    /// Facts about the guest.
+    pub fn guest_info(&self) -> Result<GuestInfo, AgentClientError> {
+        let r = self.call("GuestInfo", |c, ctx| {
+            c.guest_info(ctx, &GuestInfoRequest::new())
+        })?;
+        Ok(GuestInfo {
+            agent_version: r.agent_version,
+            kernel_release: r.kernel_release,
+            boot_id: r.boot_id,
+            hostname: r.hostname,
+            mem_total_kib: r.mem_total_kib,
+            mem_available_kib: r.mem_available_kib,
+            uptime_seconds: r.uptime_seconds,
+        })
+    }
+
+    /// Asks the guest to power off; it replies first, then resets the VM.
+    pub fn shutdown(&self) -> Result<(), AgentClientError> {
+        self.call("Shutdown", |c, ctx| {
+            c.shutdown(ctx, &ShutdownRequest::new())
+        })?;
+        Ok(())
+    }
+
+    fn call<T>(
+        &self,
+        method: &'static str,
+        f: impl FnOnce(&RpcClient, Context) -> ttrpc::Result<T>,
+    ) -> Result<T, AgentClientError> {
+        let start = Instant::now();
+        let nanos = i64::try_from(self.call_timeout.as_nanos()).unwrap_or(i64::MAX);
+        f(&self.rpc, context::with_timeout(nanos))
+            .map_err(|e| classify(method, self.call_timeout, start.elapsed(), e))
+    }
+}
+
+/// Sorts a ttrpc error: the agent's own status, our timeout, or transport.
+fn classify(
+    method: &'static str,
+    timeout: Duration,
+    elapsed: Duration,
+    e: ttrpc::Error,
+) -> AgentClientError {
+    match e {
+        ttrpc::Error::RpcStatus(s) => AgentClientError::Rpc {
+            method,
+            code: s.code(),
+            message: s.message,
+        },
+        // The sync client reports its timeout only as text ("Receive packet
+        // from Receiver timeout"): tell it by the clock instead.
+        ttrpc::Error::Others(_) if elapsed >= timeout => {
+            AgentClientError::Timeout { method, timeout }
+        }
+        source => AgentClientError::Transport { method, source },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+    use std::io::Cursor;
+
+    use super::*;
+
+    fn reply(bytes: &[u8]) -> (Result<String, HandshakeError>, Vec<u8>) {
+        let mut c = Cursor::new(bytes.to_vec());
+        let r = read_reply(&mut c, REPLY_BOUND);
+        let pos = c.position() as usize;
+        (r, bytes[pos..].to_vec())
+    }
+
+    #[test]
+    fn reply_line_is_read_without_consuming_more() {
+        let (r, rest) = reply(b"OK 1073741824\n\x00\x00\x00\x10ttrpc");
+        assert_eq!(r.unwrap(), "OK 1073741824");
+        assert_eq!(rest, b"\x00\x00\x00\x10ttrpc");
+    }
+
+    #[test]
+    fn reply_line_errors() {
+        assert!(matches!(reply(b"").0, Err(HandshakeError::Closed)));
+        assert!(matches!(reply(b"OK 12").0, Err(HandshakeError::Closed)));
+        let long = [b'x'; HANDSHAKE_LINE_MAX + 1];
+        let (r, rest) = reply(&long);
+        assert!(matches!(r, Err(HandshakeError::TooLong)));
+        assert_eq!(rest.len(), 1, "stops reading at the bound");
+        let mut just_fits = vec![b'x'; HANDSHAKE_LINE_MAX - 1];
+        just_fits.push(b'\n');
+        assert_eq!(reply(&just_fits).0.unwrap().len(), HANDSHAKE_LINE_MAX - 1);
+    }
+
+    #[test]
+    fn handshake_rejects_a_reply_that_is_not_ok() {
+        let dir = std::env::temp_dir().join(format!("husk-hs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            for reply in [&b"ERR no listener\n"[..], b"OK 5\n"] {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut line = [0u8; 13];
+                s.read_exact(&mut line).unwrap();
+                assert_eq!(&line, b"CONNECT 1024\n");
+                s.write_all(reply).unwrap();
+                // The client may already have hung up after a bad reply.
+                let _ = s.write_all(b"after");
+            }
+        });
+        let e = hybrid_vsock_connect(&path, 1024, REPLY_BOUND).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "reply \"ERR no listener\" is not `OK <port>`"
+        );
+        let mut s = hybrid_vsock_connect(&path, 1024, REPLY_BOUND).unwrap();
+        let mut after = [0u8; 5];
+        s.read_exact(&mut after).unwrap();
+        assert_eq!(&after, b"after");
+        server.join().unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn silent_peer_is_no_reply_within_the_bound() {
+        let dir = std::env::temp_dir().join(format!("husk-hs-silent-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let start = Instant::now();
+        let e = hybrid_vsock_connect(&path, 1024, Duration::from_millis(100)).unwrap_err();
+        assert!(matches!(e, HandshakeError::NoReply(_)), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(2));
+        drop(listener);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn errors_are_sorted() {
+        let t = Duration::from_millis(100);
+        let rpc = ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::INTERNAL, "boom"));
+        assert!(matches!(
+            classify("GuestInfo", t, Duration::ZERO, rpc),
+            AgentClientError::Rpc {
+                code: ttrpc::Code::INTERNAL,
+                ..
+            }
+        ));
+        let late = ttrpc::Error::Others("Receive packet from Receiver timeout: x".into());
+        let e = classify("Version", t, t, late);
+        assert_eq!(e.to_string(), "agent Version: no reply within 100ms");
+        let closed = ttrpc::Error::Socket("socket error EOF".into());
+        assert!(matches!(
+            classify("Health", t, Duration::ZERO, closed),
+            AgentClientError::Transport {
+                method: "Health",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn unreachable_message_names_path_port_deadline_and_cause() {
+        let e = AgentClientError::Unreachable {
+            path: "/x.sock".into(),
+            port: 1024,
+            deadline: Duration::from_secs(30),
+            last: HandshakeError::Closed,
+        };
+        assert_eq!(
+            e.to_string(),
+            "agent not reachable over vsock at /x.sock (port 1024) within 30s: \
+             last error: connection closed before the reply line"
+        );
+    }
+}

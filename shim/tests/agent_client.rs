@@ -1,0 +1,132 @@
+//! `AgentClient` against a fake hybrid-vsock muxer serving the real agent
+//! service (fake guest facts).
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{socket_path, FakeMuxer, Mode};
+use husk_agent::testing::FakeFacts;
+use husk_agent_protocol::API_VERSION;
+use husk_shim::agent_client::{AgentClient, AgentClientError, HandshakeError};
+
+#[test]
+fn version_health_guest_info_and_shutdown() {
+    let mux = FakeMuxer::start("all", Mode::Agent);
+    let c = AgentClient::connect(&mux.uds_path, Duration::from_secs(5)).unwrap();
+    let v = c.version().unwrap();
+    assert_eq!(v.agent_version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(v.api_version, API_VERSION);
+    assert_eq!(c.health().unwrap(), "SERVING");
+    let facts = FakeFacts::default();
+    let i = c.guest_info().unwrap();
+    assert_eq!(i.kernel_release, facts.kernel_release);
+    assert_eq!(i.boot_id, facts.boot_id);
+    assert_eq!(i.hostname, facts.hostname);
+    assert_eq!(i.mem_total_kib, facts.mem.total_kib);
+    assert_eq!(i.mem_available_kib, facts.mem.available_kib);
+    assert_eq!(i.uptime_seconds, facts.uptime_seconds);
+    c.shutdown().unwrap();
+    assert_eq!(mux.agent.shutdowns.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn waits_for_a_socket_that_appears_late() {
+    let mux = FakeMuxer::start_after("late", Mode::Agent, Duration::from_millis(300));
+    let start = Instant::now();
+    let c = AgentClient::connect(&mux.uds_path, Duration::from_secs(10)).unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert_eq!(c.health().unwrap(), "SERVING");
+}
+
+#[test]
+fn no_socket_is_an_error_after_the_deadline_naming_the_path() {
+    let path = socket_path("absent");
+    let start = Instant::now();
+    let Err(e) = AgentClient::connect(&path, Duration::from_millis(400)) else {
+        panic!("connected to nothing");
+    };
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "agent not reachable over vsock at {} (port 1024) within 400ms: last error: connect:",
+            path.display()
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("No such file"), "{msg}");
+}
+
+#[test]
+fn a_reply_that_is_not_ok_is_retried_then_reported() {
+    let mux = FakeMuxer::start("garbage", Mode::Garbage);
+    let Err(e) = AgentClient::connect(&mux.uds_path, Duration::from_millis(400)) else {
+        panic!("connected through a muxer that never says OK");
+    };
+    assert!(
+        mux.connects.load(Ordering::SeqCst) > 1,
+        "no retry before the deadline"
+    );
+    match &e {
+        AgentClientError::Unreachable { last, port, .. } => {
+            assert_eq!(*port, 1024);
+            assert!(
+                matches!(last, HandshakeError::NotOk(l) if l == "HELLO THERE"),
+                "{e}"
+            );
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    assert!(e.to_string().contains("is not `OK <port>`"), "{e}");
+}
+
+#[test]
+fn a_port_nobody_listens_on_is_unreachable() {
+    let mux = FakeMuxer::start("port", Mode::Agent);
+    let Err(e) = AgentClient::connect_port(&mux.uds_path, 1025, Duration::from_millis(200)) else {
+        panic!("connected to port 1025");
+    };
+    let msg = e.to_string();
+    assert!(
+        msg.contains("(port 1025)") && msg.contains("closed before"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn calls_after_the_agent_goes_away_fail_fast() {
+    let mux = FakeMuxer::start("gone", Mode::Agent);
+    let c = AgentClient::connect(&mux.uds_path, Duration::from_secs(5))
+        .unwrap()
+        .with_call_timeout(Duration::from_secs(5));
+    assert_eq!(c.health().unwrap(), "SERVING");
+    drop(mux);
+    let start = Instant::now();
+    let e = c.version().unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(5), "{e}");
+    assert!(
+        matches!(
+            e,
+            AgentClientError::Transport {
+                method: "Version",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_deadline_too_far_to_represent_is_no_deadline() {
+    let mux = FakeMuxer::start("forever", Mode::Agent);
+    let c = AgentClient::connect(&mux.uds_path, Duration::MAX)
+        .unwrap()
+        .with_call_timeout(Duration::MAX);
+    assert_eq!(c.health().unwrap(), "SERVING");
+}
