@@ -11,6 +11,15 @@ pub fn cmdline_flag(cmdline: &str, name: &str) -> bool {
         })
 }
 
+/// The value of `name=value` on the command line, if present.
+pub fn cmdline_value<'a>(cmdline: &'a str, name: &str) -> Option<&'a str> {
+    cmdline.split_whitespace().find_map(|arg| {
+        arg.split_once('=')
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -27,5 +36,10 @@ mod tests {
         assert!(!cmdline_flag("xhusk.oneshot=1", "husk.oneshot"));
         assert!(!cmdline_flag("husk.oneshotx=1", "husk.oneshot"));
         assert!(!cmdline_flag("", "husk.oneshot"));
+        assert_eq!(
+            cmdline_value("a husk.echo_port=1026 b", "husk.echo_port"),
+            Some("1026")
+        );
+        assert_eq!(cmdline_value("husk.echo_portx=1", "husk.echo_port"), None);
     }
 }

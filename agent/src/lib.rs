@@ -6,6 +6,7 @@
 //! the kernel command line ([`cmdline`]). `main.rs` is the PID 1 binary.
 
 pub mod cmdline;
+pub mod echo;
 pub mod facts;
 pub mod log;
 pub mod service;

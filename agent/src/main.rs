@@ -14,7 +14,7 @@ use std::io::Write;
 use husk_agent::facts::{GuestFacts, ProcFacts};
 use husk_agent::log::{self, log};
 use husk_agent::service::{self, AgentService};
-use husk_agent::{cmdline, AGENT_VERSION, READY_MARKER};
+use husk_agent::{cmdline, echo, AGENT_VERSION, READY_MARKER};
 use husk_agent_protocol::AGENT_VSOCK_PORT;
 
 fn main() {
@@ -36,6 +36,16 @@ fn main() {
         .kernel_release()
         .unwrap_or_else(|_| "unknown".into());
 
+    // Tests and benchmarks ask for an echo port on the command line.
+    if let Some(port) = cmdline::cmdline_value(&cmdline, "husk.echo_port") {
+        match port.parse::<u32>() {
+            Ok(p) => match echo::spawn(p) {
+                Ok(()) => log(&format!("echo service on vsock port {p}")),
+                Err(e) => log(&format!("echo service on vsock port {p}: {e}")),
+            },
+            Err(_) => log(&format!("husk.echo_port={port}: not a port number")),
+        }
+    }
     let addr = service::vsock_address(AGENT_VSOCK_PORT);
     let service = AgentService::new(ProcFacts, Box::new(init::power_off_soon));
     // Kept for the life of PID 1 (supervise never returns).
