@@ -1,14 +1,15 @@
 //! The ttrpc `Agent` service (husk.agent.v1) and its server.
 //!
-//! [`AgentService`] answers from a [`GuestFacts`] source and asks a
-//! [`PowerOff`] callback to end the VM; both are injected, so the service runs
-//! the same over a Unix socket in a host test as over vsock in the guest.
+//! [`AgentService`] answers from a [`GuestFacts`] source, changes the guest
+//! through [`GuestControl`] and asks a [`PowerOff`] callback to end the VM;
+//! all are injected, so the service runs the same over a Unix socket in a
+//! host test as over vsock in the guest.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use husk_agent_protocol::agent::{
-    GuestInfoRequest, GuestInfoResponse, HealthRequest, HealthResponse, ShutdownRequest,
-    ShutdownResponse, VersionRequest, VersionResponse,
+    GuestInfoRequest, GuestInfoResponse, HealthRequest, HealthResponse, ReidentifyRequest,
+    ReidentifyResponse, ShutdownRequest, ShutdownResponse, VersionRequest, VersionResponse,
 };
 use husk_agent_protocol::agent_ttrpc::{create_agent, Agent};
 use husk_agent_protocol::{API_VERSION, HEALTH_SERVING};
@@ -16,6 +17,8 @@ use thiserror::Error;
 use ttrpc::{Code, TtrpcContext};
 
 use crate::facts::{FactsError, GuestFacts};
+use crate::identity::{GuestControl, NewIdentity};
+use crate::log::log;
 use crate::AGENT_VERSION;
 
 /// Asked to power the guest off. It must return at once (the reply to
@@ -26,23 +29,107 @@ pub type PowerOff = Box<dyn Fn() + Send + Sync>;
 pub struct AgentService<F> {
     facts: F,
     power_off: PowerOff,
+    /// The identity `Reidentify` gave; `None` until then (the identity is
+    /// the kernel's boot_id).
+    instance_id: Mutex<Option<String>>,
 }
 
-impl<F: GuestFacts> AgentService<F> {
+/// Why `Reidentify` failed.
+#[derive(Debug, Error)]
+enum ReidentifyError {
+    #[error(transparent)]
+    Invalid(#[from] crate::identity::InvalidField),
+    #[error("{step}: {source}")]
+    Os {
+        step: &'static str,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Facts(#[from] FactsError),
+}
+
+impl ReidentifyError {
+    fn code(&self) -> Code {
+        match self {
+            Self::Invalid(_) => Code::INVALID_ARGUMENT,
+            Self::Os { .. } | Self::Facts(_) => Code::INTERNAL,
+        }
+    }
+}
+
+impl<F: GuestFacts + GuestControl> AgentService<F> {
     pub fn new(facts: F, power_off: PowerOff) -> Self {
-        Self { facts, power_off }
+        Self {
+            facts,
+            power_off,
+            instance_id: Mutex::new(None),
+        }
+    }
+
+    /// The identity `Reidentify` gave, if any.
+    fn given_instance_id(&self) -> Option<String> {
+        // A poisoned lock still holds a whole String (only assignments
+        // happen under it).
+        self.instance_id
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn guest_info_now(&self) -> Result<GuestInfoResponse, FactsError> {
         let mem = self.facts.meminfo()?;
+        let boot_id = self.facts.boot_id()?;
         Ok(GuestInfoResponse {
             agent_version: AGENT_VERSION.into(),
             kernel_release: self.facts.kernel_release()?,
-            boot_id: self.facts.boot_id()?,
+            instance_id: self.given_instance_id().unwrap_or_else(|| boot_id.clone()),
+            boot_id,
             hostname: self.facts.hostname()?,
             mem_total_kib: mem.total_kib,
             mem_available_kib: mem.available_kib,
             uptime_seconds: self.facts.uptime_seconds()?,
+            ..Default::default()
+        })
+    }
+
+    /// Validates `req`, then reseeds the RNG, sets the hostname and steps
+    /// the clock, in that order (a failed step leaves the earlier ones
+    /// applied), and only then takes the new identity.
+    fn reidentify_now(
+        &self,
+        req: &ReidentifyRequest,
+    ) -> Result<ReidentifyResponse, ReidentifyError> {
+        let new = NewIdentity::validate(
+            &req.rng_seed,
+            &req.hostname,
+            &req.instance_id,
+            req.time_unix_ns,
+        )?;
+        let os = |step| move |source| ReidentifyError::Os { step, source };
+        self.facts
+            .reseed_rng(new.rng_seed)
+            .map_err(os("reseed the kernel RNG"))?;
+        self.facts
+            .set_hostname(new.hostname)
+            .map_err(os("sethostname"))?;
+        let clock_step_ns = self
+            .facts
+            .set_realtime(new.time_unix_ns)
+            .map_err(os("set CLOCK_REALTIME"))?;
+        *self
+            .instance_id
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(new.instance_id.to_owned());
+        log(&format!(
+            "reidentified as {} (hostname {}, clock stepped {} ms)",
+            new.instance_id,
+            new.hostname,
+            clock_step_ns / 1_000_000
+        ));
+        Ok(ReidentifyResponse {
+            boot_id: self.facts.boot_id()?,
+            instance_id: new.instance_id.to_owned(),
+            clock_step_ns,
             ..Default::default()
         })
     }
@@ -52,7 +139,7 @@ fn status(code: Code, msg: String) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
 }
 
-impl<F: GuestFacts> Agent for AgentService<F> {
+impl<F: GuestFacts + GuestControl> Agent for AgentService<F> {
     fn version(&self, _: &TtrpcContext, _: VersionRequest) -> ttrpc::Result<VersionResponse> {
         Ok(VersionResponse {
             agent_version: AGENT_VERSION.into(),
@@ -81,6 +168,17 @@ impl<F: GuestFacts> Agent for AgentService<F> {
         (self.power_off)();
         Ok(ShutdownResponse::default())
     }
+
+    fn reidentify(
+        &self,
+        _: &TtrpcContext,
+        req: ReidentifyRequest,
+    ) -> ttrpc::Result<ReidentifyResponse> {
+        self.reidentify_now(&req).map_err(|e| {
+            log(&format!("reidentify refused: {e}"));
+            status(e.code(), format!("reidentify: {e}"))
+        })
+    }
 }
 
 /// The ttrpc address the agent listens on in the guest: any CID, `port`.
@@ -100,7 +198,7 @@ pub enum ServeError {
 /// Binds `addr` (a ttrpc address: `vsock://CID:PORT`, `unix://PATH`) and
 /// serves `service` on background threads. Listening when it returns; keep
 /// the returned server alive for as long as it should serve.
-pub fn serve<F: GuestFacts + 'static>(
+pub fn serve<F: GuestFacts + GuestControl + 'static>(
     addr: &str,
     service: AgentService<F>,
 ) -> Result<ttrpc::Server, ServeError> {
@@ -136,7 +234,7 @@ mod tests {
 
     use super::*;
     use crate::facts::MemInfo;
-    use crate::testing::{FakeFacts, UnixAgent};
+    use crate::testing::{Applied, FakeFacts, UnixAgent};
 
     fn ctx() -> context::Context {
         context::with_duration(Duration::from_secs(5))
@@ -207,6 +305,128 @@ mod tests {
             .shutdown(ctx(), &ShutdownRequest::new())
             .unwrap();
         assert_eq!(agent.shutdowns.load(Ordering::SeqCst), 1);
+    }
+
+    fn request(seed: &[u8], hostname: &str, id: &str, time_unix_ns: i64) -> ReidentifyRequest {
+        ReidentifyRequest {
+            rng_seed: seed.to_vec(),
+            hostname: hostname.into(),
+            instance_id: id.into(),
+            time_unix_ns,
+            ..Default::default()
+        }
+    }
+
+    fn status_of(e: ttrpc::Error) -> ttrpc::Status {
+        match e {
+            ttrpc::Error::RpcStatus(s) => s,
+            other => panic!("unexpected error {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reidentify_applies_the_identity_and_guest_info_reports_it() {
+        let facts = FakeFacts::default();
+        let agent = UnixAgent::start("svc-reid", facts.clone()).unwrap();
+        let c = client(&agent);
+        let before = c.guest_info(ctx(), &GuestInfoRequest::new()).unwrap();
+        assert_eq!(before.instance_id, facts.boot_id, "initially the boot_id");
+
+        let seed: Vec<u8> = (0..64).collect();
+        let id = "4f1c2b7e-0d3a-4e5f-9a6b-7c8d9e0f1a2b";
+        let later = facts.realtime_ns + 1_500_000_000;
+        let r = c
+            .reidentify(ctx(), &request(&seed, "pod-7.local", id, later))
+            .unwrap();
+        assert_eq!(r.boot_id, facts.boot_id);
+        assert_eq!(r.instance_id, id);
+        assert_eq!(r.clock_step_ns, 1_500_000_000);
+        assert_eq!(
+            *facts.applied(),
+            Applied {
+                seeds: vec![seed.clone()],
+                hostname: Some("pod-7.local".into()),
+                realtime_ns: Some(later),
+            }
+        );
+
+        let after = c.guest_info(ctx(), &GuestInfoRequest::new()).unwrap();
+        assert_eq!(after.instance_id, id);
+        assert_eq!(after.hostname, "pod-7.local");
+        assert_eq!(after.boot_id, facts.boot_id, "the kernel's stays");
+
+        // Again (a clock stepped back is a negative step).
+        let r = c
+            .reidentify(ctx(), &request(&seed, "h", "second", later - 2_000_000_000))
+            .unwrap();
+        assert_eq!(r.clock_step_ns, -2_000_000_000);
+        let again = c.guest_info(ctx(), &GuestInfoRequest::new()).unwrap();
+        assert_eq!(again.instance_id, "second");
+    }
+
+    #[test]
+    fn reidentify_refuses_each_bad_field_and_changes_nothing() {
+        let facts = FakeFacts::default();
+        let agent = UnixAgent::start("svc-reid-bad", facts.clone()).unwrap();
+        let c = client(&agent);
+        let seed = [1u8; 32];
+        let bad = [
+            ("rng_seed", request(&[1; 31], "h", "i", 1)),
+            ("rng_seed", request(&[1; 513], "h", "i", 1)),
+            ("hostname", request(&seed, "", "i", 1)),
+            ("hostname", request(&seed, "-h", "i", 1)),
+            ("hostname", request(&seed, "h_1", "i", 1)),
+            ("hostname", request(&seed, &"h".repeat(65), "i", 1)),
+            ("instance_id", request(&seed, "h", "", 1)),
+            ("instance_id", request(&seed, "h", "a b", 1)),
+            ("instance_id", request(&seed, "h", &"i".repeat(65), 1)),
+            ("time_unix_ns", request(&seed, "h", "i", 0)),
+            ("time_unix_ns", request(&seed, "h", "i", -5)),
+        ];
+        for (field, req) in bad {
+            let s = status_of(c.reidentify(ctx(), &req).unwrap_err());
+            assert_eq!(s.code(), Code::INVALID_ARGUMENT, "{field}: {}", s.message);
+            assert!(
+                s.message.starts_with(&format!("reidentify: {field}: ")),
+                "{field}: {}",
+                s.message
+            );
+        }
+        assert_eq!(*facts.applied(), Applied::default());
+        let i = c.guest_info(ctx(), &GuestInfoRequest::new()).unwrap();
+        assert_eq!(i.instance_id, facts.boot_id);
+    }
+
+    #[test]
+    fn reidentify_os_failures_are_internal_and_keep_the_identity() {
+        let facts = FakeFacts {
+            fail_reseed: true,
+            ..FakeFacts::default()
+        };
+        let agent = UnixAgent::start("svc-reid-rng", facts.clone()).unwrap();
+        let c = client(&agent);
+        let req = request(&[3; 64], "h", "new", facts.realtime_ns);
+        let s = status_of(c.reidentify(ctx(), &req).unwrap_err());
+        assert_eq!(s.code(), Code::INTERNAL);
+        assert_eq!(
+            s.message,
+            "reidentify: reseed the kernel RNG: Operation not permitted (os error 1)"
+        );
+        assert_eq!(*facts.applied(), Applied::default(), "stopped at the RNG");
+
+        let facts = FakeFacts {
+            fail_set_realtime: true,
+            ..FakeFacts::default()
+        };
+        let agent = UnixAgent::start("svc-reid-clock", facts.clone()).unwrap();
+        let c = client(&agent);
+        let s = status_of(c.reidentify(ctx(), &req).unwrap_err());
+        assert_eq!(s.code(), Code::INTERNAL);
+        assert!(s.message.contains("CLOCK_REALTIME"), "{}", s.message);
+        assert!(s.message.contains("Invalid argument"), "{}", s.message);
+        let i = c.guest_info(ctx(), &GuestInfoRequest::new()).unwrap();
+        assert_eq!(i.instance_id, facts.boot_id, "identity unchanged");
+        assert_eq!(i.hostname, "h", "earlier steps stay applied");
     }
 
     #[test]

@@ -1,16 +1,29 @@
 //! Test doubles for host-side tests (here and in the shim, through the
-//! `test-support` feature): fixed guest facts, and the real service on a Unix
-//! socket.
+//! `test-support` feature): fixed guest facts that record the identity
+//! changes asked of them, and the real service on a Unix socket.
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::facts::{FactsError, GuestFacts, MemInfo};
+use crate::identity::GuestControl;
 use crate::service::{serve, AgentService, ServeError};
 
-/// Guest facts with fixed values.
+/// What [`FakeFacts`] was asked to change (shared by its clones).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Every seed `reseed_rng` got, in order.
+    pub seeds: Vec<Vec<u8>>,
+    /// The last `set_hostname`; `hostname()` reports it from then on.
+    pub hostname: Option<String>,
+    /// The last `set_realtime`.
+    pub realtime_ns: Option<i64>,
+}
+
+/// Guest facts with fixed values; identity changes are recorded in
+/// [`applied`](Self::applied), never made.
 #[derive(Debug, Clone)]
 pub struct FakeFacts {
     pub kernel_release: String,
@@ -20,6 +33,22 @@ pub struct FakeFacts {
     pub uptime_seconds: f64,
     /// Make `meminfo` fail as if `/proc/meminfo` were unreadable.
     pub fail_meminfo: bool,
+    /// The guest's wall clock before any `set_realtime`, ns since the epoch
+    /// (`set_realtime` returns its step from here).
+    pub realtime_ns: i64,
+    /// Make `reseed_rng` fail with EPERM.
+    pub fail_reseed: bool,
+    /// Make `set_realtime` fail with EINVAL.
+    pub fail_set_realtime: bool,
+    /// What was changed, shared by every clone.
+    pub applied: Arc<Mutex<Applied>>,
+}
+
+impl FakeFacts {
+    /// What was changed so far.
+    pub fn applied(&self) -> MutexGuard<'_, Applied> {
+        self.applied.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Default for FakeFacts {
@@ -34,6 +63,11 @@ impl Default for FakeFacts {
             },
             uptime_seconds: 1.5,
             fail_meminfo: false,
+            // 2023-11-14T22:13:20Z.
+            realtime_ns: 1_700_000_000_000_000_000,
+            fail_reseed: false,
+            fail_set_realtime: false,
+            applied: Arc::default(),
         }
     }
 }
@@ -44,7 +78,11 @@ impl GuestFacts for FakeFacts {
     }
 
     fn hostname(&self) -> Result<String, FactsError> {
-        Ok(self.hostname.clone())
+        Ok(self
+            .applied()
+            .hostname
+            .clone()
+            .unwrap_or_else(|| self.hostname.clone()))
     }
 
     fn boot_id(&self) -> Result<String, FactsError> {
@@ -63,6 +101,31 @@ impl GuestFacts for FakeFacts {
 
     fn uptime_seconds(&self) -> Result<f64, FactsError> {
         Ok(self.uptime_seconds)
+    }
+}
+
+impl GuestControl for FakeFacts {
+    fn reseed_rng(&self, seed: &[u8]) -> io::Result<()> {
+        if self.fail_reseed {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        self.applied().seeds.push(seed.to_vec());
+        Ok(())
+    }
+
+    fn set_hostname(&self, name: &str) -> io::Result<()> {
+        self.applied().hostname = Some(name.to_owned());
+        Ok(())
+    }
+
+    fn set_realtime(&self, unix_ns: i64) -> io::Result<i64> {
+        if self.fail_set_realtime {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut applied = self.applied();
+        let before = applied.realtime_ns.unwrap_or(self.realtime_ns);
+        applied.realtime_ns = Some(unix_ns);
+        Ok(unix_ns.saturating_sub(before))
     }
 }
 

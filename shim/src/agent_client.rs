@@ -7,8 +7,11 @@
 //! guest's vsock `port`. The agent serves ttrpc on
 //! [`AGENT_VSOCK_PORT`](husk_agent_protocol::AGENT_VSOCK_PORT).
 //!
-//! Protobuf types stay inside this module: callers get [`AgentVersion`] and
-//! [`GuestInfo`].
+//! Protobuf types stay inside this module: callers get [`AgentVersion`],
+//! [`GuestInfo`] and, for a guest restored from a template,
+//! [`ReidentifyOutcome`] for the [`Identity`] they send.
+
+mod identity;
 
 use std::io::{self, Read, Write};
 use std::os::fd::IntoRawFd;
@@ -23,6 +26,8 @@ use husk_agent_protocol::agent_ttrpc::AgentClient as RpcClient;
 use husk_agent_protocol::AGENT_VSOCK_PORT;
 use thiserror::Error;
 use ttrpc::context::{self, Context};
+
+pub use identity::{uuid_v4, Identity, ReidentifyOutcome, FRESH_SEED_LEN};
 
 /// The longest handshake reply line accepted, `\n` included.
 pub const HANDSHAKE_LINE_MAX: usize = 64;
@@ -111,6 +116,9 @@ pub struct GuestInfo {
     pub agent_version: String,
     pub kernel_release: String,
     pub boot_id: String,
+    /// The agent's identity: the boot_id until a `Reidentify`, then the
+    /// instance id it was given (empty from an agent older than API 2).
+    pub instance_id: String,
     pub hostname: String,
     pub mem_total_kib: u64,
     pub mem_available_kib: u64,
@@ -205,15 +213,25 @@ impl AgentClient {
             deadline,
             last,
         };
+        let mut last: Option<HandshakeError> = None;
         let stream = loop {
-            match hybrid_vsock_connect(uds_path, port, remaining().min(REPLY_BOUND)) {
+            let bound = remaining().min(REPLY_BOUND);
+            match hybrid_vsock_connect(uds_path, port, bound) {
                 Ok(s) => break s,
                 Err(e) => {
+                    tracing::debug!(path = %uds_path.display(), port, error = %e, "agent not reachable yet");
+                    // An attempt the deadline cut short (down to 1 ms) says
+                    // less about the agent than the one before it.
+                    let cut_short = matches!(e, HandshakeError::NoReply(_)) && bound < REPLY_BOUND;
+                    let e = match last.take() {
+                        Some(earlier) if cut_short => earlier,
+                        _ => e,
+                    };
                     let remaining = remaining();
                     if !e.retryable() || remaining.is_zero() {
                         return Err(unreachable(e));
                     }
-                    tracing::debug!(path = %uds_path.display(), port, error = %e, "agent not reachable yet");
+                    last = Some(e);
                     std::thread::sleep(RETRY_INTERVAL.min(remaining));
                 }
             }
@@ -266,11 +284,23 @@ impl AgentClient {
             agent_version: r.agent_version,
             kernel_release: r.kernel_release,
             boot_id: r.boot_id,
+            instance_id: r.instance_id,
             hostname: r.hostname,
             mem_total_kib: r.mem_total_kib,
             mem_available_kib: r.mem_available_kib,
             uptime_seconds: r.uptime_seconds,
         })
+    }
+
+    /// Gives a guest restored from a template its own identity: reseeds its
+    /// RNG, sets its hostname, steps its clock and makes `identity`'s
+    /// instance id the agent's. A field the agent refuses is an
+    /// [`Rpc`](AgentClientError::Rpc) error with code `INVALID_ARGUMENT`
+    /// naming it.
+    pub fn reidentify(&self, identity: &Identity) -> Result<ReidentifyOutcome, AgentClientError> {
+        let req = identity.to_request();
+        let r = self.call("Reidentify", |c, ctx| c.reidentify(ctx, &req))?;
+        Ok(r.into())
     }
 
     /// Asks the guest to power off; it replies first, then resets the VM.

@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 
 use common::{socket_path, FakeMuxer, Mode};
 use husk_agent::testing::FakeFacts;
+use husk_agent_protocol::API_VERSION;
 
 fn husk(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_husk"))
@@ -31,10 +32,13 @@ fn ping_prints_what_the_agent_reports() {
     );
     let f = FakeFacts::default();
     let want = format!(
-        "agent_version: {}\napi_version: 1\nkernel_release: {}\nboot_id: {}\nhostname: {}\n\
+        "agent_version: {}\napi_version: {}\nkernel_release: {}\nboot_id: {}\n\
+         instance_id: {}\nhostname: {}\n\
          mem_total_kib: {}\nmem_available_kib: {}\nuptime_s: 1.50\n",
         env!("CARGO_PKG_VERSION"),
+        API_VERSION,
         f.kernel_release,
+        f.boot_id,
         f.boot_id,
         f.hostname,
         f.mem.total_kib,

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use common::{socket_path, FakeMuxer, Mode};
 use husk_agent::testing::FakeFacts;
 use husk_agent_protocol::API_VERSION;
-use husk_shim::agent_client::{AgentClient, AgentClientError, HandshakeError};
+use husk_shim::agent_client::{
+    AgentClient, AgentClientError, HandshakeError, Identity, ReidentifyOutcome, FRESH_SEED_LEN,
+};
 
 #[test]
 fn version_health_guest_info_and_shutdown() {
@@ -25,6 +27,7 @@ fn version_health_guest_info_and_shutdown() {
     let i = c.guest_info().unwrap();
     assert_eq!(i.kernel_release, facts.kernel_release);
     assert_eq!(i.boot_id, facts.boot_id);
+    assert_eq!(i.instance_id, facts.boot_id, "the boot_id until Reidentify");
     assert_eq!(i.hostname, facts.hostname);
     assert_eq!(i.mem_total_kib, facts.mem.total_kib);
     assert_eq!(i.mem_available_kib, facts.mem.available_kib);
@@ -129,4 +132,80 @@ fn a_deadline_too_far_to_represent_is_no_deadline() {
         .unwrap()
         .with_call_timeout(Duration::MAX);
     assert_eq!(c.health().unwrap(), "SERVING");
+}
+
+/// `xxxxxxxx-xxxx-4xxx-[89ab]xxx-xxxxxxxxxxxx`, lowercase hex.
+fn is_uuid_v4(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    lens == [8, 4, 4, 4, 12]
+        && groups
+            .iter()
+            .all(|g| g.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        && groups[2].starts_with('4')
+        && groups[3].starts_with(['8', '9', 'a', 'b'])
+}
+
+#[test]
+fn fresh_identities_are_random_and_well_formed() {
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let a = Identity::fresh("pod-1").unwrap();
+    let b = Identity::fresh(String::from("pod-1")).unwrap();
+    assert_eq!(a.hostname, "pod-1");
+    assert_eq!(a.rng_seed.len(), 64);
+    assert_eq!(FRESH_SEED_LEN, 64);
+    assert!(is_uuid_v4(&a.instance_id), "{}", a.instance_id);
+    assert!(is_uuid_v4(&b.instance_id), "{}", b.instance_id);
+    assert_ne!(a.instance_id, b.instance_id);
+    assert_ne!(a.rng_seed, b.rng_seed);
+    assert!(a.rng_seed.iter().any(|&x| x != 0));
+    let t = u128::try_from(a.time_unix_ns).unwrap();
+    assert!(
+        t >= before && t - before < 60_000_000_000,
+        "{t} vs {before}"
+    );
+    assert!(!format!("{a:?}").contains(&format!("{:?}", a.rng_seed)));
+}
+
+#[test]
+fn reidentify_round_trip() {
+    let mux = FakeMuxer::start("reid", Mode::Agent);
+    let c = AgentClient::connect(&mux.uds_path, Duration::from_secs(5)).unwrap();
+    let facts = FakeFacts::default();
+    let mut id = Identity::fresh("restored-1").unwrap();
+    id.time_unix_ns = facts.realtime_ns + 250_000_000;
+    let out = c.reidentify(&id).unwrap();
+    assert_eq!(
+        out,
+        ReidentifyOutcome {
+            boot_id: facts.boot_id.clone(),
+            instance_id: id.instance_id.clone(),
+            clock_step_ns: 250_000_000,
+        }
+    );
+    let i = c.guest_info().unwrap();
+    assert_eq!(i.instance_id, id.instance_id);
+    assert_eq!(i.hostname, "restored-1");
+    assert_eq!(i.boot_id, facts.boot_id);
+}
+
+#[test]
+fn reidentify_refusal_names_the_field() {
+    let mux = FakeMuxer::start("reid-bad", Mode::Agent);
+    let c = AgentClient::connect(&mux.uds_path, Duration::from_secs(5)).unwrap();
+    let id = Identity::fresh("-bad").unwrap();
+    let e = c.reidentify(&id).unwrap_err();
+    match &e {
+        AgentClientError::Rpc {
+            method: "Reidentify",
+            code: ttrpc::Code::INVALID_ARGUMENT,
+            message,
+        } => assert!(message.contains("hostname"), "{message}"),
+        other => panic!("unexpected error {other}"),
+    }
+    let i = c.guest_info().unwrap();
+    assert_eq!(i.instance_id, i.boot_id, "identity unchanged");
 }

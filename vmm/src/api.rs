@@ -22,6 +22,12 @@ pub enum VmmRequest {
     Info,
     /// Stop the VM (the outcome is `ExitReason::HostRequest`).
     Stop,
+    /// Park the vCPUs (the devices keep their state; guest time stops).
+    Pause,
+    /// Let paused vCPUs run again.
+    Resume,
+    /// Write a full snapshot of the paused VM into this directory.
+    Snapshot { dir: std::path::PathBuf },
 }
 
 /// Replies to [`VmmRequest`]s.
@@ -29,6 +35,12 @@ pub enum VmmRequest {
 pub enum VmmResponse {
     Info(VmInfo),
     Stopping,
+    Paused,
+    Resumed,
+    /// The snapshot is on disk; `memory_bytes` of guest RAM were written.
+    Snapshot {
+        memory_bytes: u64,
+    },
 }
 
 /// A running VM's description.
@@ -41,6 +53,7 @@ pub struct VmInfo {
     pub cmdline: String,
     pub uptime: Duration,
     pub console_bytes: u64,
+    pub paused: bool,
 }
 
 /// Errors talking to the VMM.
@@ -48,6 +61,12 @@ pub struct VmInfo {
 pub enum ApiError {
     #[error("VM {vm} is not running (it stopped: {reason})")]
     NotRunning { vm: String, reason: String },
+    #[error("VM {vm}: {request:?} failed: {reason}")]
+    Failed {
+        vm: String,
+        request: VmmRequest,
+        reason: String,
+    },
     #[error("VM {vm} did not answer {request:?} within {timeout:?}")]
     Timeout {
         vm: String,
@@ -56,10 +75,11 @@ pub enum ApiError {
     },
 }
 
-pub(crate) type Envelope = (VmmRequest, Sender<VmmResponse>);
+pub(crate) type Envelope = (VmmRequest, Sender<Result<VmmResponse, String>>);
 
-/// How long a request may wait for the event loop.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request may wait for the event loop (a snapshot writes the
+/// guest's memory).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Handle to a VMM running in this process.
 pub struct VmmHandle {
@@ -101,12 +121,18 @@ impl VmmHandle {
 
     /// Sends `request` and waits for the reply.
     pub fn request(&self, request: VmmRequest) -> Result<VmmResponse, ApiError> {
-        let (tx, rx): (Sender<VmmResponse>, Receiver<VmmResponse>) = mpsc::channel();
+        type Reply = Result<VmmResponse, String>;
+        let (tx, rx): (Sender<Reply>, Receiver<Reply>) = mpsc::channel();
         if self.requests.send((request.clone(), tx)).is_err() || self.kick.write(1).is_err() {
             return Err(self.not_running());
         }
         match rx.recv_timeout(REQUEST_TIMEOUT) {
-            Ok(r) => Ok(r),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(reason)) => Err(ApiError::Failed {
+                vm: self.name.clone(),
+                request,
+                reason,
+            }),
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(self.not_running()),
             Err(mpsc::RecvTimeoutError::Timeout) => Err(ApiError::Timeout {
                 vm: self.name.clone(),

@@ -1,7 +1,9 @@
-//! Putting a VM together from a [`VmConfig`] and starting its threads.
-//! Orchestration only: each step lives in its own module.
+//! Putting a VM together and starting its threads: from a [`VmConfig`]
+//! (cold boot) or from a snapshot directory (restore). Orchestration only:
+//! each step lives in its own module.
 
 use std::fs::File;
+use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
@@ -9,17 +11,21 @@ use husk_devices::bus::{Bus, SharedDevice};
 use husk_devices::legacy::{cmos, i8042, serial, Cmos, ConsoleSink, ConsoleWatch, Serial, I8042};
 use husk_devices::virtio::vsock::Vsock;
 use husk_devices::EventFdTrigger;
+use kvm_ioctls::Kvm;
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::api::VmmHandle;
 use crate::boot::{self, cmdline, kernel, mptable, paging, params};
-use crate::config::{PvmCompat, VmConfig};
+use crate::config::{ConsoleConfig, PvmCompat, VmConfig, READY_MARKER};
 use crate::controller::{self, Controller, Facts, PANIC_MARKER};
-use crate::device_manager::DeviceManager;
+use crate::device_manager::{DeviceManager, Subscriber};
 use crate::error::{StartError, VmmError};
 use crate::host::{self, VirtKind};
 use crate::runstate::RunState;
-use crate::vstate::vcpu::{self, BootEntry, Vcpu, VcpuContext};
+use crate::snapshot::{self, Snapshot};
+use crate::snapshot_sources::{SnapshotSources, VsockHandles};
+use crate::vstate::vcpu::{self, BootEntry, SaveCaps, Vcpu, VcpuContext};
 use crate::vstate::{kvm, memory, vm::Vm};
 
 /// Extra devices a caller puts on the buses (tests, and later devices that
@@ -28,6 +34,20 @@ use crate::vstate::{kvm, memory, vm::Vm};
 pub struct ExtraDevices {
     pub pio: Vec<(u64, u64, String, SharedDevice)>,
     pub mmio: Vec<(u64, u64, String, SharedDevice)>,
+}
+
+/// A VM to restore from a snapshot directory.
+#[derive(Debug, Clone)]
+pub struct RestoreConfig {
+    pub name: String,
+    pub snapshot_dir: PathBuf,
+    pub console: ConsoleConfig,
+    /// The restored VM's own hybrid-vsock socket (required when the
+    /// snapshot has a vsock device).
+    pub vsock_uds: Option<PathBuf>,
+    /// When given, the snapshot must have this much memory / these vCPUs.
+    pub mem_mib: Option<u64>,
+    pub vcpus: Option<u8>,
 }
 
 /// Boots a VM in this process and returns its handle.
@@ -41,8 +61,30 @@ pub fn start_with(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, St
     build(config, extra).map_err(|source| StartError { vm: name, source })
 }
 
+/// Restores a VM from a snapshot directory and resumes it.
+pub fn restore(config: RestoreConfig) -> Result<VmmHandle, StartError> {
+    let name = config.name.clone();
+    build_restored(config).map_err(|source| StartError { vm: name, source })
+}
+
 fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> VmmError {
     move |source| VmmError::Io { what, source }
+}
+
+/// Everything a VM needs to start running, however it was built.
+struct Parts {
+    name: String,
+    started: Instant,
+    kvm: Kvm,
+    mem: GuestMemoryMmap,
+    pio: Bus,
+    mmio: Bus,
+    reset_evt: EventFd,
+    console: Arc<ConsoleWatch>,
+    vcpus: Vec<Vcpu>,
+    devices: DeviceManager,
+    facts: Facts,
+    sources: SnapshotSources,
 }
 
 fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
@@ -64,18 +106,37 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
         PvmCompat::Off => false,
         PvmCompat::Auto => host::detect() == VirtKind::Pvm,
     };
+
     // Devices.
-    let console = Arc::new(ConsoleWatch::new(console_markers(&config)));
-    let (mut pio, reset_evt) = legacy_devices(&config, &vm, &console)?;
+    let console = Arc::new(ConsoleWatch::new(console_markers(&config.ready_marker)));
+    let serial_irq = serial_irq(&vm)?;
+    let serial_dev = Serial::new(
+        EventFdTrigger::new(serial_irq),
+        console_sink(&config.console, &console)?,
+    );
+    let (mut pio, serial, cmos, reset_evt) = legacy_devices(serial_dev, Cmos::default())?;
     let mut mmio = Bus::new();
     let mut devices = DeviceManager::new();
-    attach_virtio_devices(&config, &vm, &mem, &mut mmio, &mut devices)?;
+    let mut vsock = None;
+    if let Some(v) = &config.vsock {
+        let dev = Arc::new(Mutex::new(Vsock::new(
+            u64::from(v.guest_cid),
+            v.uds_path.clone(),
+        )?));
+        let (slot, transport) = devices.attach(&vm, &mem, &mut mmio, dev.clone())?;
+        vsock = Some(VsockHandles {
+            slot,
+            device: dev,
+            transport,
+        });
+    }
     for (base, len, name, dev) in extra.pio {
         pio.insert(base, len, &name, dev)?;
     }
     for (base, len, name, dev) in extra.mmio {
         mmio.insert(base, len, &name, dev)?;
     }
+
     // vCPU fds come first: on PVM hosts the command line carries the TSC
     // frequency KVM reports (the guest cannot calibrate it there).
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
@@ -112,13 +173,7 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
     let cr3 = paging::write_page_tables(&mem)?;
     paging::write_gdt(&mem)?;
 
-    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
-
-    // vCPUs.
-    let supported = vcpu::supported_cpuid(&kvm).map_err(|source| VmmError::Kvm {
-        what: "KVM_GET_SUPPORTED_CPUID",
-        source,
-    })?;
+    let supported = supported_cpuid(&kvm)?;
     let entry = BootEntry {
         rip: loaded.entry,
         cr3,
@@ -126,10 +181,150 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
     for v in &vcpus {
         v.configure(&supported, config.vcpus, entry)?;
     }
+    let facts = Facts {
+        name: config.name.clone(),
+        vcpus: config.vcpus,
+        mem_mib: config.mem_mib,
+        pvm_compat: pvm,
+        cmdline: cmdline_text,
+        ready_marker: config.ready_marker.clone(),
+    };
+    launch(Parts {
+        name: config.name,
+        started,
+        kvm,
+        mem: mem.clone(),
+        pio,
+        mmio,
+        reset_evt,
+        console,
+        vcpus,
+        devices,
+        facts,
+        sources: SnapshotSources {
+            vm,
+            mem,
+            serial,
+            cmos,
+            vsock,
+        },
+    })
+}
 
-    // Threads.
+fn build_restored(config: RestoreConfig) -> Result<VmmHandle, VmmError> {
+    let started = Instant::now();
+    let dir = &config.snapshot_dir;
+    let snap = Snapshot::read(dir)?;
+    snap.expect_shape(dir, config.mem_mib, config.vcpus)?;
+    let kvm = kvm::open()?;
+    let mem_size = snap.mem_mib << 20;
+    let mem = snapshot::memory::map_private(&snapshot::memory_path(dir), mem_size)?;
+    let vm = Vm::new(&kvm, &mem)?;
+    snap.vm.restore(vm.fd())?;
+
+    let console = Arc::new(ConsoleWatch::new(console_markers(READY_MARKER)));
+    let serial_irq = serial_irq(&vm)?;
+    let serial_dev = Serial::from_state(
+        &snap.devices.serial,
+        EventFdTrigger::new(serial_irq),
+        console_sink(&config.console, &console)?,
+    )
+    .map_err(|e| VmmError::Restore(e.to_string()))?;
+    let cmos_dev =
+        Cmos::from_state(&snap.devices.cmos).map_err(|e| VmmError::Restore(e.to_string()))?;
+    let (pio, serial, cmos, reset_evt) = legacy_devices(serial_dev, cmos_dev)?;
+    let mut mmio = Bus::new();
+    let mut devices = DeviceManager::new();
+    let mut vsock = None;
+    if let Some(v) = &snap.devices.vsock {
+        let uds = config.vsock_uds.clone().ok_or_else(|| {
+            VmmError::Restore("the snapshot has a vsock device: give the restored VM its own vsock socket (--vsock-uds)".into())
+        })?;
+        let dev = Arc::new(Mutex::new(Vsock::new(v.device.guest_cid, uds)?));
+        let (slot, transport) =
+            devices.attach_restored(&vm, &mem, &mut mmio, dev.clone(), &v.transport)?;
+        if (slot.base, slot.gsi) != (v.base, v.gsi) {
+            return Err(VmmError::Restore(format!(
+                "vsock was at {:#x} (GSI {}) in the snapshot, now at {:#x} (GSI {})",
+                v.base, v.gsi, slot.base, slot.gsi
+            )));
+        }
+        // Connections never survive a restore: the guest's driver resets
+        // its sockets on this event; its listeners keep working.
+        dev.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .send_transport_reset();
+        vsock = Some(VsockHandles {
+            slot,
+            device: dev,
+            transport,
+        });
+    }
+
+    let supported = supported_cpuid(&kvm)?;
+    let mut vcpus = Vec::with_capacity(usize::from(snap.vcpus));
+    for st in &snap.vcpu_states {
+        let v = Vcpu::new(vm.fd(), st.id)?;
+        v.restore(&supported, snap.vcpus, st)?;
+        vcpus.push(v);
+    }
+    let facts = Facts {
+        name: config.name.clone(),
+        vcpus: snap.vcpus,
+        mem_mib: snap.mem_mib,
+        pvm_compat: snap.pvm_compat,
+        cmdline: snap.cmdline.clone(),
+        ready_marker: READY_MARKER.into(),
+    };
+    launch(Parts {
+        name: config.name,
+        started,
+        kvm,
+        mem: mem.clone(),
+        pio,
+        mmio,
+        reset_evt,
+        console,
+        vcpus,
+        devices,
+        facts,
+        sources: SnapshotSources {
+            vm,
+            mem,
+            serial,
+            cmos,
+            vsock,
+        },
+    })
+}
+
+fn supported_cpuid(kvm: &Kvm) -> Result<kvm_bindings::CpuId, VmmError> {
+    vcpu::supported_cpuid(kvm).map_err(|source| VmmError::Kvm {
+        what: "KVM_GET_SUPPORTED_CPUID",
+        source,
+    })
+}
+
+/// Starts the vCPU threads and the controller thread.
+fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
+    let Parts {
+        name,
+        started,
+        kvm,
+        mem,
+        pio,
+        mmio,
+        reset_evt,
+        console,
+        vcpus,
+        mut devices,
+        facts,
+        sources,
+    } = p;
+    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
     controller::install_kick_handler().map_err(io_err("vCPU kick signal handler"))?;
     let state = Arc::new(RunState::new().map_err(io_err("exit eventfd"))?);
+    let save = Arc::new(SaveCaps::probe(&kvm));
     let api_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("API eventfd"))?;
     let (req_tx, req_rx) = mpsc::channel();
     let mut threads = Vec::with_capacity(vcpus.len());
@@ -139,6 +334,7 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
             mmio: mmio.clone(),
             mem: mem.clone(),
             state: state.clone(),
+            save: save.clone(),
         };
         let t = std::thread::Builder::new()
             .name(format!("husk-vcpu{}", v.id()))
@@ -154,37 +350,30 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
             }
         }
     }
-    tracing::info!(vm = %config.name, vcpus = config.vcpus, mem_mib = config.mem_mib, pvm_compat = pvm, cmdline = %cmdline_text, "VM started");
-    let facts = Facts {
-        name: config.name.clone(),
-        vcpus: config.vcpus,
-        mem_mib: config.mem_mib,
-        pvm_compat: pvm,
-        cmdline: cmdline_text,
-        ready_marker: config.ready_marker.clone(),
-    };
-    let ctl = Controller::new(
+    tracing::info!(vm = %name, vcpus = facts.vcpus, mem_mib = facts.mem_mib, pvm_compat = facts.pvm_compat, cmdline = %facts.cmdline, "VM started");
+    let subscribers: Vec<Subscriber> = devices.take_subscribers();
+    let ctl = Controller {
         facts,
-        state.clone(),
+        state: state.clone(),
         reset_evt,
-        api_evt.try_clone().map_err(io_err("API eventfd"))?,
-        req_rx,
-        console.clone(),
+        api_evt: api_evt.try_clone().map_err(io_err("API eventfd"))?,
+        requests: req_rx,
+        console: console.clone(),
         started,
-    );
-    let subscribers = devices.take_subscribers();
+        sources,
+        vcpu_threads: Vec::new(),
+    };
     // The VM (and its memory) must outlive the vCPU threads: the controller
-    // thread owns it until they have all stopped.
+    // owns it until they have all stopped.
     let ctl_thread = std::thread::Builder::new()
         .name("husk-vmm".into())
         .spawn(move || {
-            let _vm = vm;
             let _kvm = kvm;
             controller::run(ctl, subscribers, threads);
         })
         .map_err(io_err("spawning the VMM thread"))?;
     Ok(VmmHandle {
-        name: config.name,
+        name,
         requests: req_tx,
         kick: api_evt,
         state,
@@ -194,60 +383,50 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
     })
 }
 
-/// Attaches the configured virtio devices.
-fn attach_virtio_devices(
-    config: &VmConfig,
-    vm: &Vm,
-    mem: &vm_memory::GuestMemoryMmap,
-    mmio: &mut Bus,
-    devices: &mut DeviceManager,
-) -> Result<(), VmmError> {
-    if let Some(v) = &config.vsock {
-        let vsock = Vsock::new(u64::from(v.guest_cid), v.uds_path.clone())?;
-        devices.attach(vm, mem, mmio, Arc::new(Mutex::new(vsock)))?;
-    }
-    Ok(())
-}
-
 /// What the console watch looks for.
-fn console_markers(config: &VmConfig) -> Vec<String> {
+fn console_markers(ready_marker: &str) -> Vec<String> {
     let mut markers = vec![PANIC_MARKER.to_string()];
-    if !config.ready_marker.is_empty() {
-        markers.push(config.ready_marker.clone());
+    if !ready_marker.is_empty() {
+        markers.push(ready_marker.to_string());
     }
     markers
 }
 
-/// The PIO bus with the serial console, the i8042 and the CMOS clock;
-/// returns it with the eventfd the i8042 signals on a guest reset.
-fn legacy_devices(
-    config: &VmConfig,
-    vm: &Vm,
-    console: &Arc<ConsoleWatch>,
-) -> Result<(Bus, EventFd), VmmError> {
-    let console_file = match &config.console.file {
+fn console_sink(cfg: &ConsoleConfig, watch: &Arc<ConsoleWatch>) -> Result<ConsoleSink, VmmError> {
+    let file = match &cfg.file {
         Some(p) => Some(File::create(p).map_err(|source| VmmError::ConsoleFile {
             path: p.display().to_string(),
             source,
         })?),
         None => None,
     };
-    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("serial eventfd"))?;
-    vm.register_irqfd(&serial_irq, serial::COM1_IRQ)?;
+    Ok(ConsoleSink::new(file, cfg.log, watch.clone()))
+}
+
+fn serial_irq(vm: &Vm) -> Result<EventFd, VmmError> {
+    let irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("serial eventfd"))?;
+    vm.register_irqfd(&irq, serial::COM1_IRQ)?;
+    Ok(irq)
+}
+
+type Legacy = (Bus, Arc<Mutex<Serial>>, Arc<Mutex<Cmos>>, EventFd);
+
+/// The PIO bus with the serial console, the i8042 and the CMOS clock, the
+/// typed handles the snapshot needs, and the eventfd the i8042 signals on a
+/// guest reset.
+fn legacy_devices(serial_dev: Serial, cmos_dev: Cmos) -> Result<Legacy, VmmError> {
     let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("reset eventfd"))?;
-    let serial_dev = Serial::new(
-        EventFdTrigger::new(serial_irq),
-        ConsoleSink::new(console_file, config.console.log, console.clone()),
-    );
     let i8042_dev = I8042::new(EventFdTrigger::new(
         reset_evt.try_clone().map_err(io_err("reset eventfd"))?,
     ));
+    let serial = Arc::new(Mutex::new(serial_dev));
+    let cmos = Arc::new(Mutex::new(cmos_dev));
     let mut pio = Bus::new();
     pio.insert(
         serial::COM1_BASE,
         serial::COM1_LEN,
         "serial",
-        Arc::new(Mutex::new(serial_dev)),
+        serial.clone(),
     )?;
     pio.insert(
         i8042::I8042_BASE,
@@ -255,11 +434,6 @@ fn legacy_devices(
         "i8042",
         Arc::new(Mutex::new(i8042_dev)),
     )?;
-    pio.insert(
-        cmos::CMOS_BASE,
-        cmos::CMOS_LEN,
-        "cmos",
-        Arc::new(Mutex::new(Cmos::default())),
-    )?;
-    Ok((pio, reset_evt))
+    pio.insert(cmos::CMOS_BASE, cmos::CMOS_LEN, "cmos", cmos.clone())?;
+    Ok((pio, serial, cmos, reset_evt))
 }

@@ -17,6 +17,7 @@ use crate::api::{Envelope, VmInfo, VmmRequest, VmmResponse};
 use crate::device_manager::Subscriber;
 use crate::exit::ExitReason;
 use crate::runstate::{RunState, Timeline, VmOutcome};
+use crate::snapshot_sources::{SnapshotFacts, SnapshotSources};
 
 /// The console text of a kernel panic.
 pub const PANIC_MARKER: &str = "Kernel panic - not syncing";
@@ -51,34 +52,78 @@ pub(crate) struct Facts {
 }
 
 pub(crate) struct Controller {
-    facts: Facts,
-    state: Arc<RunState>,
-    reset_evt: EventFd,
-    api_evt: EventFd,
-    requests: Receiver<Envelope>,
-    console: Arc<ConsoleWatch>,
-    started: Instant,
+    pub(crate) facts: Facts,
+    pub(crate) state: Arc<RunState>,
+    pub(crate) reset_evt: EventFd,
+    pub(crate) api_evt: EventFd,
+    pub(crate) requests: Receiver<Envelope>,
+    pub(crate) console: Arc<ConsoleWatch>,
+    pub(crate) started: Instant,
+    pub(crate) sources: SnapshotSources,
+    pub(crate) vcpu_threads: Vec<libc::pthread_t>,
 }
 
 impl Controller {
-    pub fn new(
-        facts: Facts,
-        state: Arc<RunState>,
-        reset_evt: EventFd,
-        api_evt: EventFd,
-        requests: Receiver<Envelope>,
-        console: Arc<ConsoleWatch>,
-        started: Instant,
-    ) -> Self {
-        Self {
-            facts,
-            state,
-            reset_evt,
-            api_evt,
-            requests,
-            console,
-            started,
+    fn kick_vcpus(&self) {
+        for t in &self.vcpu_threads {
+            // SAFETY: pthread_kill with the id of a vCPU thread that is not
+            // joined before the controller ends; the handler does nothing.
+            unsafe { libc::pthread_kill(*t, kick_signal()) };
         }
+    }
+
+    fn pause(&mut self) -> Result<VmmResponse, String> {
+        if self.state.pause_requested() {
+            return Ok(VmmResponse::Paused);
+        }
+        self.state.request_pause(self.vcpu_threads.len());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self
+            .state
+            .wait_parked(self.vcpu_threads.len(), Duration::from_millis(5))
+        {
+            if Instant::now() > deadline {
+                self.state.resume();
+                return Err("vCPUs did not park within 10 s".into());
+            }
+            self.kick_vcpus();
+        }
+        tracing::info!(vm = %self.facts.name, "paused");
+        Ok(VmmResponse::Paused)
+    }
+
+    fn resume(&mut self) -> Result<VmmResponse, String> {
+        self.state.resume();
+        tracing::info!(vm = %self.facts.name, "resumed");
+        Ok(VmmResponse::Resumed)
+    }
+
+    fn snapshot(&mut self, dir: &std::path::Path) -> Result<VmmResponse, String> {
+        if !self.state.pause_requested() {
+            return Err(crate::snapshot::SnapshotError::NotPaused.to_string());
+        }
+        let mut vcpu_states = Vec::new();
+        for (i, s) in self.state.parked_states().into_iter().enumerate() {
+            match s {
+                Some(Ok(st)) => vcpu_states.push(st),
+                Some(Err(e)) => return Err(format!("vCPU {i}: {e}")),
+                None => return Err(format!("vCPU {i} saved no state")),
+            }
+        }
+        let facts = SnapshotFacts {
+            mem_mib: self.facts.mem_mib,
+            vcpus: self.facts.vcpus,
+            pvm_compat: self.facts.pvm_compat,
+            cmdline: self.facts.cmdline.clone(),
+        };
+        let written = self
+            .sources
+            .take(dir, &facts, vcpu_states)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(vm = %self.facts.name, dir = %dir.display(), memory_bytes = written, "snapshot written");
+        Ok(VmmResponse::Snapshot {
+            memory_bytes: written,
+        })
     }
 
     fn on_reset(&mut self) {
@@ -95,7 +140,10 @@ impl Controller {
         let _ = self.api_evt.read();
         while let Ok((req, reply)) = self.requests.try_recv() {
             let resp = match req {
-                VmmRequest::Info => VmmResponse::Info(VmInfo {
+                VmmRequest::Pause => self.pause(),
+                VmmRequest::Resume => self.resume(),
+                VmmRequest::Snapshot { dir } => self.snapshot(&dir),
+                VmmRequest::Info => Ok(VmmResponse::Info(VmInfo {
                     name: self.facts.name.clone(),
                     vcpus: self.facts.vcpus,
                     mem_mib: self.facts.mem_mib,
@@ -103,11 +151,12 @@ impl Controller {
                     cmdline: self.facts.cmdline.clone(),
                     uptime: self.started.elapsed(),
                     console_bytes: self.console.bytes(),
-                }),
+                    paused: self.state.pause_requested(),
+                })),
                 VmmRequest::Stop => {
                     tracing::info!(vm = %self.facts.name, "stop requested by the host");
                     self.state.report(ExitReason::HostRequest);
-                    VmmResponse::Stopping
+                    Ok(VmmResponse::Stopping)
                 }
             };
             // The requester may have given up waiting; that is fine.
@@ -149,6 +198,8 @@ pub(crate) fn run(controller: Controller, devices: Vec<Subscriber>, vcpus: Vec<J
     let name = controller.facts.name.clone();
     let marker = controller.facts.ready_marker.clone();
     let started = controller.started;
+    let mut controller = controller;
+    controller.vcpu_threads = vcpus.iter().map(|t| t.as_pthread_t()).collect();
     let controller: Subscriber = Arc::new(Mutex::new(controller));
     match EventManager::<Subscriber>::new() {
         Ok(mut mgr) => {
@@ -200,6 +251,7 @@ pub(crate) fn stop_started(state: &RunState, vcpus: Vec<JoinHandle<()>>) {
 /// Sets the stop flag and kicks each vCPU thread until it has left KVM_RUN.
 fn stop_vcpus(state: &RunState, vcpus: Vec<JoinHandle<()>>, name: &str) {
     state.stop.store(true, Ordering::Release);
+    state.wake_parked();
     for (i, t) in vcpus.into_iter().enumerate() {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !t.is_finished() {

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use event_manager::MutEventSubscriber;
 use husk_devices::bus::Bus;
 use husk_devices::virtio::interrupt::MmioInterrupt;
-use husk_devices::virtio::transport::mmio::{MmioTransport, MMIO_WINDOW, NOTIFY_OFFSET};
+use husk_devices::virtio::transport::mmio::{
+    MmioTransport, MmioTransportState, MMIO_WINDOW, NOTIFY_OFFSET,
+};
 use husk_devices::virtio::VirtioDevice;
 use kvm_ioctls::IoEventAddress;
 use vm_memory::GuestMemoryMmap;
@@ -130,7 +132,38 @@ impl DeviceManager {
         mem: &GuestMemoryMmap,
         mmio: &mut Bus,
         device: Arc<Mutex<D>>,
-    ) -> Result<MmioSlot, DeviceError>
+    ) -> Result<(MmioSlot, Arc<Mutex<MmioTransport>>), DeviceError>
+    where
+        D: VirtioDevice + MutEventSubscriber + Send + 'static,
+    {
+        self.attach_inner(vm, mem, mmio, device, None)
+    }
+
+    /// [`attach`](Self::attach) for a restored device: the transport comes
+    /// back with its saved registers and queues (re-activating the device
+    /// when it was running).
+    pub fn attach_restored<D>(
+        &mut self,
+        vm: &Vm,
+        mem: &GuestMemoryMmap,
+        mmio: &mut Bus,
+        device: Arc<Mutex<D>>,
+        state: &MmioTransportState,
+    ) -> Result<(MmioSlot, Arc<Mutex<MmioTransport>>), DeviceError>
+    where
+        D: VirtioDevice + MutEventSubscriber + Send + 'static,
+    {
+        self.attach_inner(vm, mem, mmio, device, Some(state))
+    }
+
+    fn attach_inner<D>(
+        &mut self,
+        vm: &Vm,
+        mem: &GuestMemoryMmap,
+        mmio: &mut Bus,
+        device: Arc<Mutex<D>>,
+        state: Option<&MmioTransportState>,
+    ) -> Result<(MmioSlot, Arc<Mutex<MmioTransport>>), DeviceError>
     where
         D: VirtioDevice + MutEventSubscriber + Send + 'static,
     {
@@ -172,30 +205,25 @@ impl DeviceManager {
             notify.push(evt);
         }
         let dyn_dev: Arc<Mutex<dyn VirtioDevice>> = device.clone();
-        let transport = MmioTransport::new(
-            dyn_dev,
-            mem.clone(),
-            Arc::new(MmioInterrupt::new(irq)),
-            notify,
-        )
+        let interrupt = Arc::new(MmioInterrupt::new(irq));
+        let transport = match state {
+            None => MmioTransport::new(dyn_dev, mem.clone(), interrupt, notify),
+            Some(st) => MmioTransport::restore(dyn_dev, mem.clone(), interrupt, notify, st),
+        }
         .map_err(|source| DeviceError::Transport {
             device: name.clone(),
             source,
         })?;
-        mmio.insert(
-            slot.base,
-            MMIO_WINDOW,
-            &name,
-            Arc::new(Mutex::new(transport)),
-        )
-        .map_err(|source| DeviceError::Bus {
-            device: name.clone(),
-            source,
-        })?;
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(slot.base, MMIO_WINDOW, &name, transport.clone())
+            .map_err(|source| DeviceError::Bus {
+                device: name.clone(),
+                source,
+            })?;
         self.subscribers.push(device);
         tracing::debug!(device = %name, base = format_args!("{:#x}", slot.base), gsi = slot.gsi, "virtio-mmio device attached");
         self.slots.push((name, slot.clone()));
-        Ok(slot)
+        Ok((slot, transport))
     }
 
     /// The `virtio_mmio.device=` entries of all attached devices.

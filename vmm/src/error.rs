@@ -32,6 +32,14 @@ pub enum VmmError {
     Device(#[from] crate::device_manager::DeviceError),
     #[error("vsock device: {0}")]
     Vsock(#[from] husk_devices::virtio::vsock::VsockError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error(transparent)]
+    SnapshotMemory(#[from] crate::snapshot::memory::MemoryFileError),
+    #[error("snapshot state: {0}")]
+    CpuState(#[from] crate::snapshot::cpu::CpuStateError),
+    #[error("restore: {0}")]
+    Restore(String),
     #[error("device bus: {0}")]
     Bus(#[from] husk_devices::bus::BusError),
     #[error("console file {path}: {source}")]

@@ -16,10 +16,12 @@ pub mod error;
 pub mod exit;
 pub mod host;
 pub mod runstate;
+pub mod snapshot;
+pub(crate) mod snapshot_sources;
 pub mod vstate;
 
 pub use api::{ApiError, VmInfo, VmmHandle, VmmRequest, VmmResponse};
-pub use builder::{start, start_with, ExtraDevices};
+pub use builder::{restore, start, start_with, ExtraDevices, RestoreConfig};
 pub use config::{
     ConsoleConfig, PvmCompat, VmConfig, VsockConfig, DEFAULT_GUEST_CID, READY_MARKER,
 };

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::exit::ExitReason;
+use crate::snapshot::VcpuState;
 
 /// When things happened during a VM's life.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +56,17 @@ pub struct RunState {
     first_run: OnceLock<Instant>,
     outcome: Mutex<Option<VmOutcome>>,
     done: Condvar,
+    /// Set while the host wants the vCPUs parked (pause, snapshot).
+    pause: AtomicBool,
+    parked: Mutex<Parked>,
+    park_changed: Condvar,
+}
+
+/// vCPUs parked for a pause, with the state each saved as it parked.
+#[derive(Default)]
+struct Parked {
+    count: usize,
+    states: Vec<Option<Result<VcpuState, String>>>,
 }
 
 impl RunState {
@@ -66,6 +78,9 @@ impl RunState {
             first_run: OnceLock::new(),
             outcome: Mutex::new(None),
             done: Condvar::new(),
+            pause: AtomicBool::new(false),
+            parked: Mutex::new(Parked::default()),
+            park_changed: Condvar::new(),
         })
     }
 
@@ -92,6 +107,71 @@ impl RunState {
 
     pub fn first_run(&self) -> Option<Instant> {
         self.first_run.get().copied()
+    }
+
+    /// Whether vCPUs should park.
+    pub(crate) fn pause_requested(&self) -> bool {
+        self.pause.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Asks the vCPUs to park (they must be kicked out of KVM_RUN too).
+    pub(crate) fn request_pause(&self, vcpus: usize) {
+        let mut p = lock(&self.parked);
+        p.states = (0..vcpus).map(|_| None).collect();
+        self.pause.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Called by vCPU `id` with its saved state: waits while paused.
+    pub(crate) fn park(&self, id: u8, state: Result<VcpuState, String>) {
+        let mut p = lock(&self.parked);
+        if let Some(slot) = p.states.get_mut(usize::from(id)) {
+            *slot = Some(state);
+        }
+        p.count += 1;
+        self.park_changed.notify_all();
+        while self.pause_requested() && !self.stop.load(std::sync::atomic::Ordering::Acquire) {
+            p = self
+                .park_changed
+                .wait(p)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        p.count -= 1;
+    }
+
+    /// Waits until `n` vCPUs are parked.
+    pub(crate) fn wait_parked(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut p = lock(&self.parked);
+        while p.count < n {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            p = self
+                .park_changed
+                .wait_timeout(p, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
+    /// The states the parked vCPUs saved.
+    pub(crate) fn parked_states(&self) -> Vec<Option<Result<VcpuState, String>>> {
+        lock(&self.parked).states.clone()
+    }
+
+    /// Lets parked vCPUs run again.
+    pub(crate) fn resume(&self) {
+        self.pause
+            .store(false, std::sync::atomic::Ordering::Release);
+        let _p = lock(&self.parked);
+        self.park_changed.notify_all();
+    }
+
+    /// Wakes parked vCPUs so they see the stop flag.
+    pub(crate) fn wake_parked(&self) {
+        let _p = lock(&self.parked);
+        self.park_changed.notify_all();
     }
 
     /// Publishes the final outcome and wakes waiters.

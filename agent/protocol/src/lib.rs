@@ -24,7 +24,9 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 pub const LOG_VSOCK_PORT: u32 = 1025;
 /// The version of `agent.proto` this crate was built from; bump it when the
 /// API gains or changes meaning.
-pub const API_VERSION: u32 = 1;
+///
+/// 2: `Reidentify`, `GuestInfoResponse.instance_id`.
+pub const API_VERSION: u32 = 2;
 /// What `Health` answers while the agent serves requests.
 pub const HEALTH_SERVING: &str = "SERVING";
 
@@ -32,7 +34,7 @@ pub const HEALTH_SERVING: &str = "SERVING";
 mod tests {
     use protobuf::Message;
 
-    use super::agent::GuestInfoResponse;
+    use super::agent::{GuestInfoResponse, ReidentifyRequest};
 
     #[test]
     fn guest_info_round_trips_and_ignores_unknown_fields() {
@@ -48,5 +50,29 @@ mod tests {
         assert_eq!(back.agent_version, "0.1.0");
         assert_eq!(back.mem_total_kib, 131_072);
         assert!((back.uptime_seconds - 1.5).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn api_1_guest_info_has_no_instance_id() {
+        // What an API 1 agent sends: fields 1..=7 only.
+        let mut old = GuestInfoResponse::new();
+        old.boot_id = "b".into();
+        old.instance_id = String::new();
+        let bytes = old.write_to_bytes().expect("encodes");
+        let back = GuestInfoResponse::parse_from_bytes(&bytes).expect("decodes");
+        assert_eq!(back.boot_id, "b");
+        assert!(back.instance_id.is_empty());
+    }
+
+    #[test]
+    fn reidentify_request_round_trips() {
+        let mut r = ReidentifyRequest::new();
+        r.rng_seed = vec![0xab; 64];
+        r.hostname = "pod-1".into();
+        r.instance_id = "id".into();
+        r.time_unix_ns = -1;
+        let back = ReidentifyRequest::parse_from_bytes(&r.write_to_bytes().expect("encodes"))
+            .expect("decodes");
+        assert_eq!(back, r);
     }
 }

@@ -1,6 +1,9 @@
 //! A minimal CMOS real-time clock (ports 0x70/0x71): the time of day in BCD,
 //! status registers that say "no update in progress", and 128 bytes of NVRAM
 //! for everything else. Linux reads it once at boot to set the wall clock.
+//!
+//! Snapshot state ([`CmosState`]) is the index register and the NVRAM; the
+//! clock is not state (a restored VM reads the host's time).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,10 +14,32 @@ pub const CMOS_BASE: u64 = 0x70;
 /// Length of the claimed range.
 pub const CMOS_LEN: u64 = 2;
 
+/// Bytes of NVRAM (the index register has 7 bits).
+pub const CMOS_NVRAM_LEN: usize = 128;
+
+/// The CMOS's index register and NVRAM, as saved in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CmosState {
+    /// The selected register (0..=0x7f).
+    pub index: u8,
+    /// Exactly [`CMOS_NVRAM_LEN`] bytes.
+    pub nvram: Vec<u8>,
+}
+
+/// Why a CMOS could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum CmosError {
+    #[error("cmos: nvram is {got} bytes, expected {CMOS_NVRAM_LEN}")]
+    NvramLength { got: usize },
+    #[error("cmos: index register {0:#x} is out of range (max 0x7f)")]
+    Index(u8),
+}
+
 /// The clock.
 pub struct Cmos {
     index: u8,
-    nvram: [u8; 128],
+    nvram: [u8; CMOS_NVRAM_LEN],
     now: fn() -> SystemTime,
 }
 
@@ -48,9 +73,42 @@ impl Cmos {
     pub fn new(now: fn() -> SystemTime) -> Self {
         Self {
             index: 0,
-            nvram: [0; 128],
+            nvram: [0; CMOS_NVRAM_LEN],
             now,
         }
+    }
+
+    /// The index register and NVRAM.
+    pub fn state(&self) -> CmosState {
+        CmosState {
+            index: self.index,
+            nvram: self.nvram.to_vec(),
+        }
+    }
+
+    /// A clock reading the host's time with the saved index and NVRAM.
+    pub fn from_state(state: &CmosState) -> Result<Cmos, CmosError> {
+        Self::from_state_with_clock(state, SystemTime::now)
+    }
+
+    fn from_state_with_clock(
+        state: &CmosState,
+        now: fn() -> SystemTime,
+    ) -> Result<Cmos, CmosError> {
+        let nvram = <[u8; CMOS_NVRAM_LEN]>::try_from(state.nvram.as_slice()).map_err(|_| {
+            CmosError::NvramLength {
+                got: state.nvram.len(),
+            }
+        })?;
+        // The data port indexes NVRAM with it.
+        if usize::from(state.index) >= CMOS_NVRAM_LEN {
+            return Err(CmosError::Index(state.index));
+        }
+        Ok(Self {
+            index: state.index,
+            nvram,
+            now,
+        })
     }
 
     fn register(&self, index: u8) -> u8 {
@@ -152,5 +210,54 @@ mod tests {
         assert_eq!(read(&mut c, 0x00), 0x09);
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn state_round_trip() {
+        let mut c = Cmos::new(fixed);
+        for (reg, v) in [(0x10u8, 0x11u8), (0x40, 0xab), (0x7f, 0xff)] {
+            c.write(0, &[reg]);
+            c.write(1, &[v]);
+        }
+        c.write(0, &[0x40]);
+        let st = c.state();
+        assert_eq!((st.index, st.nvram.len()), (0x40, CMOS_NVRAM_LEN));
+        let mut r = Cmos::from_state_with_clock(&st, fixed).unwrap();
+        assert_eq!(r.state(), st);
+        // The index survives: a data read without selecting first.
+        let mut d = [0u8];
+        r.read(1, &mut d);
+        assert_eq!(d[0], 0xab);
+        for reg in (0u8..0x80).chain([0x80, 0xff]) {
+            assert_eq!(read(&mut c, reg), read(&mut r, reg), "register {reg:#x}");
+        }
+        assert!(Cmos::from_state(&st).is_ok());
+    }
+
+    #[test]
+    fn bad_state_is_an_error() {
+        let mut st = Cmos::new(fixed).state();
+        st.nvram.pop();
+        let err = Cmos::from_state(&st).err().unwrap();
+        assert!(matches!(err, CmosError::NvramLength { got: 127 }), "{err}");
+        st.nvram = vec![0; 4096];
+        assert!(Cmos::from_state(&st).is_err());
+        st.nvram = vec![0; CMOS_NVRAM_LEN];
+        st.index = 0x80;
+        let err = Cmos::from_state(&st).err().unwrap();
+        assert!(matches!(err, CmosError::Index(0x80)));
+        assert!(err.to_string().starts_with("cmos:"), "{err}");
+    }
+
+    #[test]
+    fn state_json_round_trip() {
+        let mut c = Cmos::new(fixed);
+        c.write(0, &[0x20]);
+        c.write(1, &[0x42]);
+        let st = c.state();
+        let json = serde_json::to_string(&st).unwrap();
+        assert_eq!(serde_json::from_str::<CmosState>(&json).unwrap(), st);
+        let extra = json.replacen('{', "{\"clock\":0,", 1);
+        assert!(serde_json::from_str::<CmosState>(&extra).is_err());
     }
 }

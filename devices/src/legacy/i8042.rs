@@ -1,6 +1,8 @@
 //! The i8042 keyboard controller, only as far as Linux needs it: status reads
 //! on port 0x64 and the CPU reset command (0xfe) that `reboot=k` sends. The
 //! reset is reported through an event, which the VMM turns into a VM exit.
+//!
+//! Snapshots: no state worth saving (a fresh `I8042::new` is equivalent).
 
 use crate::bus::BusDevice;
 use crate::EventFdTrigger;

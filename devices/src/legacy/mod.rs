@@ -6,7 +6,7 @@ pub mod console;
 pub mod i8042;
 pub mod serial;
 
-pub use cmos::Cmos;
+pub use cmos::{Cmos, CmosError, CmosState};
 pub use console::{ConsoleSink, ConsoleWatch};
 pub use i8042::I8042;
-pub use serial::Serial;
+pub use serial::{Serial, SerialDeviceState, SerialError};

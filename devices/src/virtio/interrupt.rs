@@ -55,6 +55,11 @@ impl MmioInterrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
+    /// Sets the InterruptStatus register to `bits` (snapshot restore).
+    pub fn set_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+    }
+
     /// Clears everything (device reset).
     pub fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);

@@ -91,6 +91,13 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device: drop the queues, stop processing, and be
     /// ready to be activated again.
     fn reset(&mut self);
+    /// The live state of the queues the device took at activation, by queue
+    /// index (the transport's copies go stale as the device advances
+    /// `next_avail`/`next_used`); `None` when not activated. Snapshots read
+    /// it, so every device that keeps queues must implement it.
+    fn queue_states(&self) -> Option<Vec<(usize, virtio_queue::QueueState)>> {
+        None
+    }
 }
 
 /// Copies `src[offset..]` into `data`, zero-filling what lies outside `src`.

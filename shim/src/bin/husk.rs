@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use husk_shim::cli::{agent, check, exit_code, vm_run};
+use husk_shim::cli::{agent, check, exit_code, template, vm_run};
 
 #[derive(Parser)]
 #[command(name = "husk", version, about = "husk microVM container runtime")]
@@ -21,6 +21,11 @@ enum Command {
         #[command(subcommand)]
         command: VmCommand,
     },
+    /// VM templates: boot once, snapshot, start many VMs from it.
+    Template {
+        #[command(subcommand)]
+        command: TemplateCommand,
+    },
     /// Talk to a guest's agent.
     Agent {
         #[command(subcommand)]
@@ -32,6 +37,12 @@ enum Command {
 enum VmCommand {
     /// Boot a VM in this process; exits with the guest's outcome.
     Run(vm_run::RunArgs),
+}
+
+#[derive(Subcommand)]
+enum TemplateCommand {
+    /// Boot to agent-ready, pause and snapshot into --out.
+    Create(template::CreateArgs),
 }
 
 #[derive(Subcommand)]
@@ -59,6 +70,9 @@ fn main() {
         Command::Agent {
             command: AgentCommand::Ping(args),
         } => agent::ping(&args),
+        Command::Template {
+            command: TemplateCommand::Create(args),
+        } => template::run_create(&args),
     };
     std::process::exit(if code == 0 { exit_code::OK } else { code });
 }

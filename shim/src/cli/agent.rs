@@ -59,6 +59,7 @@ pub fn report(version: &AgentVersion, info: &GuestInfo) -> String {
          api_version: {}\n\
          kernel_release: {}\n\
          boot_id: {}\n\
+         instance_id: {}\n\
          hostname: {}\n\
          mem_total_kib: {}\n\
          mem_available_kib: {}\n\
@@ -67,6 +68,7 @@ pub fn report(version: &AgentVersion, info: &GuestInfo) -> String {
         version.api_version,
         info.kernel_release,
         info.boot_id,
+        info.instance_id,
         info.hostname,
         info.mem_total_kib,
         info.mem_available_kib,

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod check;
+pub mod template;
 pub mod vm_run;
 
 /// Exit codes of the `husk` binary.

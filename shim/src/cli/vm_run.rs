@@ -4,9 +4,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use husk_vmm::{ConsoleConfig, PvmCompat, Timeline, VmConfig, VmOutcome, VsockConfig};
+use husk_vmm::{
+    ConsoleConfig, PvmCompat, RestoreConfig, Timeline, VmConfig, VmOutcome, VsockConfig,
+};
 
 use super::exit_code;
+
+/// Guest memory when none is asked for.
+pub const DEFAULT_MEM_MIB: u64 = 128;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -18,20 +23,25 @@ extern "C" fn on_signal(_: libc::c_int) {
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Guest kernel: an ELF vmlinux.
-    #[arg(long)]
-    pub kernel: PathBuf,
+    #[arg(long, required_unless_present = "from_template")]
+    pub kernel: Option<PathBuf>,
     /// initramfs (cpio, optionally gzip'd).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "from_template")]
     pub initrd: Option<PathBuf>,
+    /// Start from a template (`husk template create`) instead of booting:
+    /// the VM resumes agent-ready, with its own identity.
+    #[arg(long, conflicts_with = "kernel")]
+    pub from_template: Option<PathBuf>,
     /// Extra kernel command line arguments, added after husk's own.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", conflicts_with = "from_template")]
     pub cmdline: String,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 128)]
-    pub mem_mib: u64,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    pub vcpus: u8,
+    /// Guest memory in MiB (default 128; with --from-template it must match
+    /// the template's when given).
+    #[arg(long)]
+    pub mem_mib: Option<u64>,
+    /// Number of vCPUs (default 1; with --from-template it must match).
+    #[arg(long)]
+    pub vcpus: Option<u8>,
     /// Write the guest console to this file (default: the log, on stderr).
     #[arg(long)]
     pub console: Option<PathBuf>,
@@ -61,18 +71,33 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    fn console(&self) -> ConsoleConfig {
+        ConsoleConfig {
+            file: self.console.clone(),
+            log: self.console.is_none(),
+        }
+    }
+
+    fn restore_config(&self, dir: &std::path::Path) -> RestoreConfig {
+        RestoreConfig {
+            name: self.name.clone(),
+            snapshot_dir: dir.to_path_buf(),
+            console: self.console(),
+            vsock_uds: self.vsock_uds.clone(),
+            mem_mib: self.mem_mib,
+            vcpus: self.vcpus,
+        }
+    }
+
     fn config(&self) -> VmConfig {
         VmConfig {
             name: self.name.clone(),
-            kernel: self.kernel.clone(),
+            kernel: self.kernel.clone().unwrap_or_default(),
             initrd: self.initrd.clone(),
             cmdline_extra: self.cmdline.clone(),
-            mem_mib: self.mem_mib,
-            vcpus: self.vcpus,
-            console: ConsoleConfig {
-                file: self.console.clone(),
-                log: self.console.is_none(),
-            },
+            mem_mib: self.mem_mib.unwrap_or(DEFAULT_MEM_MIB),
+            vcpus: self.vcpus.unwrap_or(1),
+            console: self.console(),
             pvm_compat: match self.pvm_compat.as_str() {
                 "on" => PvmCompat::On,
                 "off" => PvmCompat::Off,
@@ -101,12 +126,26 @@ pub fn run(args: &RunArgs, process_start: Instant) -> i32 {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    let handle = match husk_vmm::start(args.config()) {
+    let started = match &args.from_template {
+        Some(dir) => husk_vmm::restore(args.restore_config(dir)),
+        None => husk_vmm::start(args.config()),
+    };
+    let handle = match started {
         Ok(h) => h,
         Err(e) => {
             eprintln!("husk: {e}");
             return exit_code::ERROR;
         }
+    };
+    // A restored VM resumes agent-ready: give it its own identity, and
+    // with --oneshot power it off once that worked.
+    let agent = match (&args.from_template, &args.vsock_uds) {
+        (Some(_), Some(uds)) => Some(super::template::spawn_reidentify(
+            uds.clone(),
+            args.name.clone(),
+            args.oneshot,
+        )),
+        _ => None,
     };
     let deadline = args
         .timeout
@@ -126,8 +165,27 @@ pub fn run(args: &RunArgs, process_start: Instant) -> i32 {
             }
         }
     };
+    let agent = agent.map(|t| t.join());
     if args.timings {
         print_timings(&outcome.timeline, process_start);
+        if let Some(Ok(Ok(t))) = &agent {
+            println!(
+                "first_ttrpc_reply_s: {:.6}",
+                t.duration_since(process_start).as_secs_f64()
+            );
+        }
+    }
+    if let Some(result) = agent {
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                eprintln!("husk: VM {}: {e}", args.name);
+                if !(timed_out || interrupted) {
+                    return exit_code::ERROR;
+                }
+            }
+            Err(_) => eprintln!("husk: the agent thread panicked"),
+        }
     }
     report(&outcome, timed_out, interrupted, args)
 }
@@ -165,7 +223,7 @@ fn report(o: &VmOutcome, timed_out: bool, interrupted: bool, args: &RunArgs) -> 
         return exit_code::INTERRUPTED;
     }
     if o.reason.is_clean() {
-        if args.oneshot && o.timeline.ready.is_none() {
+        if args.oneshot && o.timeline.ready.is_none() && args.from_template.is_none() {
             eprintln!(
                 "husk: VM {} shut down before its agent was ready",
                 args.name

@@ -17,6 +17,7 @@ use crate::exit::{
     emulation_insn_bytes, read_insn, EmulationFailure, ExitReason, SUBERROR_EMULATION,
 };
 use crate::runstate::RunState;
+use crate::snapshot::VcpuState;
 
 /// Errors creating or configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +89,24 @@ impl Vcpu {
                 source,
             })?;
         Ok(Self { id, fd })
+    }
+
+    /// Loads a saved state (restore): CPUID first, then the rest.
+    pub fn restore(
+        &self,
+        supported: &CpuId,
+        vcpus: u8,
+        state: &VcpuState,
+    ) -> Result<(), VcpuError> {
+        let cpuid = cpuid_for(supported, self.id, vcpus);
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(self.kvm_err("KVM_SET_CPUID2"))?;
+        state.restore(&self.fd).map_err(|e| VcpuError::Other {
+            id: self.id,
+            what: "restoring state",
+            reason: e.to_string(),
+        })
     }
 
     /// The vCPU index (also its APIC id).
@@ -239,6 +258,18 @@ impl Vcpu {
             if ctx.state.stop.load(Ordering::Acquire) {
                 break None;
             }
+            if ctx.state.pause_requested() {
+                let saved = VcpuState::save(
+                    &self.fd,
+                    self.id,
+                    &ctx.save.msr_indices,
+                    ctx.save.xsave,
+                    ctx.save.xcrs,
+                )
+                .map_err(|e| e.to_string());
+                ctx.state.park(self.id, saved);
+                continue;
+            }
             match self.fd.run() {
                 Ok(exit) => match exit {
                     VcpuExit::IoIn(port, data) => {
@@ -327,6 +358,26 @@ pub struct VcpuContext {
     pub mmio: Arc<Bus>,
     pub mem: GuestMemoryMmap,
     pub state: Arc<RunState>,
+    pub save: Arc<SaveCaps>,
+}
+
+/// What a vCPU saves when it parks.
+#[derive(Debug, Default)]
+pub struct SaveCaps {
+    pub msr_indices: Vec<u32>,
+    pub xsave: bool,
+    pub xcrs: bool,
+}
+
+impl SaveCaps {
+    /// What this host's KVM can save.
+    pub fn probe(kvm: &Kvm) -> Self {
+        Self {
+            msr_indices: crate::snapshot::cpu::msr_indices(kvm).unwrap_or_default(),
+            xsave: kvm.check_extension(kvm_ioctls::Cap::Xsave),
+            xcrs: kvm.check_extension(kvm_ioctls::Cap::Xcrs),
+        }
+    }
 }
 
 /// The host's supported CPUID.

@@ -6,6 +6,11 @@
 //! driver asked for features the device lacks or not for VERSION_1), queue
 //! registers only take writes between FEATURES_OK and DRIVER_OK, and nothing
 //! the guest writes can make the VMM panic.
+//!
+//! Snapshots: [`MmioTransport::state`] and [`MmioTransport::restore`] (in
+//! `mmio/snapshot.rs`).
+
+mod snapshot;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -15,12 +20,16 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
 use crate::virtio::interrupt::{InterruptKind, MmioInterrupt, VirtioInterrupt};
-use crate::virtio::{status, ActivateContext, ActiveQueue, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::virtio::{
+    status, ActivateContext, ActivateError, ActiveQueue, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 
 /// Size of one device's MMIO window.
 pub const MMIO_WINDOW: u64 = 0x1000;
 /// QueueNotify's offset (where the VMM puts the ioeventfds).
 pub const NOTIFY_OFFSET: u64 = 0x50;
+
+pub use snapshot::{MmioTransportState, QueueSnapshot};
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
@@ -59,6 +68,34 @@ pub enum TransportError {
         expected: usize,
         got: usize,
     },
+    #[error("{device}: ready queue {index} is unusable: {reason}")]
+    QueueUnusable {
+        device: String,
+        index: usize,
+        reason: String,
+    },
+    #[error("{device}: cloning queue {index}'s notify eventfd: {source}")]
+    NotifyClone {
+        device: String,
+        index: usize,
+        source: std::io::Error,
+    },
+    #[error("activation failed: {0}")]
+    Activate(#[source] ActivateError),
+    #[error("{device}: snapshot has {got} queues, the device has {expected}")]
+    SnapshotQueueCount {
+        device: String,
+        expected: usize,
+        got: usize,
+    },
+    #[error("{device}: snapshot queue {index}: {reason}")]
+    SnapshotQueue {
+        device: String,
+        index: usize,
+        reason: String,
+    },
+    #[error("{device}: snapshot state: {reason}")]
+    SnapshotState { device: String, reason: String },
 }
 
 impl MmioTransport {
@@ -258,35 +295,43 @@ impl MmioTransport {
         }
     }
 
+    /// DRIVER_OK: hands the ready queues to the device, or flags that the
+    /// device needs a reset.
     fn activate(&mut self) {
+        match self.activate_device() {
+            Ok(()) => tracing::debug!(device = %self.device().name(), "virtio device activated"),
+            Err(e) => {
+                tracing::warn!(error = %e, "virtio device activation failed; device needs reset");
+                self.needs_reset();
+            }
+        }
+    }
+
+    /// Activates the device with copies of the ready queues (indices
+    /// included), each with a clone of its notify eventfd.
+    fn activate_device(&mut self) -> Result<(), TransportError> {
         let name = self.device().name().to_string();
         let mut queues = Vec::new();
-        for index in 0..self.queues.len() {
-            let q = &self.queues[index];
+        for (index, (q, evt)) in self.queues.iter().zip(&self.notify).enumerate() {
             if !q.ready() {
                 continue;
             }
+            let unusable = |reason: String| TransportError::QueueUnusable {
+                device: name.clone(),
+                index,
+                reason,
+            };
             if !q.is_valid(&self.mem) {
-                tracing::warn!(device = %name, queue = index, "driver readied an invalid queue; device needs reset");
-                self.needs_reset();
-                return;
+                return Err(unusable("its rings are not within guest memory".into()));
             }
-            let notify = match self.notify[index].try_clone() {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::error!(device = %name, error = %e, "cannot clone a queue eventfd");
-                    self.needs_reset();
-                    return;
-                }
-            };
-            let queue = match Queue::try_from(q.state()) {
-                Ok(q) => q,
-                Err(e) => {
-                    tracing::warn!(device = %name, queue = index, error = %e, "queue state rejected");
-                    self.needs_reset();
-                    return;
-                }
-            };
+            let notify = evt
+                .try_clone()
+                .map_err(|source| TransportError::NotifyClone {
+                    device: name.clone(),
+                    index,
+                    source,
+                })?;
+            let queue = Queue::try_from(q.state()).map_err(|e| unusable(e.to_string()))?;
             queues.push(ActiveQueue {
                 index,
                 queue,
@@ -299,17 +344,11 @@ impl MmioTransport {
             acked_features: self.driver_features,
             queues,
         };
-        let result = self.device().activate(ctx);
-        match result {
-            Ok(()) => {
-                self.activated = true;
-                tracing::debug!(device = %name, "virtio device activated");
-            }
-            Err(e) => {
-                tracing::warn!(device = %name, error = %e, "virtio device activation failed");
-                self.needs_reset();
-            }
-        }
+        self.device()
+            .activate(ctx)
+            .map_err(TransportError::Activate)?;
+        self.activated = true;
+        Ok(())
     }
 
     fn needs_reset(&mut self) {
@@ -373,16 +412,21 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::{read_config_bytes, ActivateError};
+    use crate::virtio::read_config_bytes;
+    use virtio_queue::QueueState;
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     #[derive(Default)]
-    struct Dummy {
-        activations: Vec<Vec<usize>>,
-        resets: usize,
-        acked: u64,
-        fail_activate: bool,
+    pub(super) struct Dummy {
+        pub activations: Vec<Vec<usize>>,
+        /// The queues' states at each activation.
+        pub activated_queues: Vec<Vec<(usize, QueueState)>>,
+        /// What `queue_states` reports (set at activation; tests move it on).
+        pub live: Option<Vec<(usize, QueueState)>>,
+        pub resets: usize,
+        pub acked: u64,
+        pub fail_activate: bool,
         config: [u8; 8],
     }
 
@@ -426,10 +470,56 @@ mod tests {
             }
             d.activations
                 .push(ctx.queues.iter().map(|q| q.index).collect());
+            let states: Vec<_> = ctx
+                .queues
+                .iter()
+                .map(|q| (q.index, q.queue.state()))
+                .collect();
+            d.activated_queues.push(states.clone());
+            d.live = Some(states);
             Ok(())
         }
         fn reset(&mut self) {
-            self.0.lock().unwrap().resets += 1;
+            let mut d = self.0.lock().unwrap();
+            d.resets += 1;
+            d.live = None;
+        }
+        fn queue_states(&self) -> Option<Vec<(usize, QueueState)>> {
+            self.0.lock().unwrap().live.clone()
+        }
+    }
+
+    /// What a transport is built from.
+    pub(super) struct Parts {
+        pub device: Arc<Mutex<dyn VirtioDevice>>,
+        pub state: Arc<Mutex<Dummy>>,
+        pub mem: GuestMemoryMmap,
+        pub interrupt: Arc<MmioInterrupt>,
+        pub irq: EventFd,
+        pub notify: Vec<EventFd>,
+    }
+
+    impl Parts {
+        pub fn new() -> Self {
+            let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+            let state = Arc::new(Mutex::new(Dummy::default()));
+            let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+            Self {
+                device: Arc::new(Mutex::new(DummyDev(state.clone()))),
+                state,
+                mem,
+                interrupt: Arc::new(MmioInterrupt::new(irq.try_clone().unwrap())),
+                irq,
+                notify: vec![
+                    EventFd::new(EFD_NONBLOCK).unwrap(),
+                    EventFd::new(EFD_NONBLOCK).unwrap(),
+                ],
+            }
+        }
+
+        /// Clones of the notify eventfds (to hand to a transport).
+        pub fn notify_clones(&self) -> Vec<EventFd> {
+            self.notify.iter().map(|e| e.try_clone().unwrap()).collect()
         }
     }
 
@@ -439,35 +529,22 @@ mod tests {
         Arc<MmioInterrupt>,
         EventFd,
     ) {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        let state = Arc::new(Mutex::new(Dummy::default()));
-        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-        let interrupt = Arc::new(MmioInterrupt::new(irq.try_clone().unwrap()));
-        let notify = vec![
-            EventFd::new(EFD_NONBLOCK).unwrap(),
-            EventFd::new(EFD_NONBLOCK).unwrap(),
-        ];
-        let t = MmioTransport::new(
-            Arc::new(Mutex::new(DummyDev(state.clone()))),
-            mem,
-            interrupt.clone(),
-            notify,
-        )
-        .unwrap();
-        (t, state, interrupt, irq)
+        let p = Parts::new();
+        let t = MmioTransport::new(p.device, p.mem, p.interrupt.clone(), p.notify).unwrap();
+        (t, p.state, p.interrupt, p.irq)
     }
 
-    fn r(t: &mut MmioTransport, off: u64) -> u32 {
+    pub(super) fn r(t: &mut MmioTransport, off: u64) -> u32 {
         let mut d = [0u8; 4];
         t.read(off, &mut d);
         u32::from_le_bytes(d)
     }
 
-    fn w(t: &mut MmioTransport, off: u64, v: u32) {
+    pub(super) fn w(t: &mut MmioTransport, off: u64, v: u32) {
         t.write(off, &v.to_le_bytes());
     }
 
-    fn negotiate(t: &mut MmioTransport, features: u64) {
+    pub(super) fn negotiate(t: &mut MmioTransport, features: u64) {
         w(t, 0x70, status::ACKNOWLEDGE);
         w(t, 0x70, status::ACKNOWLEDGE | status::DRIVER);
         w(t, 0x24, 0);
@@ -481,7 +558,7 @@ mod tests {
         );
     }
 
-    fn setup_queue(t: &mut MmioTransport, sel: u32, size: u32, base: u64) {
+    pub(super) fn setup_queue(t: &mut MmioTransport, sel: u32, size: u32, base: u64) {
         w(t, 0x30, sel);
         w(t, 0x38, size);
         w(t, 0x80, base as u32);
@@ -493,7 +570,8 @@ mod tests {
         w(t, 0x44, 1);
     }
 
-    const ALL: u32 = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+    pub(super) const ALL: u32 =
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
 
     #[test]
     fn identification_and_features() {

@@ -2,4 +2,4 @@
 
 pub mod mmio;
 
-pub use mmio::MmioTransport;
+pub use mmio::{MmioTransport, MmioTransportState, QueueSnapshot, TransportError};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use event_manager::EventSet;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
@@ -32,6 +32,16 @@ pub(super) struct Active {
     pub queues: [Queue; 3],
     /// The queues' notify eventfds (KVM ioeventfds), by queue index.
     pub notify: [EventFd; 3],
+}
+
+/// A vsock device's state, as saved in a snapshot. Connections are not
+/// state: after a restore the VMM creates the device with
+/// `Vsock::new(state.guest_cid, path)`, restores its transport (which
+/// re-activates the queues), then calls [`Vsock::send_transport_reset`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockState {
+    pub guest_cid: u64,
 }
 
 /// A virtio-vsock device whose host side is a Unix socket (hybrid vsock).
@@ -87,6 +97,13 @@ impl Vsock {
     /// The guest's CID.
     pub fn guest_cid(&self) -> u64 {
         self.guest_cid
+    }
+
+    /// The device's snapshot state (queues are saved by the transport).
+    pub fn state(&self) -> VsockState {
+        VsockState {
+            guest_cid: self.guest_cid,
+        }
     }
 
     /// Tells the guest that every connection is gone (after snapshot
@@ -323,5 +340,17 @@ impl VirtioDevice for Vsock {
         tracing::debug!("vsock: reset");
         self.deactivate();
         self.kick_event_loop();
+    }
+
+    fn queue_states(&self) -> Option<Vec<(usize, QueueState)>> {
+        let active = self.active.as_ref()?;
+        Some(
+            active
+                .queues
+                .iter()
+                .map(|q| q.state())
+                .enumerate()
+                .collect(),
+        )
     }
 }

@@ -23,6 +23,8 @@ pub mod packet;
 mod uds;
 
 #[cfg(test)]
+mod snapshot_tests;
+#[cfg(test)]
 mod test_utils;
 #[cfg(test)]
 mod tests;
@@ -30,7 +32,7 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use device::Vsock;
+pub use device::{Vsock, VsockState};
 
 /// The host's CID: every guest packet must be addressed to it.
 pub const VSOCK_HOST_CID: u64 = 2;

@@ -3,7 +3,7 @@
 //! the device under a real event manager (no KVM).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -17,7 +17,12 @@ use super::packet::{PacketHeader, HDR_SIZE};
 use super::{
     Vsock, EVENT_QUEUE, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VSOCK_HOST_CID, VSOCK_TYPE_STREAM,
 };
-use crate::virtio::{ActivateContext, ActiveQueue, InterruptKind, VirtioDevice, VirtioInterrupt};
+use crate::bus::BusDevice;
+use crate::virtio::interrupt::MmioInterrupt;
+use crate::virtio::transport::MmioTransport;
+use crate::virtio::{
+    ActivateContext, ActiveQueue, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+};
 
 pub const GUEST_CID: u64 = 3;
 const MEM_SIZE: usize = 0x200_0000;
@@ -157,6 +162,37 @@ impl GuestQueue {
     pub fn outstanding(&self) -> usize {
         self.chains.len()
     }
+
+    /// Chains made available so far (the avail ring's idx).
+    pub fn published(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// Used entries harvested so far.
+    pub fn harvested(&self) -> u16 {
+        self.last_used
+    }
+
+    /// Tells the transport about this queue, as a driver does before DRIVER_OK.
+    fn configure(&self, t: &mut MmioTransport, index: u32) {
+        for (off, v) in [
+            (0x30, u64::from(index)),
+            (0x38, u64::from(QUEUE_SIZE)),
+            (0x80, self.desc),
+            (0x90, self.avail),
+            (0xa0, self.used),
+        ] {
+            mmio_write(t, off, v as u32);
+            if off >= 0x80 {
+                mmio_write(t, off + 4, (v >> 32) as u32);
+            }
+        }
+        mmio_write(t, 0x44, 1);
+    }
+}
+
+fn mmio_write(t: &mut MmioTransport, offset: u64, v: u32) {
+    t.write(offset, &v.to_le_bytes());
 }
 
 /// The guest: memory, its three queues and their notify eventfds.
@@ -205,6 +241,35 @@ impl TestGuest {
             },
             ctx,
         )
+    }
+
+    /// Clones of the queues' notify eventfds (for a transport).
+    pub fn notify_clones(&self) -> Vec<EventFd> {
+        self.notify.iter().map(|e| e.try_clone().unwrap()).collect()
+    }
+
+    /// New notify eventfds (a restored VM has new ioeventfds); returns clones.
+    pub fn renew_notify(&mut self) -> Vec<EventFd> {
+        self.notify = (0..3)
+            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+            .collect();
+        self.notify_clones()
+    }
+
+    /// Drives `t` through the driver's initialization with this guest's
+    /// queues, up to DRIVER_OK.
+    pub fn driver_init(&self, t: &mut MmioTransport) {
+        use crate::virtio::status::*;
+        mmio_write(t, 0x70, ACKNOWLEDGE);
+        mmio_write(t, 0x70, ACKNOWLEDGE | DRIVER);
+        mmio_write(t, 0x24, 1);
+        mmio_write(t, 0x20, (VIRTIO_F_VERSION_1 >> 32) as u32);
+        mmio_write(t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        for (index, q) in [&self.rx, &self.tx, &self.ev].into_iter().enumerate() {
+            q.configure(t, index as u32);
+        }
+        mmio_write(t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        assert!(t.is_activated(), "the transport activated the device");
     }
 
     pub fn kick(&self, queue: usize) {
@@ -303,27 +368,56 @@ pub struct Rig {
 
 impl Rig {
     pub fn new() -> Self {
+        let (mut rig, ctx) = Self::inactive();
+        rig.dev.lock().unwrap().activate(ctx).unwrap();
+        rig.pump();
+        rig
+    }
+
+    /// The device and the guest, not yet activated.
+    fn inactive() -> (Self, ActivateContext) {
         let dir = std::env::temp_dir().join(format!(
             "husk-vsock-{}-{}",
             std::process::id(),
             DIRS.fetch_add(1, Ordering::SeqCst)
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let dev = Arc::new(Mutex::new(
-            Vsock::new(GUEST_CID, dir.join("v.sock")).unwrap(),
-        ));
-        let mut em = EventManager::<Subscriber>::new().unwrap();
-        em.add_subscriber(dev.clone());
+        let (dev, em) = Self::device(&dir);
         let (guest, ctx) = TestGuest::new();
-        dev.lock().unwrap().activate(ctx).unwrap();
-        let mut rig = Self {
+        let rig = Self {
             dev,
             em,
             guest,
             dir,
         };
+        (rig, ctx)
+    }
+
+    /// The device behind an MMIO transport that the guest drove to
+    /// DRIVER_OK (the device interrupts through `interrupt`).
+    pub fn with_transport() -> (Self, MmioTransport, Arc<MmioInterrupt>) {
+        let (mut rig, _ctx) = Self::inactive();
+        let interrupt = Arc::new(MmioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+        let mut t = MmioTransport::new(
+            rig.dev.clone(),
+            rig.guest.mem.clone(),
+            interrupt.clone(),
+            rig.guest.notify_clones(),
+        )
+        .unwrap();
+        rig.guest.driver_init(&mut t);
         rig.pump();
-        rig
+        (rig, t, interrupt)
+    }
+
+    /// A new device at `dir/v.sock` under a new event manager.
+    pub fn device(dir: &Path) -> (Arc<Mutex<Vsock>>, EventManager<Subscriber>) {
+        let dev = Arc::new(Mutex::new(
+            Vsock::new(GUEST_CID, dir.join("v.sock")).unwrap(),
+        ));
+        let mut em = EventManager::<Subscriber>::new().unwrap();
+        em.add_subscriber(dev.clone());
+        (dev, em)
     }
 
     pub fn uds(&self) -> PathBuf {

@@ -13,20 +13,20 @@ use super::test_utils::{Rig, TestGuest};
 use super::*;
 use crate::virtio::VirtioDevice;
 
-const GUEST_PORT: u32 = 5000;
+pub(super) const GUEST_PORT: u32 = 5000;
 
-fn ops(pkts: &[(PacketHeader, Vec<u8>)]) -> Vec<u16> {
+pub(super) fn ops(pkts: &[(PacketHeader, Vec<u8>)]) -> Vec<u16> {
     pkts.iter().map(|(h, _)| h.op).collect()
 }
 
-fn host_listener(rig: &Rig, port: u32) -> UnixListener {
+pub(super) fn host_listener(rig: &Rig, port: u32) -> UnixListener {
     let mut p = rig.uds().into_os_string();
     p.push(format!("_{port}"));
     UnixListener::bind(PathBuf::from(p)).unwrap()
 }
 
 /// Reads what is available now (the stream is non-blocking).
-fn read_now(s: &mut UnixStream) -> Vec<u8> {
+pub(super) fn read_now(s: &mut UnixStream) -> Vec<u8> {
     s.set_nonblocking(true).unwrap();
     let mut out = Vec::new();
     let mut buf = [0u8; 65536];
@@ -41,7 +41,7 @@ fn read_now(s: &mut UnixStream) -> Vec<u8> {
     out
 }
 
-fn is_eof(s: &mut UnixStream) -> bool {
+pub(super) fn is_eof(s: &mut UnixStream) -> bool {
     s.set_nonblocking(true).unwrap();
     let mut b = [0u8; 16];
     match s.read(&mut b) {
@@ -52,7 +52,7 @@ fn is_eof(s: &mut UnixStream) -> bool {
 }
 
 /// A guest-initiated connection to host port 1234: (host side stream, listener).
-fn guest_connect(rig: &mut Rig, buf_alloc: u32) -> (UnixStream, UnixListener) {
+pub(super) fn guest_connect(rig: &mut Rig, buf_alloc: u32) -> (UnixStream, UnixListener) {
     let listener = host_listener(rig, 1234);
     rig.guest.provide_rx(16, 4096);
     let mut req = rig.guest.hdr(op::REQUEST, GUEST_PORT, 1234);
@@ -67,7 +67,7 @@ fn guest_connect(rig: &mut Rig, buf_alloc: u32) -> (UnixStream, UnixListener) {
 }
 
 /// A host-initiated connection to guest port 1024: (host stream, host-side port).
-fn host_connect(rig: &mut Rig) -> (UnixStream, u32) {
+pub(super) fn host_connect(rig: &mut Rig) -> (UnixStream, u32) {
     rig.guest.provide_rx(16, 4096);
     let mut host = UnixStream::connect(rig.uds()).unwrap();
     host.write_all(b"CONNECT 1024\n").unwrap();

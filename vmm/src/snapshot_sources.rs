@@ -1,0 +1,102 @@
+//! What the controller needs to write a snapshot: the VM, its memory and
+//! typed handles to every device.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use husk_devices::legacy::{Cmos, Serial};
+use husk_devices::virtio::transport::MmioTransport;
+use husk_devices::virtio::vsock::Vsock;
+use vm_memory::GuestMemoryMmap;
+
+use crate::device_manager::MmioSlot;
+use crate::snapshot::{
+    self, memory, DeviceStates, Snapshot, SnapshotError, VcpuState, VmState, VsockSnapshot,
+};
+use crate::vstate::vm::Vm;
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A virtio-vsock device and where it sits.
+pub struct VsockHandles {
+    pub slot: MmioSlot,
+    pub device: Arc<Mutex<Vsock>>,
+    pub transport: Arc<Mutex<MmioTransport>>,
+}
+
+/// The VM's snapshot-relevant parts.
+pub struct SnapshotSources {
+    pub vm: Vm,
+    pub mem: GuestMemoryMmap,
+    pub serial: Arc<Mutex<Serial>>,
+    pub cmos: Arc<Mutex<Cmos>>,
+    pub vsock: Option<VsockHandles>,
+}
+
+/// Facts recorded with the state.
+pub struct SnapshotFacts {
+    pub mem_mib: u64,
+    pub vcpus: u8,
+    pub pvm_compat: bool,
+    pub cmdline: String,
+}
+
+impl SnapshotSources {
+    /// Writes a snapshot of the paused VM into `dir`; returns the bytes of
+    /// guest memory written.
+    pub fn take(
+        &self,
+        dir: &Path,
+        facts: &SnapshotFacts,
+        vcpu_states: Vec<VcpuState>,
+    ) -> Result<u64, SnapshotError> {
+        std::fs::create_dir_all(dir).map_err(|source| SnapshotError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let vm = VmState::save(self.vm.fd())?;
+        // One lock at a time: the transport locks its device itself.
+        let serial = lock(&self.serial).state();
+        let cmos = lock(&self.cmos).state();
+        let vsock = match &self.vsock {
+            Some(v) => {
+                let device = lock(&v.device).state();
+                let transport = lock(&v.transport).state();
+                Some(VsockSnapshot {
+                    base: v.slot.base,
+                    gsi: v.slot.gsi,
+                    device,
+                    transport,
+                })
+            }
+            None => None,
+        };
+        let devices = DeviceStates {
+            serial,
+            cmos,
+            vsock,
+        };
+        let written = memory::dump(&self.mem, &snapshot::memory_path(dir))?;
+        let snap = Snapshot {
+            format: snapshot::FORMAT.into(),
+            format_version: snapshot::FORMAT_VERSION,
+            husk_version: snapshot::HUSK_VERSION.into(),
+            mem_mib: facts.mem_mib,
+            vcpus: facts.vcpus,
+            pvm_compat: facts.pvm_compat,
+            cmdline: facts.cmdline.clone(),
+            created_unix_ns: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+            vcpu_states,
+            vm,
+            devices,
+        };
+        snap.write(dir)?;
+        Ok(written)
+    }
+}
