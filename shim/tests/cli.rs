@@ -216,3 +216,21 @@ fn check_reports_one_line_each_and_a_verdict() {
         assert_eq!(o.status.code(), Some(1), "{out}");
     }
 }
+
+#[test]
+fn missing_or_corrupt_template() {
+    let o = husk(&["vm", "run", "--from-template", "/nonexistent/tpl", "--vsock-uds", "/tmp/x.sock"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("/nonexistent/tpl/snapshot.json"), "{e}");
+    let dir = std::env::temp_dir().join(format!("husk-cli-{}-tpl", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("snapshot.json"), b"{\"format\":\"husk-snapshot\"").unwrap();
+    let o = husk(&["vm", "run", "--from-template", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("corrupt"), "{}", stderr(&o));
+    // --kernel and --from-template exclude each other.
+    let o = husk(&["vm", "run", "--from-template", dir.to_str().unwrap(), "--kernel", "/k"]);
+    assert_eq!(o.status.code(), Some(2));
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -211,3 +211,145 @@ impl Snapshot {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use husk_devices::virtio::transport::mmio::MmioTransportState;
+
+    fn sample() -> Snapshot {
+        let vcpu = VcpuState {
+            id: 0,
+            regs: Default::default(),
+            sregs: Default::default(),
+            fpu: cpu::FpuState {
+                fpr: vec![[0; 16]; 8],
+                fcw: 0x37f,
+                fsw: 0,
+                ftwx: 0,
+                last_opcode: 0,
+                last_ip: 0,
+                last_dp: 0,
+                xmm: vec![[0; 16]; 16],
+                mxcsr: 0x1f80,
+            },
+            xsave: None,
+            xcrs: None,
+            msrs: vec![(0x10, 5)],
+            lapic: Default::default(),
+            events: Default::default(),
+            mp_state: Default::default(),
+        };
+        Snapshot {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            husk_version: HUSK_VERSION.into(),
+            mem_mib: 64,
+            vcpus: 1,
+            pvm_compat: false,
+            cmdline: "console=ttyS0".into(),
+            created_unix_ns: 1,
+            vcpu_states: vec![vcpu],
+            vm: VmState {
+                pic_master: Default::default(),
+                pic_slave: Default::default(),
+                ioapic: Default::default(),
+                pit: Default::default(),
+                clock: Default::default(),
+            },
+            devices: DeviceStates {
+                serial: SerialDeviceState {
+                    baud_divisor_low: 12,
+                    baud_divisor_high: 0,
+                    interrupt_enable: 0,
+                    interrupt_identification: 1,
+                    line_control: 3,
+                    line_status: 0x60,
+                    modem_control: 8,
+                    modem_status: 0xb0,
+                    scratch: 0,
+                    in_buffer: vec![],
+                },
+                cmos: CmosState {
+                    index: 0,
+                    nvram: vec![0; 128],
+                },
+                vsock: Some(VsockSnapshot {
+                    base: 0xd000_0000,
+                    gsi: 5,
+                    device: VsockState { guest_cid: 3 },
+                    transport: MmioTransportState {
+                        status: 0,
+                        device_features_sel: 0,
+                        driver_features_sel: 0,
+                        driver_features: 0,
+                        queue_sel: 0,
+                        config_generation: 0,
+                        interrupt_status: 0,
+                        activated: false,
+                        queues: vec![],
+                    },
+                }),
+            },
+        }
+    }
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("husk-snap-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn round_trip_and_shape_checks() {
+        let d = dir("ok");
+        sample().write(&d).unwrap();
+        let s = Snapshot::read(&d).unwrap();
+        assert_eq!(s.mem_mib, 64);
+        assert_eq!(s.vcpu_states[0].msrs, vec![(0x10, 5)]);
+        s.expect_shape(&d, Some(64), Some(1)).unwrap();
+        let e = s.expect_shape(&d, Some(128), None).unwrap_err().to_string();
+        assert!(e.contains("64 MiB") && e.contains("128 MiB"), "{e}");
+        assert!(s.expect_shape(&d, None, Some(2)).is_err());
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn other_builds_and_garbage_are_refused() {
+        let d = dir("bad");
+        let mut s = sample();
+        s.husk_version = "0.0.1".into();
+        s.write(&d).unwrap();
+        let e = Snapshot::read(&d).unwrap_err();
+        assert!(matches!(e, SnapshotError::Version { .. }), "{e}");
+        assert!(e.to_string().contains("make a new template"));
+
+        let mut s = sample();
+        s.format_version = FORMAT_VERSION + 1;
+        s.write(&d).unwrap();
+        assert!(matches!(Snapshot::read(&d), Err(SnapshotError::Version { .. })));
+
+        std::fs::write(state_path(&d), b"{not json").unwrap();
+        assert!(matches!(Snapshot::read(&d), Err(SnapshotError::Corrupt { .. })));
+
+        let mut s = sample();
+        s.vcpus = 2;
+        s.write(&d).unwrap();
+        let e = Snapshot::read(&d).unwrap_err().to_string();
+        assert!(e.contains("2 vCPUs with 1 vCPU states"), "{e}");
+
+        let mut s = sample();
+        s.mem_mib = 1;
+        s.write(&d).unwrap();
+        assert!(matches!(Snapshot::read(&d), Err(SnapshotError::Corrupt { .. })));
+
+        // An unknown field (a snapshot from a newer layout) is refused.
+        let mut v: serde_json::Value = serde_json::to_value(sample()).unwrap();
+        v["surprise"] = serde_json::json!(1);
+        std::fs::write(state_path(&d), serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(matches!(Snapshot::read(&d), Err(SnapshotError::Corrupt { .. })));
+
+        std::fs::remove_dir_all(&d).unwrap();
+        assert!(matches!(Snapshot::read(&d), Err(SnapshotError::Io { .. })));
+    }
+}
