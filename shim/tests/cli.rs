@@ -219,7 +219,14 @@ fn check_reports_one_line_each_and_a_verdict() {
 
 #[test]
 fn missing_or_corrupt_template() {
-    let o = husk(&["vm", "run", "--from-template", "/nonexistent/tpl", "--vsock-uds", "/tmp/x.sock"]);
+    let o = husk(&[
+        "vm",
+        "run",
+        "--from-template",
+        "/nonexistent/tpl",
+        "--vsock-uds",
+        "/tmp/x.sock",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(e.contains("/nonexistent/tpl/snapshot.json"), "{e}");
@@ -230,7 +237,14 @@ fn missing_or_corrupt_template() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("corrupt"), "{}", stderr(&o));
     // --kernel and --from-template exclude each other.
-    let o = husk(&["vm", "run", "--from-template", dir.to_str().unwrap(), "--kernel", "/k"]);
+    let o = husk(&[
+        "vm",
+        "run",
+        "--from-template",
+        dir.to_str().unwrap(),
+        "--kernel",
+        "/k",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     std::fs::remove_dir_all(dir).unwrap();
 }

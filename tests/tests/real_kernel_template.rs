@@ -39,7 +39,13 @@ fn mapping_rss_pss(file: &Path) -> (u64, u64) {
         if !inside {
             continue;
         }
-        let kib = || line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap();
+        let kib = || {
+            line.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        };
         if line.starts_with("Rss:") {
             rss += kib();
         } else if line.starts_with("Pss:") {
@@ -83,14 +89,23 @@ fn template_restores_three_vms_with_own_identities_and_shared_memory() {
     let mut buf = [0u8; 15];
     open_stream.read_exact(&mut buf).unwrap();
 
-    assert_eq!(base.request(VmmRequest::Pause).unwrap(), VmmResponse::Paused);
-    let written = match base.request(VmmRequest::Snapshot { dir: tpl.clone() }).unwrap() {
+    assert_eq!(
+        base.request(VmmRequest::Pause).unwrap(),
+        VmmResponse::Paused
+    );
+    let written = match base
+        .request(VmmRequest::Snapshot { dir: tpl.clone() })
+        .unwrap()
+    {
         VmmResponse::Snapshot { memory_bytes } => memory_bytes,
         r => panic!("unexpected {r:?}"),
     };
     assert!(written > 0 && written < 128 << 20, "{written}");
     base.stop().unwrap();
-    assert_eq!(base.wait(Some(Duration::from_secs(30))).unwrap().reason, ExitReason::HostRequest);
+    assert_eq!(
+        base.wait(Some(Duration::from_secs(30))).unwrap().reason,
+        ExitReason::HostRequest
+    );
     drop(client);
     drop(open_stream);
 
@@ -132,7 +147,10 @@ fn template_restores_three_vms_with_own_identities_and_shared_memory() {
         echo_once(sock, format!("after restore {i}").as_bytes());
         clients.push(c);
     }
-    eprintln!("3 VMs restored and reidentified in {:.2} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "3 VMs restored and reidentified in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 3, "identities must differ");
@@ -141,7 +159,10 @@ fn template_restores_three_vms_with_own_identities_and_shared_memory() {
     let (rss, pss) = mapping_rss_pss(&tpl.join("memory.bin"));
     eprintln!("template memory mappings: Rss {rss} KiB, Pss {pss} KiB");
     assert!(rss > 0);
-    assert!(pss * 2 < rss, "pages are not shared: Rss {rss} KiB, Pss {pss} KiB");
+    assert!(
+        pss * 2 < rss,
+        "pages are not shared: Rss {rss} KiB, Pss {pss} KiB"
+    );
 
     for c in &clients {
         c.shutdown().unwrap();

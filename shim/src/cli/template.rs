@@ -145,10 +145,25 @@ pub fn spawn_reidentify(
     oneshot: bool,
 ) -> JoinHandle<Result<Instant, ReidentifyError>> {
     std::thread::spawn(move || {
-        let client = AgentClient::connect(&uds, RESTORED_AGENT_DEADLINE)?;
+        let deadline = Instant::now() + RESTORED_AGENT_DEADLINE;
         let identity =
             Identity::fresh(sanitize_hostname(&hostname)).map_err(ReidentifyError::Identity)?;
-        let outcome = client.reidentify(&identity)?;
+        // The guest resets every vsock connection when it handles the
+        // transport-reset event of the restore; a connection made just
+        // before it did dies with it. Reconnect and retry then (Reidentify
+        // with the same identity is idempotent).
+        let (client, outcome) = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let client = AgentClient::connect(&uds, left)?;
+            match client.reidentify(&identity) {
+                Ok(o) => break (client, o),
+                Err(e @ AgentClientError::Transport { .. }) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "agent connection reset after restore; reconnecting");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let first_reply = Instant::now();
         tracing::info!(instance_id = %outcome.instance_id, clock_step_ms = outcome.clock_step_ns / 1_000_000, "restored VM reidentified");
         if oneshot {

@@ -139,7 +139,8 @@ pub fn run(args: &RunArgs, process_start: Instant) -> i32 {
     };
     // A restored VM resumes agent-ready: give it its own identity, and
     // with --oneshot power it off once that worked.
-    let agent = match (&args.from_template, &args.vsock_uds) {
+    let mut agent_done = None;
+    let mut agent = match (&args.from_template, &args.vsock_uds) {
         (Some(_), Some(uds)) => Some(super::template::spawn_reidentify(
             uds.clone(),
             args.name.clone(),
@@ -152,9 +153,28 @@ pub fn run(args: &RunArgs, process_start: Instant) -> i32 {
         .map(|t| Instant::now() + Duration::from_secs_f64(t));
     let mut timed_out = false;
     let mut interrupted = false;
+    let mut agent_failed = false;
     let outcome = loop {
         if let Some(o) = handle.wait(Some(Duration::from_millis(100))) {
             break o;
+        }
+        // A restored VM whose agent could not take its identity is stopped.
+        if !agent_failed && agent.as_ref().is_some_and(|t| t.is_finished()) {
+            if let Some(t) = agent.take() {
+                match t.join() {
+                    Ok(Ok(i)) => agent_done = Some(i),
+                    Ok(Err(e)) => {
+                        eprintln!("husk: VM {}: {e}", args.name);
+                        agent_failed = true;
+                        let _ = handle.stop();
+                    }
+                    Err(_) => {
+                        eprintln!("husk: the agent thread panicked");
+                        agent_failed = true;
+                        let _ = handle.stop();
+                    }
+                }
+            }
         }
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
         if (expired || INTERRUPTED.load(Ordering::SeqCst)) && !(timed_out || interrupted) {
@@ -165,27 +185,27 @@ pub fn run(args: &RunArgs, process_start: Instant) -> i32 {
             }
         }
     };
-    let agent = agent.map(|t| t.join());
+    if let Some(t) = agent.take() {
+        match t.join() {
+            Ok(Ok(i)) => agent_done = Some(i),
+            Ok(Err(e)) => {
+                eprintln!("husk: VM {}: {e}", args.name);
+                agent_failed = true;
+            }
+            Err(_) => agent_failed = true,
+        }
+    }
     if args.timings {
         print_timings(&outcome.timeline, process_start);
-        if let Some(Ok(Ok(t))) = &agent {
+        if let Some(t) = agent_done {
             println!(
                 "first_ttrpc_reply_s: {:.6}",
                 t.duration_since(process_start).as_secs_f64()
             );
         }
     }
-    if let Some(result) = agent {
-        match result {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                eprintln!("husk: VM {}: {e}", args.name);
-                if !(timed_out || interrupted) {
-                    return exit_code::ERROR;
-                }
-            }
-            Err(_) => eprintln!("husk: the agent thread panicked"),
-        }
+    if agent_failed && !(timed_out || interrupted) {
+        return exit_code::ERROR;
     }
     report(&outcome, timed_out, interrupted, args)
 }

@@ -327,10 +327,16 @@ mod tests {
         let mut s = sample();
         s.format_version = FORMAT_VERSION + 1;
         s.write(&d).unwrap();
-        assert!(matches!(Snapshot::read(&d), Err(SnapshotError::Version { .. })));
+        assert!(matches!(
+            Snapshot::read(&d),
+            Err(SnapshotError::Version { .. })
+        ));
 
         std::fs::write(state_path(&d), b"{not json").unwrap();
-        assert!(matches!(Snapshot::read(&d), Err(SnapshotError::Corrupt { .. })));
+        assert!(matches!(
+            Snapshot::read(&d),
+            Err(SnapshotError::Corrupt { .. })
+        ));
 
         let mut s = sample();
         s.vcpus = 2;
@@ -341,13 +347,19 @@ mod tests {
         let mut s = sample();
         s.mem_mib = 1;
         s.write(&d).unwrap();
-        assert!(matches!(Snapshot::read(&d), Err(SnapshotError::Corrupt { .. })));
+        assert!(matches!(
+            Snapshot::read(&d),
+            Err(SnapshotError::Corrupt { .. })
+        ));
 
         // An unknown field (a snapshot from a newer layout) is refused.
         let mut v: serde_json::Value = serde_json::to_value(sample()).unwrap();
         v["surprise"] = serde_json::json!(1);
         std::fs::write(state_path(&d), serde_json::to_vec(&v).unwrap()).unwrap();
-        assert!(matches!(Snapshot::read(&d), Err(SnapshotError::Corrupt { .. })));
+        assert!(matches!(
+            Snapshot::read(&d),
+            Err(SnapshotError::Corrupt { .. })
+        ));
 
         std::fs::remove_dir_all(&d).unwrap();
         assert!(matches!(Snapshot::read(&d), Err(SnapshotError::Io { .. })));
