@@ -57,6 +57,11 @@ pub struct Vsock {
     /// What the event loop has registered, by fd.
     pub(super) registered: HashMap<RawFd, EventSet>,
     pending_transport_reset: bool,
+    /// Set when a transport reset event was delivered and the guest has not
+    /// yet handed the event buffer back (it does so after resetting its
+    /// sockets). Host connections wait meanwhile: one made earlier would be
+    /// killed by the guest's reset.
+    pub(super) reset_unacked: Option<ResetWait>,
     warn: WarnLimiter,
 }
 
@@ -85,6 +90,7 @@ impl Vsock {
             timer_armed: false,
             registered: HashMap::new(),
             pending_transport_reset: false,
+            reset_unacked: None,
             warn: WarnLimiter::default(),
         })
     }
@@ -133,6 +139,18 @@ impl Vsock {
         }
     }
 
+    /// True once the guest has handed a new event buffer back after the
+    /// transport reset (it refills the event queue after handling events).
+    pub(super) fn reset_acknowledged(&self) -> bool {
+        let (Some(wait), Some(active)) = (&self.reset_unacked, &self.active) else {
+            return true;
+        };
+        active.queues[EVENT_QUEUE]
+            .avail_idx(&active.mem, std::sync::atomic::Ordering::Acquire)
+            .map(|w| w.0 != wait.avail)
+            .unwrap_or(true)
+    }
+
     /// Delivers a pending transport reset event; true if a buffer was used.
     pub(super) fn process_event_queue(&mut self) -> bool {
         let Some(active) = self.active.as_mut() else {
@@ -150,6 +168,14 @@ impl Vsock {
         let used = match write_event(mem, chain, VIRTIO_VSOCK_EVENT_TRANSPORT_RESET) {
             Ok(n) => {
                 self.pending_transport_reset = false;
+                let avail = q
+                    .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+                    .map(|w| w.0)
+                    .unwrap_or(0);
+                self.reset_unacked = Some(ResetWait {
+                    since: std::time::Instant::now(),
+                    avail,
+                });
                 n
             }
             Err(e) => {
@@ -264,7 +290,16 @@ impl Vsock {
         }
         self.muxer.drop_all();
         self.pending_transport_reset = false;
+        self.reset_unacked = None;
     }
+}
+
+/// A delivered transport reset the guest has not finished handling.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ResetWait {
+    pub(super) since: std::time::Instant,
+    /// The event queue's available index when the event was delivered.
+    pub(super) avail: u16,
 }
 
 /// The event loop reads the timer only when epoll says it fired, but a

@@ -16,6 +16,9 @@ use super::device::Vsock;
 
 /// Handshake timer period.
 const TICK: Duration = Duration::from_millis(500);
+/// How long host connections wait for the guest to finish a transport reset
+/// before they are accepted anyway.
+const RESET_HOLD: Duration = Duration::from_secs(2);
 
 impl Vsock {
     /// Takes the graveyard's fds out of epoll and closes them.
@@ -34,7 +37,9 @@ impl Vsock {
     fn wanted(&self) -> HashMap<RawFd, EventSet> {
         let mut want = HashMap::new();
         want.insert(self.control_evt.as_raw_fd(), EventSet::IN);
-        want.insert(self.muxer.listener_fd(), EventSet::IN);
+        if self.reset_unacked.is_none() {
+            want.insert(self.muxer.listener_fd(), EventSet::IN);
+        }
         want.insert(self.timer.as_raw_fd(), EventSet::IN);
         if let Some(active) = &self.active {
             for evt in &active.notify {
@@ -78,7 +83,7 @@ impl Vsock {
                 Err(e) => tracing::error!(fd, "vsock: registering with the event loop: {e:?}"),
             }
         }
-        let need_timer = self.muxer.needs_timer();
+        let need_timer = self.muxer.needs_timer() || self.reset_unacked.is_some();
         if need_timer != self.timer_armed {
             let result = if need_timer {
                 self.timer.reset(TICK, Some(TICK))
@@ -124,9 +129,26 @@ impl MutEventSubscriber for Vsock {
             self.muxer.accept_host();
         } else if fd == self.timer.as_raw_fd() {
             let _ = self.timer.wait();
-            self.muxer.sweep(Instant::now());
+            let now = Instant::now();
+            if self
+                .reset_unacked
+                .is_some_and(|w| now.duration_since(w.since) > RESET_HOLD)
+            {
+                tracing::warn!("vsock: the guest did not acknowledge the transport reset; accepting host connections");
+                self.reset_unacked = None;
+            }
+            self.muxer.sweep(now);
         } else if let Some(index) = self.queue_of(fd) {
             self.drain_queue_evt(index);
+            // The guest hands event buffers back once it has handled the
+            // transport reset: host connections may go ahead.
+            if index == super::EVENT_QUEUE
+                && self.reset_unacked.is_some()
+                && self.reset_acknowledged()
+            {
+                tracing::debug!("vsock: transport reset acknowledged by the guest");
+                self.reset_unacked = None;
+            }
         } else if self.muxer.owns(fd) {
             self.muxer.on_stream_event(fd, set);
         } else if let Some(old) = self.registered.remove(&fd) {
