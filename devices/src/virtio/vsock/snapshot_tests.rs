@@ -3,6 +3,7 @@
 //! guest memory, its transport restored, and a transport reset sent.
 
 use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, SubscriberOps};
@@ -104,6 +105,21 @@ fn restored_vsock_resets_transport_and_accepts_new_connections() {
         rig.guest.recv().is_empty(),
         "no RST for the dropped streams"
     );
+
+    // Until the guest has handled the reset (it hands a new event buffer
+    // back), host connections wait: one accepted now would die with the
+    // guest's reset of its sockets.
+    let mut early = UnixStream::connect(rig.dev.lock().unwrap().uds_path()).unwrap();
+    early.write_all(b"CONNECT 1024\n").unwrap();
+    rig.pump();
+    assert!(
+        rig.guest.recv().is_empty(),
+        "no REQUEST before the reset is handled"
+    );
+    drop(early);
+    rig.guest.provide_event();
+    rig.pump();
+    let _ = rig.guest.recv();
 
     // A new host → guest connection; its REQUEST lands in an RX buffer
     // posted before the snapshot.
