@@ -154,7 +154,10 @@ pub fn spawn_reidentify(
         // with the same identity is idempotent).
         let (client, outcome) = loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let client = AgentClient::connect(&uds, left)?;
+            // A loaded host runs many restored guests at once: give each
+            // call the whole deadline rather than the default per-call bound.
+            let client =
+                AgentClient::connect(&uds, left)?.with_call_timeout(RESTORED_AGENT_DEADLINE);
             match client.reidentify(&identity) {
                 Ok(o) => break (client, o),
                 Err(e @ AgentClientError::Transport { .. }) if Instant::now() < deadline => {

@@ -18,7 +18,7 @@ use super::device::Vsock;
 const TICK: Duration = Duration::from_millis(500);
 /// How long host connections wait for the guest to finish a transport reset
 /// before they are accepted anyway.
-const RESET_HOLD: Duration = Duration::from_secs(2);
+const RESET_HOLD: Duration = Duration::from_secs(10);
 
 impl Vsock {
     /// Takes the graveyard's fds out of epoll and closes them.
