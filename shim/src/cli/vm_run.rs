@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use husk_vmm::{
@@ -159,21 +160,10 @@ pub fn run(args: &RunArgs, process_start: Instant) -> i32 {
             break o;
         }
         // A restored VM whose agent could not take its identity is stopped.
-        if !agent_failed && agent.as_ref().is_some_and(|t| t.is_finished()) {
-            if let Some(t) = agent.take() {
-                match t.join() {
-                    Ok(Ok(i)) => agent_done = Some(i),
-                    Ok(Err(e)) => {
-                        eprintln!("husk: VM {}: {e}", args.name);
-                        agent_failed = true;
-                        let _ = handle.stop();
-                    }
-                    Err(_) => {
-                        eprintln!("husk: the agent thread panicked");
-                        agent_failed = true;
-                        let _ = handle.stop();
-                    }
-                }
+        if agent.as_ref().is_some_and(|t| t.is_finished()) {
+            if let Some(Err(())) = collect_agent(&mut agent, &mut agent_done, &args.name) {
+                agent_failed = true;
+                let _ = handle.stop();
             }
         }
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
@@ -185,15 +175,8 @@ pub fn run(args: &RunArgs, process_start: Instant) -> i32 {
             }
         }
     };
-    if let Some(t) = agent.take() {
-        match t.join() {
-            Ok(Ok(i)) => agent_done = Some(i),
-            Ok(Err(e)) => {
-                eprintln!("husk: VM {}: {e}", args.name);
-                agent_failed = true;
-            }
-            Err(_) => agent_failed = true,
-        }
+    if let Some(Err(())) = collect_agent(&mut agent, &mut agent_done, &args.name) {
+        agent_failed = true;
     }
     if args.timings {
         print_timings(&outcome.timeline, process_start);
@@ -208,6 +191,32 @@ pub fn run(args: &RunArgs, process_start: Instant) -> i32 {
         return exit_code::ERROR;
     }
     report(&outcome, timed_out, interrupted, args)
+}
+
+type AgentThread = JoinHandle<Result<Instant, super::template::ReidentifyError>>;
+
+/// Joins the identity thread, if any: records when the first ttrpc reply
+/// came, or reports its error; Some(Err) when it failed.
+fn collect_agent(
+    agent: &mut Option<AgentThread>,
+    done: &mut Option<Instant>,
+    name: &str,
+) -> Option<Result<(), ()>> {
+    let t = agent.take()?;
+    Some(match t.join() {
+        Ok(Ok(i)) => {
+            *done = Some(i);
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            eprintln!("husk: VM {name}: {e}");
+            Err(())
+        }
+        Err(_) => {
+            eprintln!("husk: VM {name}: the agent thread panicked");
+            Err(())
+        }
+    })
 }
 
 fn print_timings(t: &Timeline, origin: Instant) {
