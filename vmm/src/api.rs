@@ -164,11 +164,20 @@ impl VmmHandle {
     }
 }
 
+/// How long dropping a handle waits for its VM to stop.
+pub const DROP_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Drop for VmmHandle {
     fn drop(&mut self) {
         // Dropping the handle stops the VM: nothing may outlive its owner.
         if self.state.outcome().is_none() {
             let _ = self.stop();
+        }
+        if self.state.wait(Some(DROP_STOP_TIMEOUT)).is_none() {
+            // A VMM that does not stop must not hang its owner (the shim
+            // serves other pods): leave its threads behind, loudly.
+            tracing::error!(vm = %self.name, "VM did not stop within {DROP_STOP_TIMEOUT:?}; abandoning its threads");
+            return;
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
