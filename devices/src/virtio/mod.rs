@@ -5,6 +5,7 @@
 //! the eventfd that KVM signals when the guest notifies it (ioeventfd).
 //! Devices are tested without KVM on mock guest memory.
 
+pub mod block;
 pub mod interrupt;
 pub mod transport;
 pub mod vsock;
