@@ -369,44 +369,20 @@ impl Disk {
         }
     }
 
-    fn read(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        data: &[Segment],
-        mut off: u64,
-    ) -> Result<(), IoError> {
-        for seg in data {
-            let mut done = 0u64;
-            let len = u64::from(seg.len);
-            while done < len {
-                let n = (len - done).min(IO_CHUNK as u64) as usize;
-                let buf = &mut self.buf[..n];
-                self.file.read_exact_at(buf, off)?;
-                mem.write_slice(buf, GuestAddress(seg.addr.0 + done))?;
-                done += n as u64;
-                off += n as u64;
-            }
+    fn read(&mut self, mem: &GuestMemoryMmap, data: &[Segment], off: u64) -> Result<(), IoError> {
+        for (addr, file_off, n) in chunks(data, off) {
+            let buf = &mut self.buf[..n];
+            self.file.read_exact_at(buf, file_off)?;
+            mem.write_slice(buf, addr)?;
         }
         Ok(())
     }
 
-    fn write(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        data: &[Segment],
-        mut off: u64,
-    ) -> Result<(), IoError> {
-        for seg in data {
-            let mut done = 0u64;
-            let len = u64::from(seg.len);
-            while done < len {
-                let n = (len - done).min(IO_CHUNK as u64) as usize;
-                let buf = &mut self.buf[..n];
-                mem.read_slice(buf, GuestAddress(seg.addr.0 + done))?;
-                self.file.write_all_at(buf, off)?;
-                done += n as u64;
-                off += n as u64;
-            }
+    fn write(&mut self, mem: &GuestMemoryMmap, data: &[Segment], off: u64) -> Result<(), IoError> {
+        for (addr, file_off, n) in chunks(data, off) {
+            let buf = &mut self.buf[..n];
+            mem.read_slice(buf, addr)?;
+            self.file.write_all_at(buf, file_off)?;
         }
         Ok(())
     }
@@ -559,6 +535,27 @@ impl VirtioDevice for Block {
         let active = self.active.as_ref()?;
         Some(vec![(0, active.queue.state())])
     }
+}
+
+/// Splits the data segments of a request starting at disk offset `off` into
+/// pieces of at most `IO_CHUNK` bytes: (guest address, disk offset, length).
+fn chunks(data: &[Segment], off: u64) -> impl Iterator<Item = (GuestAddress, u64, usize)> + '_ {
+    let mut file_off = off;
+    data.iter()
+        .flat_map(|seg| {
+            let len = u64::from(seg.len);
+            (0..len).step_by(IO_CHUNK).map(move |done| {
+                (
+                    seg.addr.0 + done,
+                    (len - done).min(IO_CHUNK as u64) as usize,
+                )
+            })
+        })
+        .map(move |(addr, n)| {
+            let here = file_off;
+            file_off += n as u64;
+            (GuestAddress(addr), here, n)
+        })
 }
 
 #[cfg(test)]
