@@ -74,7 +74,7 @@ pub fn boot_params(
         *slot = boot_e820_entry {
             addr: *addr,
             size: *size,
-            r#type: E820_RAM,
+            type_: E820_RAM,
         };
     }
     p.e820_entries = map.len() as u8;
@@ -165,7 +165,7 @@ mod tests {
         assert_eq!(p.e820_entries, 2);
         let e = p.e820_table[1];
         assert_eq!(
-            ({ e.addr }, { e.size }, { e.r#type }),
+            ({ e.addr }, { e.size }, { e.type_ }),
             (0x10_0000, (64 << 20) - 0x10_0000, 1)
         );
     }

@@ -21,7 +21,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use virtio_queue::{desc::split::Descriptor, DescriptorChain};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap, Permissions};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap};
 
 /// Bytes per sector: the unit of `sector` and of capacity, whatever `blk_size` says.
 pub const SECTOR_SIZE: u64 = 512;
@@ -206,12 +206,7 @@ fn streams(
             len: desc.len(),
         };
         let len = usize::try_from(desc.len()).map_err(|_| out.clone())?;
-        let access = if write {
-            Permissions::Write
-        } else {
-            Permissions::Read
-        };
-        if !GuestMemory::check_range(mem, desc.addr(), len, access) {
+        if !GuestMemory::check_range(mem, desc.addr(), len) {
             return Err(out);
         }
         let seg = Segment {
@@ -350,7 +345,7 @@ pub fn parse_request(
         .filter(|d| d.is_write_only() && d.len() > 0)
         .and_then(|d| d.addr().0.checked_add(u64::from(d.len()) - 1))
         .map(GuestAddress)
-        .filter(|at| GuestMemory::check_range(mem, *at, 1, Permissions::Write));
+        .filter(|at| GuestMemory::check_range(mem, *at, 1));
     let err = |error| ParseError { status, error };
     let s = streams(mem, descs.into_iter()).map_err(err)?;
     let Some(status) = status else {

@@ -7,9 +7,7 @@
 //! addresses, loops) is checked; nothing here panics on guest input.
 
 use virtio_queue::{desc::split::Descriptor, DescriptorChain};
-use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap, Permissions,
-};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap};
 
 use super::MAX_PKT_DATA;
 
@@ -139,16 +137,11 @@ fn segments(
         if desc.len() == 0 {
             continue;
         }
-        let access = if writable {
-            Permissions::Write
-        } else {
-            Permissions::Read
-        };
         let len = usize::try_from(desc.len()).map_err(|_| PacketError::OutOfRange {
             addr: desc.addr().0,
             len: desc.len(),
         })?;
-        if !GuestMemory::check_range(mem, desc.addr(), len, access) {
+        if !GuestMemory::check_range(mem, desc.addr(), len) {
             return Err(PacketError::OutOfRange {
                 addr: desc.addr().0,
                 len: desc.len(),
