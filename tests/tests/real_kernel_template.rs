@@ -115,6 +115,7 @@ fn template_restores_three_vms_with_own_identities_and_shared_memory() {
         .map(|i| {
             let sock = dir.join(format!("vm{i}.sock"));
             let h = husk_vmm::restore(RestoreConfig {
+                disks: Vec::new(),
                 name: format!("restored-{i}"),
                 snapshot_dir: tpl.clone(),
                 console: husk_vmm::ConsoleConfig {

@@ -9,7 +9,10 @@ use std::time::Instant;
 
 use husk_devices::bus::{Bus, SharedDevice};
 use husk_devices::legacy::{cmos, i8042, serial, Cmos, ConsoleSink, ConsoleWatch, Serial, I8042};
+use husk_devices::virtio::block::Block;
+use husk_devices::virtio::transport::mmio::MmioTransportState;
 use husk_devices::virtio::vsock::Vsock;
+use husk_devices::virtio::VirtioDevice;
 use husk_devices::EventFdTrigger;
 use kvm_ioctls::Kvm;
 use vm_memory::GuestMemoryMmap;
@@ -24,7 +27,7 @@ use crate::error::{StartError, VmmError};
 use crate::host::{self, VirtKind};
 use crate::runstate::RunState;
 use crate::snapshot::{self, Snapshot};
-use crate::snapshot_sources::{SnapshotSources, VsockHandles};
+use crate::snapshot_sources::{DeviceHandles, SnapshotSources};
 use crate::vstate::vcpu::{self, BootEntry, SaveCaps, Vcpu, VcpuContext};
 use crate::vstate::{kvm, memory, vm::Vm};
 
@@ -48,6 +51,10 @@ pub struct RestoreConfig {
     /// When given, the snapshot must have this much memory / these vCPUs.
     pub mem_mib: Option<u64>,
     pub vcpus: Option<u8>,
+    /// Images for the snapshot's disks, in order, replacing the paths it
+    /// recorded (each must hold as many sectors as the original). Empty:
+    /// reopen the recorded paths.
+    pub disks: Vec<PathBuf>,
 }
 
 /// Boots a VM in this process and returns its handle.
@@ -117,18 +124,17 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
     let (mut pio, serial, cmos, reset_evt) = legacy_devices(serial_dev, Cmos::default())?;
     let mut mmio = Bus::new();
     let mut devices = DeviceManager::new();
-    let mut vsock = None;
-    if let Some(v) = &config.vsock {
-        let dev = Arc::new(Mutex::new(Vsock::new(
-            u64::from(v.guest_cid),
-            v.uds_path.clone(),
-        )?));
-        let (slot, transport) = devices.attach(&vm, &mem, &mut mmio, dev.clone())?;
-        vsock = Some(VsockHandles {
-            slot,
-            device: dev,
-            transport,
-        });
+    let vsock = match &config.vsock {
+        Some(v) => {
+            let dev = Vsock::new(u64::from(v.guest_cid), v.uds_path.clone())?;
+            Some(attach(&mut devices, &vm, &mem, &mut mmio, dev, None)?)
+        }
+        None => None,
+    };
+    let mut disks = Vec::with_capacity(config.disks.len());
+    for d in &config.disks {
+        let dev = Block::new(d.clone())?;
+        disks.push(attach(&mut devices, &vm, &mem, &mut mmio, dev, None)?);
     }
     for (base, len, name, dev) in extra.pio {
         pio.insert(base, len, &name, dev)?;
@@ -207,6 +213,7 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
             serial,
             cmos,
             vsock,
+            disks,
         },
     })
 }
@@ -235,30 +242,42 @@ fn build_restored(config: RestoreConfig) -> Result<VmmHandle, VmmError> {
     let (pio, serial, cmos, reset_evt) = legacy_devices(serial_dev, cmos_dev)?;
     let mut mmio = Bus::new();
     let mut devices = DeviceManager::new();
+    // Devices go back in the order they were attached, so each gets its
+    // old MMIO slot and GSI (checked).
     let mut vsock = None;
     if let Some(v) = &snap.devices.vsock {
         let uds = config.vsock_uds.clone().ok_or_else(|| {
             VmmError::Restore("the snapshot has a vsock device: give the restored VM its own vsock socket (--vsock-uds)".into())
         })?;
-        let dev = Arc::new(Mutex::new(Vsock::new(v.device.guest_cid, uds)?));
-        let (slot, transport) =
-            devices.attach_restored(&vm, &mem, &mut mmio, dev.clone(), &v.transport)?;
-        if (slot.base, slot.gsi) != (v.base, v.gsi) {
-            return Err(VmmError::Restore(format!(
-                "vsock was at {:#x} (GSI {}) in the snapshot, now at {:#x} (GSI {})",
-                v.base, v.gsi, slot.base, slot.gsi
-            )));
-        }
+        let dev = Vsock::new(v.device.guest_cid, uds)?;
+        let at = Some(Saved::of(v));
+        let handles = attach(&mut devices, &vm, &mem, &mut mmio, dev, at)?;
         // Connections never survive a restore: the guest's driver resets
         // its sockets on this event; its listeners keep working.
-        dev.lock()
+        handles
+            .device
+            .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .send_transport_reset();
-        vsock = Some(VsockHandles {
-            slot,
-            device: dev,
-            transport,
-        });
+        vsock = Some(handles);
+    }
+    let saved_disks = &snap.devices.disks;
+    if !config.disks.is_empty() && config.disks.len() != saved_disks.len() {
+        return Err(VmmError::Restore(format!(
+            "the snapshot has {} disks, {} images were given",
+            saved_disks.len(),
+            config.disks.len()
+        )));
+    }
+    let mut disks = Vec::with_capacity(saved_disks.len());
+    for (i, d) in saved_disks.iter().enumerate() {
+        let mut state = d.device.clone();
+        if let Some(p) = config.disks.get(i) {
+            state.disk_path = p.to_string_lossy().into_owned();
+        }
+        let dev = Block::from_state(&state)?;
+        let at = Some(Saved::of(d));
+        disks.push(attach(&mut devices, &vm, &mem, &mut mmio, dev, at)?);
     }
 
     let supported = supported_cpuid(&kvm)?;
@@ -294,7 +313,63 @@ fn build_restored(config: RestoreConfig) -> Result<VmmHandle, VmmError> {
             serial,
             cmos,
             vsock,
+            disks,
         },
+    })
+}
+
+/// Where a restored device sat, and its transport's state.
+struct Saved<'a> {
+    base: u64,
+    gsi: u32,
+    transport: &'a MmioTransportState,
+}
+
+impl<'a> Saved<'a> {
+    fn of<S>(s: &'a snapshot::DeviceSnapshot<S>) -> Self {
+        Self {
+            base: s.base,
+            gsi: s.gsi,
+            transport: &s.transport,
+        }
+    }
+}
+
+/// Attaches a virtio device; a restored one (`saved`) gets its transport
+/// state back and must land where it was.
+fn attach<D>(
+    devices: &mut DeviceManager,
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    dev: D,
+    saved: Option<Saved<'_>>,
+) -> Result<DeviceHandles<D>, VmmError>
+where
+    D: VirtioDevice + event_manager::MutEventSubscriber + Send + 'static,
+{
+    let name = dev.name().to_string();
+    let device = Arc::new(Mutex::new(dev));
+    let Some(saved) = saved else {
+        let (slot, transport) = devices.attach(vm, mem, mmio, device.clone())?;
+        return Ok(DeviceHandles {
+            slot,
+            device,
+            transport,
+        });
+    };
+    let (slot, transport) =
+        devices.attach_restored(vm, mem, mmio, device.clone(), saved.transport)?;
+    if (slot.base, slot.gsi) != (saved.base, saved.gsi) {
+        return Err(VmmError::Restore(format!(
+            "{name} was at {:#x} (GSI {}) in the snapshot, now at {:#x} (GSI {})",
+            saved.base, saved.gsi, slot.base, slot.gsi
+        )));
+    }
+    Ok(DeviceHandles {
+        slot,
+        device,
+        transport,
     })
 }
 

@@ -4,6 +4,13 @@ use std::path::PathBuf;
 
 use crate::boot::mptable::MAX_CPUS;
 
+/// A virtio-blk disk: a raw image, read-only or not, and the serial id the
+/// guest sees (`/sys/block/vdX/serial`, what the agent mounts by).
+pub use husk_devices::virtio::block::BlockConfig as DiskConfig;
+
+/// The longest disk id virtio-blk can report (GET_ID answers 20 bytes).
+pub const MAX_DISK_ID: usize = 20;
+
 /// Smallest guest memory accepted.
 pub const MIN_MEM_MIB: u64 = 16;
 /// Largest guest memory accepted (1 TiB).
@@ -62,6 +69,8 @@ pub struct VmConfig {
     pub ready_marker: String,
     /// A virtio-vsock device, if any.
     pub vsock: Option<VsockConfig>,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    pub disks: Vec<DiskConfig>,
 }
 
 impl Default for VmConfig {
@@ -78,6 +87,7 @@ impl Default for VmConfig {
             oneshot: false,
             ready_marker: READY_MARKER.into(),
             vsock: None,
+            disks: Vec::new(),
         }
     }
 }
@@ -95,6 +105,8 @@ pub enum ConfigError {
     GuestCid(u32),
     #[error("vsock socket path {0:?} is too long for a Unix socket (with a port suffix)")]
     VsockPath(PathBuf),
+    #[error("disk {id:?}: {reason}")]
+    Disk { id: String, reason: &'static str },
     #[error("the VM name must be 1..=64 characters without '/' or control characters: {0:?}")]
     Name(String),
 }
@@ -124,6 +136,26 @@ impl VmConfig {
             // sun_path holds 108 bytes; leave room for "_<port>" and the NUL.
             if v.uds_path.as_os_str().is_empty() || v.uds_path.as_os_str().len() > 96 {
                 return Err(ConfigError::VsockPath(v.uds_path.clone()));
+            }
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            let bad = |reason| {
+                Err(ConfigError::Disk {
+                    id: d.id.clone(),
+                    reason,
+                })
+            };
+            if d.id.is_empty() || d.id.len() > MAX_DISK_ID {
+                return bad("the id must be 1..=20 bytes");
+            }
+            if !d.id.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+                return bad("the id must be printable ASCII without spaces or commas");
+            }
+            if d.path.as_os_str().is_empty() {
+                return bad("no image path");
+            }
+            if self.disks[..i].iter().any(|o| o.id == d.id) {
+                return bad("two disks have this id");
             }
         }
         Ok(())
@@ -159,5 +191,24 @@ mod tests {
             bad(|c| c.name = "a/b".into()),
             ConfigError::Name(_)
         ));
+        let disk = |id: &str| DiskConfig {
+            path: "/img".into(),
+            read_only: false,
+            id: id.into(),
+        };
+        let mut two = ok.clone();
+        two.disks = vec![disk("root"), disk("data")];
+        assert_eq!(two.validate(), Ok(()));
+        for bad_disks in [
+            vec![disk("")],
+            vec![disk("x".repeat(21).as_str())],
+            vec![disk("a b")],
+            vec![disk("a,b")],
+            vec![disk("same"), disk("same")],
+        ] {
+            let mut c = ok.clone();
+            c.disks = bad_disks;
+            assert!(matches!(c.validate(), Err(ConfigError::Disk { .. })));
+        }
     }
 }

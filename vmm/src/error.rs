@@ -33,6 +33,8 @@ pub enum VmmError {
     #[error("vsock device: {0}")]
     Vsock(#[from] husk_devices::virtio::vsock::VsockError),
     #[error(transparent)]
+    Block(#[from] husk_devices::virtio::block::BlockError),
+    #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error(transparent)]
     SnapshotMemory(#[from] crate::snapshot::memory::MemoryFileError),

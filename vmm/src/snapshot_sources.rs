@@ -6,13 +6,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use husk_devices::legacy::{Cmos, Serial};
+use husk_devices::virtio::block::Block;
 use husk_devices::virtio::transport::MmioTransport;
 use husk_devices::virtio::vsock::Vsock;
 use vm_memory::GuestMemoryMmap;
 
 use crate::device_manager::MmioSlot;
 use crate::snapshot::{
-    self, memory, DeviceStates, Snapshot, SnapshotError, VcpuState, VmState, VsockSnapshot,
+    self, memory, DeviceSnapshot, DeviceStates, Snapshot, SnapshotError, VcpuState, VmState,
 };
 use crate::vstate::vm::Vm;
 
@@ -20,11 +21,26 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A virtio-vsock device and where it sits.
-pub struct VsockHandles {
+/// A virtio-mmio device and where it sits.
+pub struct DeviceHandles<D> {
     pub slot: MmioSlot,
-    pub device: Arc<Mutex<Vsock>>,
+    pub device: Arc<Mutex<D>>,
     pub transport: Arc<Mutex<MmioTransport>>,
+}
+
+impl<D> DeviceHandles<D> {
+    /// The device's snapshot, with `state` taken from the device.
+    fn snapshot<S>(&self, state: impl FnOnce(&D) -> S) -> DeviceSnapshot<S> {
+        // One lock at a time: the transport locks its device itself.
+        let device = state(&lock(&self.device));
+        let transport = lock(&self.transport).state();
+        DeviceSnapshot {
+            base: self.slot.base,
+            gsi: self.slot.gsi,
+            device,
+            transport,
+        }
+    }
 }
 
 /// The VM's snapshot-relevant parts.
@@ -33,7 +49,8 @@ pub struct SnapshotSources {
     pub mem: GuestMemoryMmap,
     pub serial: Arc<Mutex<Serial>>,
     pub cmos: Arc<Mutex<Cmos>>,
-    pub vsock: Option<VsockHandles>,
+    pub vsock: Option<DeviceHandles<Vsock>>,
+    pub disks: Vec<DeviceHandles<Block>>,
 }
 
 /// Facts recorded with the state.
@@ -61,23 +78,17 @@ impl SnapshotSources {
         // One lock at a time: the transport locks its device itself.
         let serial = lock(&self.serial).state();
         let cmos = lock(&self.cmos).state();
-        let vsock = match &self.vsock {
-            Some(v) => {
-                let device = lock(&v.device).state();
-                let transport = lock(&v.transport).state();
-                Some(VsockSnapshot {
-                    base: v.slot.base,
-                    gsi: v.slot.gsi,
-                    device,
-                    transport,
-                })
-            }
-            None => None,
-        };
+        let vsock = self.vsock.as_ref().map(|v| v.snapshot(Vsock::state));
+        let disks = self
+            .disks
+            .iter()
+            .map(|d| d.snapshot(Block::state))
+            .collect();
         let devices = DeviceStates {
             serial,
             cmos,
             vsock,
+            disks,
         };
         let written = memory::dump(&self.mem, &snapshot::memory_path(dir))?;
         let snap = Snapshot {

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod check;
+pub mod device_args;
 pub mod template;
 pub mod vm_run;
 

@@ -41,6 +41,10 @@ pub struct CreateArgs {
     /// Write the guest console of the template boot here.
     #[arg(long)]
     pub console: Option<PathBuf>,
+    /// A virtio-blk disk, as for `husk vm run` (repeatable). VMs started
+    /// from the template name their own image for it (`--disk PATH`).
+    #[arg(long = "disk", value_name = "PATH[,ro][,id=ID]", value_parser = super::device_args::parse_disk)]
+    pub disks: Vec<super::device_args::DiskArg>,
 }
 
 /// Errors making a template.
@@ -88,6 +92,12 @@ pub fn create(args: &CreateArgs) -> Result<u64, TemplateError> {
             guest_cid: husk_vmm::DEFAULT_GUEST_CID,
             uds_path: uds.clone(),
         }),
+        disks: args
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| d.config(i))
+            .collect(),
         ..VmConfig::default()
     };
     let handle = husk_vmm::start(cfg)?;

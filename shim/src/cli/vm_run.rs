@@ -9,6 +9,7 @@ use husk_vmm::{
     ConsoleConfig, PvmCompat, RestoreConfig, Timeline, VmConfig, VmOutcome, VsockConfig,
 };
 
+use super::device_args::{parse_disk, DiskArg};
 use super::exit_code;
 
 /// Guest memory when none is asked for.
@@ -69,6 +70,12 @@ pub struct RunArgs {
     /// The guest's vsock context id.
     #[arg(long, default_value_t = husk_vmm::DEFAULT_GUEST_CID)]
     pub vsock_cid: u32,
+    /// A virtio-blk disk: `PATH[,ro][,id=ID]` (repeatable; the id, default
+    /// `disk<N>`, is the serial the guest sees and the agent mounts by).
+    /// With --from-template: the image for each of the template's disks,
+    /// in order (PATH only).
+    #[arg(long = "disk", value_name = "PATH[,ro][,id=ID]", value_parser = parse_disk)]
+    pub disks: Vec<DiskArg>,
 }
 
 impl RunArgs {
@@ -79,15 +86,22 @@ impl RunArgs {
         }
     }
 
-    fn restore_config(&self, dir: &std::path::Path) -> RestoreConfig {
-        RestoreConfig {
+    fn restore_config(&self, dir: &std::path::Path) -> Result<RestoreConfig, String> {
+        if self.disks.iter().any(|d| d.read_only || d.id.is_some()) {
+            return Err(
+                "with --from-template, --disk gives only the image PATH (the template fixes ro and id)"
+                    .into(),
+            );
+        }
+        Ok(RestoreConfig {
             name: self.name.clone(),
             snapshot_dir: dir.to_path_buf(),
             console: self.console(),
             vsock_uds: self.vsock_uds.clone(),
             mem_mib: self.mem_mib,
             vcpus: self.vcpus,
-        }
+            disks: self.disks.iter().map(|d| d.path.clone()).collect(),
+        })
     }
 
     fn config(&self) -> VmConfig {
@@ -109,6 +123,12 @@ impl RunArgs {
                 guest_cid: self.vsock_cid,
                 uds_path: p.clone(),
             }),
+            disks: self
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(i, d)| d.config(i))
+                .collect(),
             ..VmConfig::default()
         }
     }
@@ -128,7 +148,13 @@ pub fn run(args: &RunArgs, process_start: Instant) -> i32 {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     let started = match &args.from_template {
-        Some(dir) => husk_vmm::restore(args.restore_config(dir)),
+        Some(dir) => match args.restore_config(dir) {
+            Ok(cfg) => husk_vmm::restore(cfg),
+            Err(e) => {
+                eprintln!("husk: {e}");
+                return exit_code::ERROR;
+            }
+        },
         None => husk_vmm::start(args.config()),
     };
     let handle = match started {

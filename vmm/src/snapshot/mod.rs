@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use husk_devices::legacy::cmos::CmosState;
 use husk_devices::legacy::serial::SerialDeviceState;
+use husk_devices::virtio::block::BlockState;
 use husk_devices::virtio::transport::mmio::MmioTransportState;
 use husk_devices::virtio::vsock::VsockState;
 use serde::{Deserialize, Serialize};
@@ -25,21 +26,27 @@ pub use cpu::{VcpuState, VmState};
 /// The format's name, first field of every snapshot.
 pub const FORMAT: &str = "husk-snapshot";
 /// Bumped on any incompatible change of the state layout.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The build that writes snapshots.
 pub const HUSK_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const STATE_FILE: &str = "snapshot.json";
 pub const MEMORY_FILE: &str = "memory.bin";
 
-/// The vsock device in a snapshot.
+/// A virtio-mmio device in a snapshot: where it sat, its own state and its
+/// transport's (registers and queues).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct VsockSnapshot {
+pub struct DeviceSnapshot<S> {
     pub base: u64,
     pub gsi: u32,
-    pub device: VsockState,
+    pub device: S,
     pub transport: MmioTransportState,
 }
+
+/// The vsock device in a snapshot.
+pub type VsockSnapshot = DeviceSnapshot<VsockState>;
+/// A virtio-blk disk in a snapshot.
+pub type DiskSnapshot = DeviceSnapshot<BlockState>;
 
 /// Every device's state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,6 +55,8 @@ pub struct DeviceStates {
     pub serial: SerialDeviceState,
     pub cmos: CmosState,
     pub vsock: Option<VsockSnapshot>,
+    /// In attach order (after vsock), which restore repeats.
+    pub disks: Vec<DiskSnapshot>,
 }
 
 /// A whole snapshot (minus memory).
@@ -290,6 +299,7 @@ mod tests {
                         queues: vec![],
                     },
                 }),
+                disks: vec![],
             },
         }
     }

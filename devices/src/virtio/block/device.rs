@@ -26,7 +26,6 @@ use crate::virtio::{
     VirtioInterrupt,
 };
 
-const NAME: &str = "block";
 const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
 /// Size of the bounce buffer between the image and guest memory.
 const IO_CHUNK: usize = 64 * 1024;
@@ -84,6 +83,8 @@ enum IoError {
 
 /// A virtio-blk device over a raw image.
 pub struct Block {
+    /// `block <id>` (or `block <path>` without an id), for logs and errors.
+    name: String,
     disk: Disk,
     config: [u8; CONFIG_LEN],
     features: u64,
@@ -150,7 +151,13 @@ impl Block {
         } else {
             features |= (1u64 << VIRTIO_BLK_F_DISCARD) | (1u64 << VIRTIO_BLK_F_WRITE_ZEROES);
         }
+        let name = if id.is_empty() {
+            format!("block {}", path.display())
+        } else {
+            format!("block {id}")
+        };
         Ok(Self {
+            name,
             config: config_space(capacity),
             disk: Disk {
                 path,
@@ -471,7 +478,7 @@ fn byte_range(r: &DiscardRange) -> (u64, u64) {
 
 impl VirtioDevice for Block {
     fn name(&self) -> &str {
-        NAME
+        &self.name
     }
 
     fn device_type(&self) -> u32 {
@@ -499,14 +506,14 @@ impl VirtioDevice for Block {
         let mut queues = ctx.queues.into_iter();
         let (Some(aq), None) = (queues.next(), queues.next()) else {
             return Err(ActivateError::QueueCount {
-                device: NAME.to_string(),
+                device: self.name.clone(),
                 expected: 1,
                 got,
             });
         };
         if aq.index != 0 {
             return Err(ActivateError::QueueCount {
-                device: NAME.to_string(),
+                device: self.name.clone(),
                 expected: 1,
                 got,
             });
