@@ -59,6 +59,11 @@ impl SplitQueueDriver {
         (driver, queue)
     }
 
+    /// The address just past the rings (where the next queue may go).
+    pub fn end(&self) -> u64 {
+        self.used + 6 + 8 * u64::from(self.size)
+    }
+
     /// Makes a chain of (addr, len, device-writable) buffers available;
     /// returns its head. The caller kicks.
     pub fn submit(&mut self, mem: &GuestMemoryMmap, bufs: &[(u64, u32, bool)]) -> u16 {
