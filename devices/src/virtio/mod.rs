@@ -3,12 +3,17 @@
 //! A device owns nothing until the driver sets DRIVER_OK: then the transport
 //! hands it the guest memory, its interrupt and the ready queues, each with
 //! the eventfd that KVM signals when the guest notifies it (ioeventfd).
-//! Devices are tested without KVM on mock guest memory.
+//! Devices are tested without KVM on mock guest memory (`test_utils` holds
+//! the driver's side of a split queue that their tests share).
 
 pub mod block;
+pub mod fs;
 pub mod interrupt;
 pub mod transport;
 pub mod vsock;
+
+#[cfg(test)]
+mod test_utils;
 
 use std::sync::Arc;
 

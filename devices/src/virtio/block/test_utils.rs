@@ -6,47 +6,26 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventManager, SubscriberOps};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{Block, BlockConfig, QUEUE_SIZE};
-use crate::virtio::{ActivateContext, ActiveQueue, InterruptKind, VirtioDevice, VirtioInterrupt};
+pub use crate::virtio::test_utils::Subscriber;
+use crate::virtio::test_utils::{pump, BufAlloc, CountingInterrupt, SplitQueueDriver};
+use crate::virtio::{ActivateContext, ActiveQueue, VirtioDevice};
 
 const MEM_SIZE: usize = 0x200_0000;
 const BUF_START: u64 = 0x10_0000;
-const VRING_DESC_F_NEXT: u16 = 1;
-const VRING_DESC_F_WRITE: u16 = 2;
 /// The test image: 1 MiB.
 pub const DISK_SECTORS: u64 = 2048;
-
-#[derive(Default)]
-pub struct CountingInterrupt {
-    pub queue: AtomicUsize,
-}
-
-impl VirtioInterrupt for CountingInterrupt {
-    fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
-        if kind == InterruptKind::Queue {
-            self.queue.fetch_add(1, Ordering::SeqCst);
-        }
-        Ok(())
-    }
-}
 
 /// The driver's view of the request queue.
 pub struct Guest {
     pub mem: GuestMemoryMmap,
-    desc: u64,
-    avail: u64,
-    used: u64,
-    next_desc: u16,
-    avail_idx: u16,
-    last_used: u16,
-    buf_next: u64,
+    queue: SplitQueueDriver,
+    bufs: BufAlloc,
     pub notify: EventFd,
     pub irq: Arc<CountingInterrupt>,
 }
@@ -55,8 +34,7 @@ impl Guest {
     /// A guest and the context that activates a device with its queue.
     pub fn new() -> (Self, ActivateContext) {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-        let mock = MockSplitQueue::create(&mem, GuestAddress(0), QUEUE_SIZE);
-        let queue: Queue = mock.create_queue().unwrap();
+        let (driver, queue) = SplitQueueDriver::new(&mem, GuestAddress(0), QUEUE_SIZE);
         let notify = EventFd::new(EFD_NONBLOCK).unwrap();
         let irq = Arc::new(CountingInterrupt::default());
         let ctx = ActivateContext {
@@ -70,14 +48,9 @@ impl Guest {
             }],
         };
         let g = Self {
-            desc: mock.desc_table_addr().0,
-            avail: mock.avail_addr().0,
-            used: mock.used_addr().0,
             mem,
-            next_desc: 0,
-            avail_idx: 0,
-            last_used: 0,
-            buf_next: BUF_START,
+            queue: driver,
+            bufs: BufAlloc::new(BUF_START, MEM_SIZE as u64),
             notify,
             irq,
         };
@@ -86,58 +59,20 @@ impl Guest {
 
     /// Reserves `len` bytes of buffer space.
     pub fn alloc(&mut self, len: u32) -> u64 {
-        let len = u64::from(len).max(1).next_multiple_of(64);
-        if self.buf_next + len > MEM_SIZE as u64 {
-            self.buf_next = BUF_START;
-        }
-        let addr = self.buf_next;
-        self.buf_next += len;
-        addr
+        self.bufs.alloc(len)
     }
 
     /// Makes a chain of (addr, len, device-writable) buffers available and
     /// kicks; returns its head.
     pub fn submit(&mut self, bufs: &[(u64, u32, bool)]) -> u16 {
-        let head = self.next_desc;
-        for (i, (addr, len, write)) in bufs.iter().enumerate() {
-            let idx = self.next_desc;
-            self.next_desc = (self.next_desc + 1) % QUEUE_SIZE;
-            let mut flags = if *write { VRING_DESC_F_WRITE } else { 0 };
-            if i + 1 != bufs.len() {
-                flags |= VRING_DESC_F_NEXT;
-            }
-            let at = GuestAddress(self.desc + 16 * u64::from(idx));
-            self.mem.write_obj(*addr, at).unwrap();
-            self.mem.write_obj(*len, GuestAddress(at.0 + 8)).unwrap();
-            self.mem.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
-            self.mem
-                .write_obj(self.next_desc, GuestAddress(at.0 + 14))
-                .unwrap();
-        }
-        let slot = u64::from(self.avail_idx % QUEUE_SIZE);
-        self.mem
-            .write_obj(head, GuestAddress(self.avail + 4 + 2 * slot))
-            .unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(self.avail + 2))
-            .unwrap();
+        let head = self.queue.submit(&self.mem, bufs);
         self.notify.write(1).unwrap();
         head
     }
 
     /// Used entries since the last call: (head, len).
     pub fn used(&mut self) -> Vec<(u16, u32)> {
-        let idx: u16 = self.mem.read_obj(GuestAddress(self.used + 2)).unwrap();
-        let mut out = Vec::new();
-        while self.last_used != idx {
-            let at = self.used + 4 + 8 * u64::from(self.last_used % QUEUE_SIZE);
-            let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
-            let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
-            out.push((id as u16, len));
-            self.last_used = self.last_used.wrapping_add(1);
-        }
-        out
+        self.queue.used(&self.mem)
     }
 
     /// A request header in guest memory.
@@ -167,8 +102,6 @@ impl Guest {
         b
     }
 }
-
-pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 static IMAGES: AtomicUsize = AtomicUsize::new(0);
 
@@ -228,17 +161,7 @@ impl Rig {
 
     /// Runs the event loop until it goes idle.
     pub fn pump(&mut self) {
-        let mut idle = 0;
-        for _ in 0..200 {
-            if self.em.run_with_timeout(5).unwrap() == 0 {
-                idle += 1;
-                if idle == 2 {
-                    return;
-                }
-            } else {
-                idle = 0;
-            }
-        }
+        pump(&mut self.em);
     }
 
     /// Submits a chain, runs the loop, and returns the one used length.
