@@ -116,6 +116,7 @@ fn template_restores_three_vms_with_own_identities_and_shared_memory() {
             let sock = dir.join(format!("vm{i}.sock"));
             let h = husk_vmm::restore(RestoreConfig {
                 disks: Vec::new(),
+                shares: Vec::new(),
                 name: format!("restored-{i}"),
                 snapshot_dir: tpl.clone(),
                 console: husk_vmm::ConsoleConfig {

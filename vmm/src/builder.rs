@@ -10,6 +10,7 @@ use std::time::Instant;
 use husk_devices::bus::{Bus, SharedDevice};
 use husk_devices::legacy::{cmos, i8042, serial, Cmos, ConsoleSink, ConsoleWatch, Serial, I8042};
 use husk_devices::virtio::block::Block;
+use husk_devices::virtio::fs::Fs;
 use husk_devices::virtio::transport::mmio::MmioTransportState;
 use husk_devices::virtio::vsock::Vsock;
 use husk_devices::virtio::VirtioDevice;
@@ -55,6 +56,9 @@ pub struct RestoreConfig {
     /// recorded (each must hold as many sectors as the original). Empty:
     /// reopen the recorded paths.
     pub disks: Vec<PathBuf>,
+    /// The host directory for each of the snapshot's virtio-fs shares, by
+    /// tag; a share not named here has none (the guest cannot mount it).
+    pub shares: Vec<(String, PathBuf)>,
 }
 
 /// Boots a VM in this process and returns its handle.
@@ -136,6 +140,11 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
         let dev = Block::new(d.clone())?;
         disks.push(attach(&mut devices, &vm, &mem, &mut mmio, dev, None)?);
     }
+    let mut shares = Vec::with_capacity(config.shares.len());
+    for sh in &config.shares {
+        let dev = Fs::new(sh.clone())?;
+        shares.push(attach(&mut devices, &vm, &mem, &mut mmio, dev, None)?);
+    }
     for (base, len, name, dev) in extra.pio {
         pio.insert(base, len, &name, dev)?;
     }
@@ -214,6 +223,7 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
             cmos,
             vsock,
             disks,
+            shares,
         },
     })
 }
@@ -279,6 +289,27 @@ fn build_restored(config: RestoreConfig) -> Result<VmmHandle, VmmError> {
         let at = Some(Saved::of(d));
         disks.push(attach(&mut devices, &vm, &mem, &mut mmio, dev, at)?);
     }
+    let saved_shares = &snap.devices.shares;
+    if let Some((tag, _)) = config
+        .shares
+        .iter()
+        .find(|(t, _)| !saved_shares.iter().any(|s| &s.device.tag == t))
+    {
+        return Err(VmmError::Restore(format!(
+            "the snapshot has no virtio-fs share tagged {tag:?}"
+        )));
+    }
+    let mut shares = Vec::with_capacity(saved_shares.len());
+    for sh in saved_shares {
+        let dir = config
+            .shares
+            .iter()
+            .find(|(t, _)| *t == sh.device.tag)
+            .map(|(_, d)| d.clone());
+        let dev = Fs::from_state(&sh.device, dir)?;
+        let at = Some(Saved::of(sh));
+        shares.push(attach(&mut devices, &vm, &mem, &mut mmio, dev, at)?);
+    }
 
     let supported = supported_cpuid(&kvm)?;
     let mut vcpus = Vec::with_capacity(usize::from(snap.vcpus));
@@ -314,6 +345,7 @@ fn build_restored(config: RestoreConfig) -> Result<VmmHandle, VmmError> {
             cmos,
             vsock,
             disks,
+            shares,
         },
     })
 }

@@ -8,6 +8,10 @@ use crate::boot::mptable::MAX_CPUS;
 /// guest sees (`/sys/block/vdX/serial`, what the agent mounts by).
 pub use husk_devices::virtio::block::BlockConfig as DiskConfig;
 
+/// A virtio-fs share: a host directory (none in a template: the VM started
+/// from it names one), read-only or not, and the tag the guest mounts.
+pub use husk_devices::virtio::fs::FsConfig as ShareConfig;
+
 /// The longest disk id virtio-blk can report (GET_ID answers 20 bytes).
 pub const MAX_DISK_ID: usize = 20;
 
@@ -71,6 +75,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<DiskConfig>,
+    /// virtio-fs shares, attached after the disks.
+    pub shares: Vec<ShareConfig>,
 }
 
 impl Default for VmConfig {
@@ -88,6 +94,7 @@ impl Default for VmConfig {
             ready_marker: READY_MARKER.into(),
             vsock: None,
             disks: Vec::new(),
+            shares: Vec::new(),
         }
     }
 }
@@ -107,6 +114,8 @@ pub enum ConfigError {
     VsockPath(PathBuf),
     #[error("disk {id:?}: {reason}")]
     Disk { id: String, reason: &'static str },
+    #[error("virtio-fs share {tag:?}: {reason}")]
+    Share { tag: String, reason: &'static str },
     #[error("the VM name must be 1..=64 characters without '/' or control characters: {0:?}")]
     Name(String),
 }
@@ -156,6 +165,14 @@ impl VmConfig {
             }
             if self.disks[..i].iter().any(|o| o.id == d.id) {
                 return bad("two disks have this id");
+            }
+        }
+        for (i, sh) in self.shares.iter().enumerate() {
+            if self.shares[..i].iter().any(|o| o.tag == sh.tag) {
+                return Err(ConfigError::Share {
+                    tag: sh.tag.clone(),
+                    reason: "two shares have this tag",
+                });
             }
         }
         Ok(())

@@ -35,6 +35,8 @@ pub enum VmmError {
     #[error(transparent)]
     Block(#[from] husk_devices::virtio::block::BlockError),
     #[error(transparent)]
+    Share(#[from] husk_devices::virtio::fs::FsError),
+    #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error(transparent)]
     SnapshotMemory(#[from] crate::snapshot::memory::MemoryFileError),

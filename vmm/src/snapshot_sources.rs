@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use husk_devices::legacy::{Cmos, Serial};
 use husk_devices::virtio::block::Block;
+use husk_devices::virtio::fs::Fs;
 use husk_devices::virtio::transport::MmioTransport;
 use husk_devices::virtio::vsock::Vsock;
 use vm_memory::GuestMemoryMmap;
@@ -51,6 +52,7 @@ pub struct SnapshotSources {
     pub cmos: Arc<Mutex<Cmos>>,
     pub vsock: Option<DeviceHandles<Vsock>>,
     pub disks: Vec<DeviceHandles<Block>>,
+    pub shares: Vec<DeviceHandles<Fs>>,
 }
 
 /// Facts recorded with the state.
@@ -70,6 +72,10 @@ impl SnapshotSources {
         facts: &SnapshotFacts,
         vcpu_states: Vec<VcpuState>,
     ) -> Result<u64, SnapshotError> {
+        // A mounted share cannot be saved: refuse before writing anything.
+        for sh in &self.shares {
+            lock(&sh.device).snapshot_check()?;
+        }
         std::fs::create_dir_all(dir).map_err(|source| SnapshotError::Io {
             path: dir.display().to_string(),
             source,
@@ -84,11 +90,22 @@ impl SnapshotSources {
             .iter()
             .map(|d| d.snapshot(Block::state))
             .collect();
+        let mut shares = Vec::with_capacity(self.shares.len());
+        for sh in &self.shares {
+            let st = sh.snapshot(Fs::state);
+            shares.push(DeviceSnapshot {
+                base: st.base,
+                gsi: st.gsi,
+                device: st.device?,
+                transport: st.transport,
+            });
+        }
         let devices = DeviceStates {
             serial,
             cmos,
             vsock,
             disks,
+            shares,
         };
         let written = memory::dump(&self.mem, &snapshot::memory_path(dir))?;
         let snap = Snapshot {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use husk_vmm::DiskConfig;
+use husk_vmm::{DiskConfig, ShareConfig};
 
 /// `--disk PATH[,ro][,id=ID]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +55,17 @@ pub struct ShareArg {
     pub tag: String,
     pub dir: Option<PathBuf>,
     pub read_only: bool,
+}
+
+impl ShareArg {
+    /// The VMM's share config.
+    pub fn config(&self) -> ShareConfig {
+        ShareConfig {
+            tag: self.tag.clone(),
+            shared_dir: self.dir.clone(),
+            read_only: self.read_only,
+        }
+    }
 }
 
 /// Parses `TAG[=DIR][,ro]` (a clap value parser).

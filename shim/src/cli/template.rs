@@ -45,6 +45,12 @@ pub struct CreateArgs {
     /// from the template name their own image for it (`--disk PATH`).
     #[arg(long = "disk", value_name = "PATH[,ro][,id=ID]", value_parser = super::device_args::parse_disk)]
     pub disks: Vec<super::device_args::DiskArg>,
+    /// A virtio-fs share `TAG[=DIR][,ro]` (repeatable). Without DIR the
+    /// directory is chosen by each VM started from the template
+    /// (`husk vm run --from-template T --share TAG=DIR`); the guest must
+    /// not mount a share before the snapshot.
+    #[arg(long = "share", value_name = "TAG[=DIR][,ro]", value_parser = super::device_args::parse_share)]
+    pub shares: Vec<super::device_args::ShareArg>,
 }
 
 /// Errors making a template.
@@ -98,6 +104,7 @@ pub fn create(args: &CreateArgs) -> Result<u64, TemplateError> {
             .enumerate()
             .map(|(i, d)| d.config(i))
             .collect(),
+        shares: args.shares.iter().map(|s| s.config()).collect(),
         ..VmConfig::default()
     };
     let handle = husk_vmm::start(cfg)?;

@@ -9,7 +9,7 @@ use husk_vmm::{
     ConsoleConfig, PvmCompat, RestoreConfig, Timeline, VmConfig, VmOutcome, VsockConfig,
 };
 
-use super::device_args::{parse_disk, DiskArg};
+use super::device_args::{parse_disk, parse_share, DiskArg, ShareArg};
 use super::exit_code;
 
 /// Guest memory when none is asked for.
@@ -76,6 +76,11 @@ pub struct RunArgs {
     /// in order (PATH only).
     #[arg(long = "disk", value_name = "PATH[,ro][,id=ID]", value_parser = parse_disk)]
     pub disks: Vec<DiskArg>,
+    /// A virtio-fs share of a host directory: `TAG=DIR[,ro]` (repeatable;
+    /// the guest mounts it by TAG). With --from-template: the directory for
+    /// the template's share TAG (`TAG=DIR`; ro is the template's).
+    #[arg(long = "share", value_name = "TAG=DIR[,ro]", value_parser = parse_share)]
+    pub shares: Vec<ShareArg>,
 }
 
 impl RunArgs {
@@ -93,6 +98,11 @@ impl RunArgs {
                     .into(),
             );
         }
+        if self.shares.iter().any(|s| s.read_only || s.dir.is_none()) {
+            return Err(
+                "with --from-template, --share gives TAG=DIR only (the template fixes ro)".into(),
+            );
+        }
         Ok(RestoreConfig {
             name: self.name.clone(),
             snapshot_dir: dir.to_path_buf(),
@@ -101,11 +111,22 @@ impl RunArgs {
             mem_mib: self.mem_mib,
             vcpus: self.vcpus,
             disks: self.disks.iter().map(|d| d.path.clone()).collect(),
+            shares: self
+                .shares
+                .iter()
+                .filter_map(|s| Some((s.tag.clone(), s.dir.clone()?)))
+                .collect(),
         })
     }
 
-    fn config(&self) -> VmConfig {
-        VmConfig {
+    fn config(&self) -> Result<VmConfig, String> {
+        if let Some(s) = self.shares.iter().find(|s| s.dir.is_none()) {
+            return Err(format!(
+                "--share {}: give TAG=DIR (a share without a directory is for templates)",
+                s.tag
+            ));
+        }
+        Ok(VmConfig {
             name: self.name.clone(),
             kernel: self.kernel.clone().unwrap_or_default(),
             initrd: self.initrd.clone(),
@@ -129,8 +150,9 @@ impl RunArgs {
                 .enumerate()
                 .map(|(i, d)| d.config(i))
                 .collect(),
+            shares: self.shares.iter().map(ShareArg::config).collect(),
             ..VmConfig::default()
-        }
+        })
     }
 }
 
@@ -155,7 +177,13 @@ pub fn run(args: &RunArgs, process_start: Instant) -> i32 {
                 return exit_code::ERROR;
             }
         },
-        None => husk_vmm::start(args.config()),
+        None => match args.config() {
+            Ok(cfg) => husk_vmm::start(cfg),
+            Err(e) => {
+                eprintln!("husk: {e}");
+                return exit_code::ERROR;
+            }
+        },
     };
     let handle = match started {
         Ok(h) => h,

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use husk_devices::legacy::cmos::CmosState;
 use husk_devices::legacy::serial::SerialDeviceState;
 use husk_devices::virtio::block::BlockState;
+use husk_devices::virtio::fs::FsState;
 use husk_devices::virtio::transport::mmio::MmioTransportState;
 use husk_devices::virtio::vsock::VsockState;
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,9 @@ pub struct DeviceSnapshot<S> {
 pub type VsockSnapshot = DeviceSnapshot<VsockState>;
 /// A virtio-blk disk in a snapshot.
 pub type DiskSnapshot = DeviceSnapshot<BlockState>;
+/// A virtio-fs share in a snapshot (never mounted: its directory is given
+/// at restore).
+pub type ShareSnapshot = DeviceSnapshot<FsState>;
 
 /// Every device's state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,6 +61,8 @@ pub struct DeviceStates {
     pub vsock: Option<VsockSnapshot>,
     /// In attach order (after vsock), which restore repeats.
     pub disks: Vec<DiskSnapshot>,
+    /// After the disks, in attach order.
+    pub shares: Vec<ShareSnapshot>,
 }
 
 /// A whole snapshot (minus memory).
@@ -105,6 +111,8 @@ pub enum SnapshotError {
     Cpu(#[from] cpu::CpuStateError),
     #[error("snapshot: the VM must be paused first")]
     NotPaused,
+    #[error("snapshot: {0}")]
+    Share(#[from] husk_devices::virtio::fs::FsError),
 }
 
 /// The files of a snapshot directory.
@@ -300,6 +308,7 @@ mod tests {
                     },
                 }),
                 disks: vec![],
+                shares: vec![],
             },
         }
     }
