@@ -38,11 +38,21 @@ pub fn repo_root() -> PathBuf {
 /// Panics with instructions when it is missing: the real-kernel tests must
 /// run wherever KVM exists.
 pub fn guest_image() -> (PathBuf, PathBuf) {
+    image_files("initramfs.cpio.gz")
+}
+
+/// The guest kernel and the debug initramfs (the agent plus busybox, for
+/// tests that run commands in the guest).
+pub fn debug_guest_image() -> (PathBuf, PathBuf) {
+    image_files("initramfs-debug.cpio.gz")
+}
+
+fn image_files(initramfs: &str) -> (PathBuf, PathBuf) {
     let dir = std::env::var_os("HUSK_GUEST_IMAGE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/guest-image"));
     let k = dir.join("vmlinux");
-    let i = dir.join("initramfs.cpio.gz");
+    let i = dir.join(initramfs);
     assert!(
         k.exists() && i.exists(),
         "guest image missing in {}: run `bash guest-image/build.sh` (./test.sh does)",
