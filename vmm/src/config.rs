@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::boot::mptable::MAX_CPUS;
+pub use husk_seccomp::SeccompMode;
 
 /// Smallest guest memory accepted.
 pub const MIN_MEM_MIB: u64 = 16;
@@ -62,6 +63,8 @@ pub struct VmConfig {
     pub ready_marker: String,
     /// A virtio-vsock device, if any.
     pub vsock: Option<VsockConfig>,
+    /// The VMM threads' seccomp filters (`HUSK_SECCOMP` overrides it).
+    pub seccomp: SeccompMode,
 }
 
 impl Default for VmConfig {
@@ -78,6 +81,7 @@ impl Default for VmConfig {
             oneshot: false,
             ready_marker: READY_MARKER.into(),
             vsock: None,
+            seccomp: SeccompMode::Enforce,
         }
     }
 }

@@ -6,7 +6,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use husk_vmm::{
-    ConsoleConfig, PvmCompat, RestoreConfig, Timeline, VmConfig, VmOutcome, VsockConfig,
+    ConsoleConfig, PvmCompat, RestoreConfig, SeccompMode, Timeline, VmConfig, VmOutcome,
+    VsockConfig,
 };
 
 use super::exit_code;
@@ -69,6 +70,10 @@ pub struct RunArgs {
     /// The guest's vsock context id.
     #[arg(long, default_value_t = husk_vmm::DEFAULT_GUEST_CID)]
     pub vsock_cid: u32,
+    /// Seccomp filters of the VMM threads: enforce, log (allow and have
+    /// the kernel log what is not listed) or off. HUSK_SECCOMP overrides.
+    #[arg(long, default_value = "enforce")]
+    pub seccomp: SeccompMode,
 }
 
 impl RunArgs {
@@ -87,6 +92,7 @@ impl RunArgs {
             vsock_uds: self.vsock_uds.clone(),
             mem_mib: self.mem_mib,
             vcpus: self.vcpus,
+            seccomp: self.seccomp,
         }
     }
 
@@ -109,6 +115,7 @@ impl RunArgs {
                 guest_cid: self.vsock_cid,
                 uds_path: p.clone(),
             }),
+            seccomp: self.seccomp,
             ..VmConfig::default()
         }
     }
