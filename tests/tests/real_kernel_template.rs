@@ -126,6 +126,7 @@ fn template_restores_three_vms_with_own_identities_and_shared_memory() {
                 vsock_uds: Some(sock.clone()),
                 mem_mib: Some(128),
                 vcpus: Some(1),
+                seccomp: Default::default(),
             })
             .unwrap();
             (h, sock)

@@ -15,18 +15,20 @@ use husk_devices::virtio::transport::mmio::MmioTransportState;
 use husk_devices::virtio::vsock::Vsock;
 use husk_devices::virtio::VirtioDevice;
 use husk_devices::EventFdTrigger;
+use husk_seccomp::ThreadKind;
 use kvm_ioctls::Kvm;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::api::VmmHandle;
 use crate::boot::{self, cmdline, kernel, mptable, paging, params};
-use crate::config::{ConsoleConfig, PvmCompat, VmConfig, READY_MARKER};
+use crate::config::{ConsoleConfig, PvmCompat, SeccompMode, VmConfig, READY_MARKER};
 use crate::controller::{self, Controller, Facts, PANIC_MARKER};
 use crate::device_manager::{DeviceManager, Subscriber};
 use crate::error::{StartError, VmmError};
 use crate::host::{self, VirtKind};
 use crate::runstate::RunState;
+use crate::seccomp;
 use crate::snapshot::{self, Snapshot};
 use crate::snapshot_sources::{DeviceHandles, SnapshotSources};
 use crate::vstate::vcpu::{self, BootEntry, SaveCaps, Vcpu, VcpuContext};
@@ -59,6 +61,8 @@ pub struct RestoreConfig {
     /// The host directory for each of the snapshot's virtio-fs shares, by
     /// tag; a share not named here has none (the guest cannot mount it).
     pub shares: Vec<(String, PathBuf)>,
+    /// The VMM threads' seccomp filters (`HUSK_SECCOMP` overrides it).
+    pub seccomp: SeccompMode,
 }
 
 /// Boots a VM in this process and returns its handle.
@@ -96,6 +100,7 @@ struct Parts {
     devices: DeviceManager,
     facts: Facts,
     sources: SnapshotSources,
+    seccomp: SeccompMode,
 }
 
 fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
@@ -225,6 +230,7 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
             disks,
             shares,
         },
+        seccomp: config.seccomp,
     })
 }
 
@@ -347,6 +353,7 @@ fn build_restored(config: RestoreConfig) -> Result<VmmHandle, VmmError> {
             disks,
             shares,
         },
+        seccomp: config.seccomp,
     })
 }
 
@@ -427,7 +434,10 @@ fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
         mut devices,
         facts,
         sources,
+        seccomp,
     } = p;
+    let seccomp = seccomp::mode(seccomp)?;
+    let (filtered_tx, filtered) = mpsc::channel();
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
     controller::install_kick_handler().map_err(io_err("vCPU kick signal handler"))?;
     let state = Arc::new(RunState::new().map_err(io_err("exit eventfd"))?);
@@ -443,9 +453,15 @@ fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
             state: state.clone(),
             save: save.clone(),
         };
+        let report = filtered_tx.clone();
         let t = std::thread::Builder::new()
             .name(format!("husk-vcpu{}", v.id()))
-            .spawn(move || v.run(ctx))
+            .spawn(move || {
+                // Before the first KVM_RUN: guest input starts there.
+                if seccomp::install(ThreadKind::Vcpu, seccomp, &report) {
+                    v.run(ctx);
+                }
+            })
             .map_err(io_err("spawning a vCPU thread"));
         match t {
             Ok(t) => threads.push(t),
@@ -456,6 +472,11 @@ fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
                 return Err(e);
             }
         }
+    }
+    if let Err(e) = seccomp::wait_installed(&filtered, threads.len()) {
+        state.report(crate::exit::ExitReason::HostRequest);
+        controller::stop_started(&state, threads);
+        return Err(e);
     }
     tracing::info!(vm = %name, vcpus = facts.vcpus, mem_mib = facts.mem_mib, pvm_compat = facts.pvm_compat, cmdline = %facts.cmdline, "VM started");
     let subscribers: Vec<Subscriber> = devices.take_subscribers();
@@ -476,9 +497,18 @@ fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
         .name("husk-vmm".into())
         .spawn(move || {
             let _kvm = kvm;
+            // Before serving any event; without its filter the loop serves
+            // none: it stops the vCPUs and ends.
+            if !seccomp::install(ThreadKind::Vmm, seccomp, &filtered_tx) {
+                ctl.state.report(crate::exit::ExitReason::HostRequest);
+            }
             controller::run(ctl, subscribers, threads);
         })
         .map_err(io_err("spawning the VMM thread"))?;
+    if let Err(e) = seccomp::wait_installed(&filtered, 1) {
+        let _ = ctl_thread.join();
+        return Err(e);
+    }
     Ok(VmmHandle {
         name,
         requests: req_tx,

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::boot::mptable::MAX_CPUS;
+pub use husk_seccomp::SeccompMode;
 
 /// A virtio-blk disk: a raw image, read-only or not, and the serial id the
 /// guest sees (`/sys/block/vdX/serial`, what the agent mounts by).
@@ -77,6 +78,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-fs shares, attached after the disks.
     pub shares: Vec<ShareConfig>,
+    /// The VMM threads' seccomp filters (`HUSK_SECCOMP` overrides it).
+    pub seccomp: SeccompMode,
 }
 
 impl Default for VmConfig {
@@ -95,6 +98,7 @@ impl Default for VmConfig {
             vsock: None,
             disks: Vec::new(),
             shares: Vec::new(),
+            seccomp: SeccompMode::Enforce,
         }
     }
 }

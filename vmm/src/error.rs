@@ -52,6 +52,14 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    #[error("thread {thread}: {source}")]
+    Seccomp {
+        thread: String,
+        #[source]
+        source: husk_seccomp::SeccompError,
+    },
+    #[error(transparent)]
+    SeccompMode(husk_seccomp::SeccompError),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,

@@ -2,7 +2,9 @@
 //!
 //! [`start`] builds a VM from a [`VmConfig`] (guest memory, the kernel and
 //! initrd, legacy devices, vCPUs) and runs it on its own threads: one per
-//! vCPU (`husk-vcpuN`) and one event loop (`husk-vmm`). The returned
+//! vCPU (`husk-vcpuN`) and one event loop (`husk-vmm`), each of which
+//! installs its own seccomp filter (husk-seccomp) before it touches guest
+//! input: per thread, never process-wide. The returned
 //! [`VmmHandle`] is the only way to talk to it, so the containerd shim can own
 //! one VMM per pod inside its own process.
 
@@ -16,6 +18,7 @@ pub mod error;
 pub mod exit;
 pub mod host;
 pub mod runstate;
+pub(crate) mod seccomp;
 pub mod snapshot;
 pub(crate) mod snapshot_sources;
 pub mod vstate;
@@ -23,8 +26,8 @@ pub mod vstate;
 pub use api::{ApiError, VmInfo, VmmHandle, VmmRequest, VmmResponse};
 pub use builder::{restore, start, start_with, ExtraDevices, RestoreConfig};
 pub use config::{
-    ConsoleConfig, DiskConfig, PvmCompat, ShareConfig, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
-    READY_MARKER,
+    ConsoleConfig, DiskConfig, PvmCompat, SeccompMode, ShareConfig, VmConfig, VsockConfig,
+    DEFAULT_GUEST_CID, READY_MARKER,
 };
 pub use controller::PANIC_MARKER;
 pub use error::{StartError, VmmError};

@@ -6,7 +6,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use husk_vmm::{
-    ConsoleConfig, PvmCompat, RestoreConfig, Timeline, VmConfig, VmOutcome, VsockConfig,
+    ConsoleConfig, PvmCompat, RestoreConfig, SeccompMode, Timeline, VmConfig, VmOutcome,
+    VsockConfig,
 };
 
 use super::device_args::{parse_disk, parse_share, DiskArg, ShareArg};
@@ -81,6 +82,10 @@ pub struct RunArgs {
     /// the template's share TAG (`TAG=DIR`; ro is the template's).
     #[arg(long = "share", value_name = "TAG=DIR[,ro]", value_parser = parse_share)]
     pub shares: Vec<ShareArg>,
+    /// Seccomp filters of the VMM threads: enforce, log (allow and have
+    /// the kernel log what is not listed) or off. HUSK_SECCOMP overrides.
+    #[arg(long, default_value = "enforce")]
+    pub seccomp: SeccompMode,
 }
 
 impl RunArgs {
@@ -116,6 +121,7 @@ impl RunArgs {
                 .iter()
                 .filter_map(|s| Some((s.tag.clone(), s.dir.clone()?)))
                 .collect(),
+            seccomp: self.seccomp,
         })
     }
 
@@ -151,6 +157,7 @@ impl RunArgs {
                 .map(|(i, d)| d.config(i))
                 .collect(),
             shares: self.shares.iter().map(ShareArg::config).collect(),
+            seccomp: self.seccomp,
             ..VmConfig::default()
         })
     }

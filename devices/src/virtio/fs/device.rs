@@ -83,6 +83,10 @@ struct Share {
     backend: Option<Backend>,
     /// An INIT reached the server and no DESTROY or reset since.
     mounted: bool,
+    /// A reset asked for a fresh server; the event loop builds it (the
+    /// reset runs on a vCPU thread, whose seccomp filter allows no file
+    /// system calls).
+    stale: bool,
     warn: WarnLimiter,
 }
 
@@ -116,6 +120,7 @@ impl Fs {
                 read_only,
                 backend,
                 mounted: false,
+                stale: false,
                 warn: WarnLimiter::default(),
             },
             shared_dir,
@@ -196,9 +201,26 @@ impl Fs {
         }
     }
 
+    /// After a reset: drops the old server (closing the guest's open host
+    /// files) and builds a fresh one. Runs on the event loop.
+    pub(super) fn refresh_backend(&mut self) {
+        if !self.share.stale {
+            return;
+        }
+        self.share.stale = false;
+        self.share.backend = None;
+        if let Some(dir) = &self.shared_dir {
+            match open_backend(&self.share.tag, dir) {
+                Ok(b) => self.share.backend = Some(b),
+                Err(e) => tracing::error!("{e}; the share answers ENODEV until restored"),
+            }
+        }
+    }
+
     /// Serves the available requests of both queues; interrupts once if any
     /// was used.
     pub(super) fn process_queues(&mut self) {
+        self.refresh_backend();
         let Some(active) = self.active.as_mut() else {
             return;
         };
@@ -472,16 +494,10 @@ impl VirtioDevice for Fs {
         tracing::debug!(tag = %self.share.tag, "virtio-fs: reset");
         self.deactivate();
         self.acked_features = 0;
-        // The guest's FUSE session is gone: drop its inodes and open files.
-        if let Some(dir) = &self.shared_dir {
-            match open_backend(&self.share.tag, dir) {
-                Ok(b) => self.share.backend = Some(b),
-                Err(e) => {
-                    tracing::error!("{e}; the share answers ENODEV until restored");
-                    self.share.backend = None;
-                }
-            }
-        }
+        // The guest's FUSE session is gone: its inodes and open files go
+        // with the server, which the event loop rebuilds (this is a vCPU
+        // thread: no file work here).
+        self.share.stale = true;
         self.share.mounted = false;
         self.kick_event_loop();
     }

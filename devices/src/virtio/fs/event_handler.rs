@@ -50,6 +50,7 @@ impl MutEventSubscriber for Fs {
         let fd = events.fd();
         if fd == self.control_evt.as_raw_fd() {
             let _ = self.control_evt.read();
+            self.refresh_backend();
         } else if let Some(evt) = self
             .active
             .as_ref()
