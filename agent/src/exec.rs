@@ -3,13 +3,20 @@
 //!
 //! [`ExecSpec::validate`] checks the request and resolves the program (PATH
 //! lookup happens here, in the agent, so a missing program is a clean
-//! NOT_FOUND). [`run`] forks through the [`Reaper`] (which alone waits for the
+//! NOT_FOUND). [`run`] starts it through the [`Reaper`] (which alone waits for the
 //! child, see its docs), feeds stdin and drains stdout and stderr in one
 //! poll(2) loop (a command filling one pipe cannot block on it while we wait
 //! on another), and on timeout kills the whole process group.
 //!
-//! The child between fork and exec runs only async-signal-safe calls on
-//! data prepared before the fork: the agent is multi-threaded.
+//! The child is started like glibc's posix_spawn does it:
+//! clone(CLONE_VM | CLONE_VFORK) on a stack of its own, so nothing of the
+//! agent's address space is copied (a fork's page-table copy and the
+//! copy-on-write faults after it cost seconds where the guest kernel is
+//! emulated, on nested PVM hosts); we are suspended until it has exec'd. It
+//! runs only async-signal-safe calls on data prepared before the clone, with
+//! every signal blocked until its dispositions are reset. posix_spawn itself
+//! is not used: it waits for a child whose exec failed, and only the
+//! [`Reaper`] may wait.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -87,7 +94,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidField {
     }
 }
 
-/// A checked `Exec` request, ready to fork.
+/// A checked `Exec` request, ready to run.
 #[derive(Debug, Clone)]
 pub struct ExecSpec {
     /// The program to execve: absolute.
@@ -238,8 +245,8 @@ const STEP_SIGMASK: u8 = 1;
 const STEP_CHDIR: u8 = 2;
 const STEP_EXEC: u8 = 3;
 
-/// Everything the child needs between fork and exec, built before the fork
-/// (the child must not allocate).
+/// Everything the child needs between clone and exec, built before the
+/// clone (the child must not allocate).
 struct ChildSetup<'a> {
     program: &'a CStr,
     argv: Vec<*const libc::c_char>,
@@ -290,14 +297,118 @@ fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Runs in the child after fork: places stdio, makes the process group
-/// its own, clears the signal mask and the ignored signals the agent set,
+/// The child's stack: mapped memory with an inaccessible guard page below
+/// it, unmapped on drop.
+struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    /// What the child needs: a few frames of our code and libc syscall
+    /// wrappers; execve itself runs on the kernel's stack.
+    const SIZE: usize = 64 * 1024;
+    const GUARD: usize = 4096;
+
+    fn new() -> io::Result<Self> {
+        let len = Self::SIZE + Self::GUARD;
+        // SAFETY: a fresh anonymous private mapping; no existing memory is
+        // touched. The result is checked.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = Self { base, len };
+        // SAFETY: the lowest page of the mapping just made (the stack
+        // grows down towards it).
+        if unsafe { libc::mprotect(base, Self::GUARD, libc::PROT_NONE) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    /// The initial stack pointer: the mapping's end (page-aligned, so
+    /// 16-byte aligned).
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of the mapping, which is how clone(2)
+        // takes a downward-growing stack.
+        unsafe { self.base.cast::<u8>().add(self.len).cast() }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, no longer used: the child has exec'd or
+        // exited before clone returned (CLONE_VFORK).
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// The clone(2) entry point: `arg` is the `ChildSetup`.
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `clone_vfork` passes a pointer to a ChildSetup that stays
+    // alive (and unchanged) until clone returns, i.e. past our exec.
+    unsafe { child_after_fork(&*arg.cast::<ChildSetup<'_>>()) }
+}
+
+/// Starts the child with clone(CLONE_VM | CLONE_VFORK) (see the module docs)
+/// and returns its pid once it has exec'd or exited. Its exit signal is
+/// SIGCHLD, so it is reaped like any child.
+fn clone_vfork(setup: &ChildSetup<'_>) -> io::Result<libc::pid_t> {
+    let stack = ChildStack::new()?;
+    // While the child shares our memory no signal handler of ours may run
+    // in it: block everything; it resets dispositions, then its mask.
+    // SAFETY: sigset_t is plain data that sigfillset initialises;
+    // pthread_sigmask reads one set and writes the other.
+    let (all, mut old) = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        (all, std::mem::zeroed::<libc::sigset_t>())
+    };
+    // SAFETY: valid sets, as above.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    // SAFETY: child_entry only runs child_after_fork on `setup`, which
+    // outlives the call; the stack is ours and unused by anything else; the
+    // flags make the child share only memory (not files, signal handlers
+    // or TLS state beyond the errno slot of this suspended thread).
+    let pid = unsafe {
+        libc::clone(
+            child_entry,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            std::ptr::from_ref(setup).cast_mut().cast(),
+        )
+    };
+    let clone_error = io::Error::last_os_error();
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    if pid < 0 {
+        return Err(clone_error);
+    }
+    Ok(pid)
+}
+
+/// Runs in the child after clone: places stdio, makes the process group
+/// its own, resets every signal's disposition and then the signal mask,
 /// changes directory and execs. Reports a failed step through `report`.
 ///
 /// # Safety
 ///
-/// Call only in a freshly forked child; every pointer in `s` must be valid
-/// (they point into data the parent keeps alive across the fork).
+/// Call only in a freshly cloned child with every signal blocked; every
+/// pointer in `s` must be valid (the parent keeps them alive until the child
+/// has exec'd).
 unsafe fn child_after_fork(s: &ChildSetup<'_>) -> ! {
     let fail = |step: u8| -> ! {
         let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -312,7 +423,7 @@ unsafe fn child_after_fork(s: &ChildSetup<'_>) -> ! {
         }
     };
     // SAFETY: only async-signal-safe calls, on descriptors and pointers
-    // prepared before the fork.
+    // prepared before the clone.
     unsafe {
         libc::setpgid(0, 0);
         // Above 2 (see above_stdio): dup2 clears close-on-exec on the copy.
@@ -366,8 +477,8 @@ struct ParentEnds {
     stderr: File,
 }
 
-/// Forks the child through `reaper`; returns its pid, exit watch and our
-/// pipe ends once it has exec'd. A failed step before exec is
+/// Starts the child through `reaper`; returns its exit watch and our pipe
+/// ends once it has exec'd. A failed step before exec is
 /// [`ExecError::Start`] (the child is reaped first).
 fn start(reaper: &Reaper, spec: &ExecSpec) -> Result<(ExitWatch, ParentEnds), ExecError> {
     let name = spec.name();
@@ -414,26 +525,10 @@ fn start(reaper: &Reaper, spec: &ExecSpec) -> Result<(ExitWatch, ParentEnds), Ex
         report: report_w.as_raw_fd(),
         empty_mask,
     };
+    // The child made its own process group before clone_vfork returns.
     let (_, mut watch) = reaper
-        .spawn(|| {
-            // SAFETY: fork itself takes no arguments; the child only runs
-            // child_after_fork, whose requirements `setup` meets (it lives
-            // in the parent across the fork, and the child is a copy).
-            match unsafe { libc::fork() } {
-                -1 => Err(io::Error::last_os_error()),
-                // SAFETY: in the forked child, with `setup` as above.
-                0 => unsafe { child_after_fork(&setup) },
-                pid => {
-                    // Also here, so a kill of the group right after this
-                    // cannot miss it (the child may not have run yet).
-                    // SAFETY: setpgid takes no pointers; failure (the child
-                    // exec'd already) is harmless.
-                    unsafe { libc::setpgid(pid, pid) };
-                    Ok(pid)
-                }
-            }
-        })
-        .map_err(io_err("fork"))?;
+        .spawn(|| clone_vfork(&setup))
+        .map_err(io_err("clone"))?;
     drop((stdin_r, stdout_w, stderr_w, report_w));
     // End of file: exec succeeded (the report pipe is close-on-exec).
     let mut report = [0u8; 5];

@@ -12,8 +12,8 @@
 //!   per registered child waits for that pid only.
 //!
 //! The race: a child can exit, and `reap_all` can collect it, before its
-//! spawner has registered it. [`Reaper::spawn`] therefore forks *under the
-//! registry lock* and registers before unlocking; `reap_all` looks a pid up
+//! spawner has registered it. [`Reaper::spawn`] therefore starts the child
+//! *under the registry lock* and registers it before unlocking; `reap_all` looks a pid up
 //! under the same lock, so it waits until the pid is registered. Commands
 //! are never started with `std::process::Command`, which waits for its own
 //! children (and asserts on the result when exec fails).
@@ -92,20 +92,21 @@ impl Reaper {
         self.children.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts a child with `fork` (which returns the new pid; it must not
-    /// return in the child) under the registry lock and registers it before
-    /// any reaper can look for it. Returns the pid and its exit watch.
+    /// Starts a child with `start` (a fork or clone that returns the new
+    /// pid, and never returns in the child) under the registry lock and
+    /// registers it before any reaper can look for it. Returns the pid and
+    /// its exit watch.
     ///
-    /// If `fork` succeeds but the watch cannot be set up, the child is
+    /// If `start` succeeds but the watch cannot be set up, the child is
     /// killed and reaped here, and the error returned.
     pub fn spawn(
         &self,
-        fork: impl FnOnce() -> io::Result<libc::pid_t>,
+        start: impl FnOnce() -> io::Result<libc::pid_t>,
     ) -> io::Result<(libc::pid_t, ExitWatch)> {
         let (read, write) = cloexec_pipe()?;
         let pid = {
             let mut children = self.children();
-            let pid = fork()?;
+            let pid = start()?;
             children.insert(pid, File::from(write));
             pid
         };
