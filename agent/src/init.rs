@@ -5,6 +5,7 @@ use std::os::fd::IntoRawFd;
 use std::time::Duration;
 
 use husk_agent::log::log;
+use husk_agent::reaper::Reaper;
 
 /// How long a `Shutdown` request waits before powering off, so that its reply
 /// leaves the guest first.
@@ -141,29 +142,19 @@ pub fn power_off_soon() {
     }
 }
 
-/// Waits for the blocked signals: reaps children on SIGCHLD, powers off on
-/// SIGTERM, SIGINT or SIGPWR.
-pub fn supervise(signals: &Signals) -> ! {
+/// Waits for the blocked signals: reaps children on SIGCHLD (through
+/// `reaper`, which hands `Exec`'s children's statuses to their waiters and
+/// drops orphans'), powers off on SIGTERM, SIGINT or SIGPWR.
+pub fn supervise(signals: &Signals, reaper: &Reaper) -> ! {
     loop {
         // SAFETY: the set is initialised; a null siginfo pointer is allowed.
         let sig = unsafe { libc::sigwaitinfo(&signals.0, std::ptr::null_mut()) };
         match sig {
-            libc::SIGCHLD => reap(),
+            libc::SIGCHLD => reaper.reap_all(),
             libc::SIGTERM => power_off("SIGTERM"),
             libc::SIGINT => power_off("SIGINT"),
             libc::SIGPWR => power_off("SIGPWR"),
             _ => {}
-        }
-    }
-}
-
-fn reap() {
-    loop {
-        let mut status = 0;
-        // SAFETY: `status` is a valid out pointer.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid <= 0 {
-            break;
         }
     }
 }

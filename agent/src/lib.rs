@@ -1,16 +1,20 @@
 //! husk-agent: PID 1 of a husk guest, as a library.
 //!
 //! What runs (and is unit-tested) on any Linux host lives here: the ttrpc
-//! `Agent` service ([`service`]) over injectable guest facts ([`facts`]) and
-//! identity changes ([`identity`]), the console + vsock logger ([`log`]), the
-//! vsock connect helper ([`vsock`]) and the kernel command line
-//! ([`cmdline`]). `main.rs` is the PID 1 binary.
+//! `Agent` service ([`service`]) over injectable guest facts ([`facts`]),
+//! identity changes ([`identity`]) and mounts ([`mount`]), command execution
+//! ([`exec`]) with its child reaping ([`reaper`]), the console + vsock
+//! logger ([`log`]), the vsock connect helper ([`vsock`]) and the kernel
+//! command line ([`cmdline`]). `main.rs` is the PID 1 binary.
 
 pub mod cmdline;
 pub mod echo;
+pub mod exec;
 pub mod facts;
 pub mod identity;
 pub mod log;
+pub mod mount;
+pub mod reaper;
 pub mod service;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

@@ -4,15 +4,17 @@
 //! /sys, /dev, /run, /tmp and cgroup2, puts stdio on /dev/console, starts the
 //! log stream to the host, serves the ttrpc `Agent` API on vsock port 1024,
 //! and only then prints `husk-agent ready (version X, kernel Y)`. Then it
-//! reaps orphans and powers off on SIGTERM/SIGINT/SIGPWR or a `Shutdown`
+//! reaps every child (handing `Exec`'s their statuses) and powers off on SIGTERM/SIGINT/SIGPWR or a `Shutdown`
 //! request (at once after ready when the command line has `husk.oneshot=1`).
 
 mod init;
 
 use std::io::Write;
+use std::sync::Arc;
 
 use husk_agent::facts::{GuestFacts, ProcFacts};
 use husk_agent::log::{self, log};
+use husk_agent::reaper::{ReapMode, Reaper};
 use husk_agent::service::{self, AgentService};
 use husk_agent::{cmdline, echo, AGENT_VERSION, READY_MARKER};
 use husk_agent_protocol::AGENT_VSOCK_PORT;
@@ -47,7 +49,13 @@ fn main() {
         }
     }
     let addr = service::vsock_address(AGENT_VSOCK_PORT);
-    let service = AgentService::new(ProcFacts, Box::new(init::power_off_soon));
+    // As PID 1 this process alone reaps every child: supervise drives it.
+    let reaper = Arc::new(Reaper::new(ReapMode::AllChildren));
+    let service = AgentService::new(
+        ProcFacts,
+        Box::new(init::power_off_soon),
+        Arc::clone(&reaper),
+    );
     // Kept for the life of PID 1 (supervise never returns).
     let _server = match service::serve(&addr, service) {
         Ok(server) => {
@@ -68,5 +76,5 @@ fn main() {
     if oneshot {
         init::power_off("oneshot");
     }
-    init::supervise(&signals);
+    init::supervise(&signals, &reaper);
 }

@@ -1,24 +1,29 @@
 //! The ttrpc `Agent` service (husk.agent.v1) and its server.
 //!
 //! [`AgentService`] answers from a [`GuestFacts`] source, changes the guest
-//! through [`GuestControl`] and asks a [`PowerOff`] callback to end the VM;
-//! all are injected, so the service runs the same over a Unix socket in a
-//! host test as over vsock in the guest.
+//! through [`GuestControl`], mounts through [`GuestMounts`], runs commands
+//! whose exit statuses a [`Reaper`] collects, and asks a [`PowerOff`]
+//! callback to end the VM; all are injected, so the service runs the same
+//! over a Unix socket in a host test as over vsock in the guest.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use husk_agent_protocol::agent::{
-    GuestInfoRequest, GuestInfoResponse, HealthRequest, HealthResponse, ReidentifyRequest,
-    ReidentifyResponse, ShutdownRequest, ShutdownResponse, VersionRequest, VersionResponse,
+    ExecRequest, ExecResponse, GuestInfoRequest, GuestInfoResponse, HealthRequest, HealthResponse,
+    MountRequest, MountResponse, ReidentifyRequest, ReidentifyResponse, ShutdownRequest,
+    ShutdownResponse, UnmountRequest, UnmountResponse, VersionRequest, VersionResponse,
 };
 use husk_agent_protocol::agent_ttrpc::{create_agent, Agent};
 use husk_agent_protocol::{API_VERSION, HEALTH_SERVING};
 use thiserror::Error;
 use ttrpc::{Code, TtrpcContext};
 
+use crate::exec::{self, ExecSpec};
 use crate::facts::{FactsError, GuestFacts};
 use crate::identity::{GuestControl, NewIdentity};
 use crate::log::log;
+use crate::mount::{self, GuestMounts, MountSource, MountSpec};
+use crate::reaper::{ExitStatus, Reaper};
 use crate::AGENT_VERSION;
 
 /// Asked to power the guest off. It must return at once (the reply to
@@ -29,6 +34,8 @@ pub type PowerOff = Box<dyn Fn() + Send + Sync>;
 pub struct AgentService<F> {
     facts: F,
     power_off: PowerOff,
+    /// Collects the exit statuses of `Exec`'s commands.
+    reaper: Arc<Reaper>,
     /// The identity `Reidentify` gave; `None` until then (the identity is
     /// the kernel's boot_id).
     instance_id: Mutex<Option<String>>,
@@ -57,11 +64,21 @@ impl ReidentifyError {
     }
 }
 
-impl<F: GuestFacts + GuestControl> AgentService<F> {
-    pub fn new(facts: F, power_off: PowerOff) -> Self {
+/// What the service needs of the guest.
+pub trait Guest: GuestFacts + GuestControl + GuestMounts {}
+
+impl<T: GuestFacts + GuestControl + GuestMounts> Guest for T {}
+
+impl<F: Guest> AgentService<F> {
+    /// `reaper` must be the one that reaps this process's children: the
+    /// one PID 1's SIGCHLD loop drives, or a [`PerChild`] one elsewhere.
+    ///
+    /// [`PerChild`]: crate::reaper::ReapMode::PerChild
+    pub fn new(facts: F, power_off: PowerOff, reaper: Arc<Reaper>) -> Self {
         Self {
             facts,
             power_off,
+            reaper,
             instance_id: Mutex::new(None),
         }
     }
@@ -133,13 +150,61 @@ impl<F: GuestFacts + GuestControl> AgentService<F> {
             ..Default::default()
         })
     }
+
+    fn mount_now(&self, req: &MountRequest) -> Result<MountResponse, mount::MountError> {
+        let spec = MountSpec::validate(
+            req.kind.enum_value().ok(),
+            &req.source,
+            &req.target,
+            &req.fstype,
+            req.read_only,
+            &req.options,
+        )?;
+        let call = mount::mount(&self.facts, &spec)?;
+        let serial = match &spec.source {
+            MountSource::Serial(s) => format!(" (serial {s})"),
+            _ => String::new(),
+        };
+        log(&format!(
+            "mounted {}{serial} on {} as {}{}",
+            call.source,
+            call.target.display(),
+            call.fstype,
+            if call.read_only { ", read-only" } else { "" }
+        ));
+        Ok(MountResponse {
+            device: call.source,
+            target: call.target.display().to_string(),
+            fstype: call.fstype,
+            ..Default::default()
+        })
+    }
+
+    fn exec_now(&self, req: &ExecRequest) -> Result<ExecResponse, exec::ExecError> {
+        let spec = ExecSpec::validate(req)?;
+        let outcome = exec::run(&self.reaper, &spec)?;
+        let (exit_code, signal) = match outcome.status {
+            ExitStatus::Exited(code) => (code, 0),
+            ExitStatus::Signaled(sig) => (-1, sig),
+        };
+        Ok(ExecResponse {
+            exit_code,
+            signal,
+            stdout: outcome.stdout,
+            stderr: outcome.stderr,
+            stdout_truncated: outcome.stdout_truncated,
+            stderr_truncated: outcome.stderr_truncated,
+            timed_out: outcome.timed_out,
+            ..Default::default()
+        })
+    }
 }
 
 fn status(code: Code, msg: String) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
 }
 
-impl<F: GuestFacts + GuestControl> Agent for AgentService<F> {
+impl<F: Guest> Agent for AgentService<F> {
     fn version(&self, _: &TtrpcContext, _: VersionRequest) -> ttrpc::Result<VersionResponse> {
         Ok(VersionResponse {
             agent_version: AGENT_VERSION.into(),
@@ -179,6 +244,33 @@ impl<F: GuestFacts + GuestControl> Agent for AgentService<F> {
             status(e.code(), format!("reidentify: {e}"))
         })
     }
+
+    fn mount(&self, _: &TtrpcContext, req: MountRequest) -> ttrpc::Result<MountResponse> {
+        self.mount_now(&req).map_err(|e| {
+            log(&format!("mount failed: {e}"));
+            status(e.code(), format!("mount: {e}"))
+        })
+    }
+
+    fn unmount(&self, _: &TtrpcContext, req: UnmountRequest) -> ttrpc::Result<UnmountResponse> {
+        match mount::unmount(&self.facts, &req.target) {
+            Ok(target) => {
+                log(&format!("unmounted {}", target.display()));
+                Ok(UnmountResponse::default())
+            }
+            Err(e) => {
+                log(&format!("unmount failed: {e}"));
+                Err(status(e.code(), format!("unmount: {e}")))
+            }
+        }
+    }
+
+    fn exec(&self, _: &TtrpcContext, req: ExecRequest) -> ttrpc::Result<ExecResponse> {
+        self.exec_now(&req).map_err(|e| {
+            log(&format!("exec failed: {e}"));
+            status(e.code(), format!("exec: {e}"))
+        })
+    }
 }
 
 /// The ttrpc address the agent listens on in the guest: any CID, `port`.
@@ -198,7 +290,7 @@ pub enum ServeError {
 /// Binds `addr` (a ttrpc address: `vsock://CID:PORT`, `unix://PATH`) and
 /// serves `service` on background threads. Listening when it returns; keep
 /// the returned server alive for as long as it should serve.
-pub fn serve<F: GuestFacts + GuestControl + 'static>(
+pub fn serve<F: Guest + 'static>(
     addr: &str,
     service: AgentService<F>,
 ) -> Result<ttrpc::Server, ServeError> {
@@ -347,6 +439,7 @@ mod tests {
                 seeds: vec![seed.clone()],
                 hostname: Some("pod-7.local".into()),
                 realtime_ns: Some(later),
+                ..Applied::default()
             }
         );
 
@@ -438,7 +531,11 @@ mod tests {
     fn bind_failure_names_the_address() {
         let Err(e) = serve(
             "unix:///nonexistent-dir/agent.sock",
-            AgentService::new(FakeFacts::default(), Box::new(|| {})),
+            AgentService::new(
+                FakeFacts::default(),
+                Box::new(|| {}),
+                Arc::new(Reaper::new(crate::reaper::ReapMode::PerChild)),
+            ),
         ) else {
             panic!("bound in a directory that does not exist");
         };

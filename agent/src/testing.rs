@@ -1,14 +1,17 @@
 //! Test doubles for host-side tests (here and in the shim, through the
 //! `test-support` feature): fixed guest facts that record the identity
-//! changes asked of them, and the real service on a Unix socket.
+//! changes and mounts asked of them, a fake `/sys/block` tree, and the real
+//! service on a Unix socket.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::facts::{FactsError, GuestFacts, MemInfo};
 use crate::identity::GuestControl;
+use crate::mount::{GuestMounts, MountCall};
+use crate::reaper::{ReapMode, Reaper};
 use crate::service::{serve, AgentService, ServeError};
 
 /// What [`FakeFacts`] was asked to change (shared by its clones).
@@ -20,6 +23,10 @@ pub struct Applied {
     pub hostname: Option<String>,
     /// The last `set_realtime`.
     pub realtime_ns: Option<i64>,
+    /// Every mount point created, in order.
+    pub mount_points: Vec<PathBuf>,
+    /// What is mounted now, in mount order (`unmount` removes).
+    pub mounts: Vec<MountCall>,
 }
 
 /// Guest facts with fixed values; identity changes are recorded in
@@ -40,6 +47,11 @@ pub struct FakeFacts {
     pub fail_reseed: bool,
     /// Make `set_realtime` fail with EINVAL.
     pub fail_set_realtime: bool,
+    /// Where `GuestMounts::sysfs_root` points (see [`FakeSysfs`]); by
+    /// default a path that does not exist.
+    pub sysfs_root: PathBuf,
+    /// Make `mount` fail with this errno.
+    pub fail_mount: Option<i32>,
     /// What was changed, shared by every clone.
     pub applied: Arc<Mutex<Applied>>,
 }
@@ -67,6 +79,8 @@ impl Default for FakeFacts {
             realtime_ns: 1_700_000_000_000_000_000,
             fail_reseed: false,
             fail_set_realtime: false,
+            sysfs_root: PathBuf::from("/nonexistent-husk-fake-sysfs"),
+            fail_mount: None,
             applied: Arc::default(),
         }
     }
@@ -129,9 +143,85 @@ impl GuestControl for FakeFacts {
     }
 }
 
+/// Records mounts instead of making them: `unmount` of a target nothing is
+/// mounted on fails with EINVAL, as umount2(2) does.
+impl GuestMounts for FakeFacts {
+    fn sysfs_root(&self) -> &Path {
+        &self.sysfs_root
+    }
+
+    fn create_mount_point(&self, target: &Path) -> io::Result<()> {
+        self.applied().mount_points.push(target.to_owned());
+        Ok(())
+    }
+
+    fn mount(&self, call: &MountCall) -> io::Result<()> {
+        if let Some(errno) = self.fail_mount {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        self.applied().mounts.push(call.clone());
+        Ok(())
+    }
+
+    fn unmount(&self, target: &Path) -> io::Result<()> {
+        let mut applied = self.applied();
+        let Some(i) = applied.mounts.iter().rposition(|m| m.target == target) else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        applied.mounts.remove(i);
+        Ok(())
+    }
+}
+
+/// A fake sysfs tree in a fresh temporary directory (removed on drop):
+/// `block/<name>/serial` for each [`disk`](Self::disk).
+pub struct FakeSysfs {
+    root: PathBuf,
+}
+
+impl FakeSysfs {
+    /// An empty `block/` under `$TMPDIR/husk-sysfs-<pid>-<name>-<n>`.
+    pub fn new(name: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let root =
+            std::env::temp_dir().join(format!("husk-sysfs-{}-{name}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        if let Err(e) = std::fs::create_dir_all(root.join("block")) {
+            panic!("create {}: {e}", root.display());
+        }
+        Self { root }
+    }
+
+    /// Adds disk `name` with this serial file content (`None`: no serial
+    /// file).
+    pub fn disk(&self, name: &str, serial: Option<&str>) {
+        let dir = self.root.join("block").join(name);
+        let made = std::fs::create_dir_all(&dir).and_then(|()| match serial {
+            Some(s) => std::fs::write(dir.join("serial"), s),
+            None => Ok(()),
+        });
+        if let Err(e) = made {
+            panic!("fake disk {}: {e}", dir.display());
+        }
+    }
+
+    /// The sysfs root (`FakeFacts::sysfs_root`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl Drop for FakeSysfs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
 /// The real [`AgentService`] over fake facts, served on a fresh Unix socket;
-/// counts `Shutdown` requests instead of powering off. Stops and removes the
-/// socket when dropped.
+/// counts `Shutdown` requests instead of powering off, and runs `Exec`'s
+/// commands for real (a [`ReapMode::PerChild`] reaper unless given one).
+/// Stops and removes the socket when dropped.
 pub struct UnixAgent {
     pub path: PathBuf,
     pub shutdowns: Arc<AtomicUsize>,
@@ -141,6 +231,15 @@ pub struct UnixAgent {
 impl UnixAgent {
     /// Serves on `$TMPDIR/husk-agent-<pid>-<name>-<n>.sock`.
     pub fn start(name: &str, facts: FakeFacts) -> Result<Self, ServeError> {
+        Self::start_with_reaper(name, facts, Arc::new(Reaper::new(ReapMode::PerChild)))
+    }
+
+    /// [`start`](Self::start) with this reaper.
+    pub fn start_with_reaper(
+        name: &str,
+        facts: FakeFacts,
+        reaper: Arc<Reaper>,
+    ) -> Result<Self, ServeError> {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let path =
@@ -154,6 +253,7 @@ impl UnixAgent {
             Box::new(move || {
                 counter.fetch_add(1, Ordering::SeqCst);
             }),
+            reaper,
         );
         let server = serve(&format!("unix://{}", path.display()), service)?;
         Ok(Self {
@@ -175,5 +275,46 @@ impl Drop for UnixAgent {
             server.shutdown();
         }
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The environment variable that tells a copy of the test binary which
+/// test [`isolated`] runs in it.
+const ISOLATED_TEST: &str = "HUSK_ISOLATED_TEST";
+
+/// For a test that must be alone in its process (it reaps every child with
+/// `waitpid(-1)`, which would steal other tests' children): in the test
+/// process, runs the test `name` (its full path, e.g.
+/// `exec::tests::pid1_reaping`) alone in a copy of the test binary, panics
+/// unless it passed, and returns `false`; in that copy, returns `true`.
+///
+/// ```ignore
+/// if !isolated("exec::tests::pid1_reaping") { return; }
+/// // ... the test itself
+/// ```
+pub fn isolated(name: &str) -> bool {
+    if std::env::var(ISOLATED_TEST).is_ok_and(|v| v == name) {
+        return true;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => panic!("the test binary: {e}"),
+    };
+    let out = std::process::Command::new(&exe)
+        .args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env(ISOLATED_TEST, name)
+        .output();
+    match out {
+        // A name that matches no test passes too: insist on one.
+        Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).contains("1 passed") => {
+            false
+        }
+        Ok(o) => panic!(
+            "{name} in its own process: {}\n{}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => panic!("run {}: {e}", exe.display()),
     }
 }

@@ -8,9 +8,11 @@
 //! [`AGENT_VSOCK_PORT`](husk_agent_protocol::AGENT_VSOCK_PORT).
 //!
 //! Protobuf types stay inside this module: callers get [`AgentVersion`],
-//! [`GuestInfo`] and, for a guest restored from a template,
-//! [`ReidentifyOutcome`] for the [`Identity`] they send.
+//! [`GuestInfo`], for a guest restored from a template [`ReidentifyOutcome`]
+//! for the [`Identity`] they send, [`Mounted`] for a [`MountSpec`] and
+//! [`ExecOutput`] for an [`ExecCommand`].
 
+mod guest_ops;
 mod identity;
 
 use std::io::{self, Read, Write};
@@ -20,13 +22,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use husk_agent_protocol::agent::{
-    GuestInfoRequest, HealthRequest, ShutdownRequest, VersionRequest,
+    GuestInfoRequest, HealthRequest, ShutdownRequest, UnmountRequest, VersionRequest,
 };
 use husk_agent_protocol::agent_ttrpc::AgentClient as RpcClient;
-use husk_agent_protocol::AGENT_VSOCK_PORT;
+use husk_agent_protocol::{AGENT_VSOCK_PORT, EXEC_STDIN_MAX};
 use thiserror::Error;
 use ttrpc::context::{self, Context};
 
+pub use guest_ops::{ExecCommand, ExecOutput, ExecStatus, MountSource, MountSpec, Mounted};
 pub use identity::{uuid_v4, Identity, ReidentifyOutcome, FRESH_SEED_LEN};
 
 /// The longest handshake reply line accepted, `\n` included.
@@ -38,6 +41,9 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(50);
 const REPLY_BOUND: Duration = Duration::from_secs(3);
 /// Default bound on one call.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much longer than its command's timeout an `Exec` call may take: the
+/// agent waits up to 5 s for a killed command to be reaped, plus transfer.
+pub const EXEC_CALL_MARGIN: Duration = Duration::from_secs(15);
 
 /// Why one hybrid-vsock handshake failed.
 #[derive(Debug, Error)]
@@ -100,6 +106,13 @@ pub enum AgentClientError {
     Transport {
         method: &'static str,
         source: ttrpc::Error,
+    },
+    #[error("agent {method}: {what} is {len} bytes, at most {max}")]
+    TooLarge {
+        method: &'static str,
+        what: &'static str,
+        len: usize,
+        max: usize,
     },
 }
 
@@ -303,6 +316,51 @@ impl AgentClient {
         Ok(r.into())
     }
 
+    /// Mounts a disk (by serial or `/dev` path) or a virtio-fs share (by
+    /// tag) in the guest. A field the agent refuses is an
+    /// [`Rpc`](AgentClientError::Rpc) error with code `INVALID_ARGUMENT`
+    /// naming it; an unknown serial `NOT_FOUND` (listing the disks there
+    /// are); a failed mount `INTERNAL` naming device and mount point.
+    pub fn mount(&self, spec: &MountSpec) -> Result<Mounted, AgentClientError> {
+        let req = spec.to_request();
+        let r = self.call("Mount", |c, ctx| c.mount(ctx, &req))?;
+        Ok(r.into())
+    }
+
+    /// Syncs and unmounts `target` in the guest; `NOT_FOUND` when nothing is
+    /// mounted there.
+    pub fn unmount(&self, target: &str) -> Result<(), AgentClientError> {
+        let req = UnmountRequest {
+            target: target.to_owned(),
+            ..Default::default()
+        };
+        self.call("Unmount", |c, ctx| c.unmount(ctx, &req))?;
+        Ok(())
+    }
+
+    /// Runs `cmd` in the guest to completion or its timeout; the call
+    /// itself is bounded by the larger of the call timeout and the
+    /// command's plus [`EXEC_CALL_MARGIN`]. A command that fails is an
+    /// answer ([`ExecStatus`]); an error means it did not run: `NOT_FOUND`
+    /// for a program that is not there, `INVALID_ARGUMENT` naming a bad
+    /// field.
+    pub fn exec(&self, cmd: &ExecCommand) -> Result<ExecOutput, AgentClientError> {
+        if cmd.stdin.len() > EXEC_STDIN_MAX {
+            return Err(AgentClientError::TooLarge {
+                method: "Exec",
+                what: "stdin",
+                len: cmd.stdin.len(),
+                max: EXEC_STDIN_MAX,
+            });
+        }
+        let req = cmd.to_request();
+        let bound = self
+            .call_timeout
+            .max(cmd.timeout.saturating_add(EXEC_CALL_MARGIN));
+        let r = self.call_within("Exec", bound, |c, ctx| c.exec(ctx, &req))?;
+        Ok(r.into())
+    }
+
     /// Asks the guest to power off; it replies first, then resets the VM.
     pub fn shutdown(&self) -> Result<(), AgentClientError> {
         self.call("Shutdown", |c, ctx| {
@@ -316,10 +374,19 @@ impl AgentClient {
         method: &'static str,
         f: impl FnOnce(&RpcClient, Context) -> ttrpc::Result<T>,
     ) -> Result<T, AgentClientError> {
+        self.call_within(method, self.call_timeout, f)
+    }
+
+    fn call_within<T>(
+        &self,
+        method: &'static str,
+        timeout: Duration,
+        f: impl FnOnce(&RpcClient, Context) -> ttrpc::Result<T>,
+    ) -> Result<T, AgentClientError> {
         let start = Instant::now();
-        let nanos = i64::try_from(self.call_timeout.as_nanos()).unwrap_or(i64::MAX);
+        let nanos = i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX);
         f(&self.rpc, context::with_timeout(nanos))
-            .map_err(|e| classify(method, self.call_timeout, start.elapsed(), e))
+            .map_err(|e| classify(method, timeout, start.elapsed(), e))
     }
 }
 

@@ -9,10 +9,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{socket_path, FakeMuxer, Mode};
-use husk_agent::testing::FakeFacts;
-use husk_agent_protocol::API_VERSION;
+use husk_agent::testing::{FakeFacts, FakeSysfs};
+use husk_agent_protocol::{API_VERSION, EXEC_STDIN_MAX};
 use husk_shim::agent_client::{
-    AgentClient, AgentClientError, HandshakeError, Identity, ReidentifyOutcome, FRESH_SEED_LEN,
+    AgentClient, AgentClientError, ExecCommand, ExecStatus, HandshakeError, Identity, MountSource,
+    MountSpec, Mounted, ReidentifyOutcome, FRESH_SEED_LEN,
 };
 
 #[test]
@@ -208,4 +209,131 @@ fn reidentify_refusal_names_the_field() {
     }
     let i = c.guest_info().unwrap();
     assert_eq!(i.instance_id, i.boot_id, "identity unchanged");
+}
+
+#[test]
+fn exec_runs_a_command_and_reports_how_it_ended() {
+    let mux = FakeMuxer::start("exec", Mode::Agent);
+    let c = AgentClient::connect(&mux.uds_path, Duration::from_secs(5))
+        .unwrap()
+        .with_call_timeout(Duration::from_secs(1));
+    let mut cmd = ExecCommand::new(["sh", "-c", "cat; echo err >&2; exit 3"]);
+    cmd.stdin = b"in\n".to_vec();
+    let out = c.exec(&cmd).unwrap();
+    assert_eq!(out.status, ExecStatus::Exited(3));
+    assert_eq!(
+        (out.stdout.as_slice(), out.stderr.as_slice()),
+        (&b"in\n"[..], &b"err\n"[..])
+    );
+    assert!(!out.stdout_truncated && !out.stderr_truncated);
+
+    // Longer than the call timeout: the command's own bounds the call.
+    let out = c.exec(&ExecCommand::new(["sleep", "1.5"])).unwrap();
+    assert_eq!(out.status, ExecStatus::Exited(0));
+
+    let mut cmd = ExecCommand::new(["sleep", "30"]);
+    cmd.timeout = Duration::from_millis(200);
+    assert_eq!(c.exec(&cmd).unwrap().status, ExecStatus::TimedOut);
+
+    let out = c
+        .exec(&ExecCommand::new(["sh", "-c", "kill -USR1 $$"]))
+        .unwrap();
+    assert_eq!(out.status, ExecStatus::Signaled(libc::SIGUSR1));
+}
+
+#[test]
+fn exec_errors_keep_their_code() {
+    let mux = FakeMuxer::start("exec-err", Mode::Agent);
+    let c = AgentClient::connect(&mux.uds_path, Duration::from_secs(5)).unwrap();
+    match c
+        .exec(&ExecCommand::new(["no-such-program-husk"]))
+        .unwrap_err()
+    {
+        AgentClientError::Rpc {
+            method: "Exec",
+            code: ttrpc::Code::NOT_FOUND,
+            message,
+        } => assert!(message.contains("\"no-such-program-husk\""), "{message}"),
+        other => panic!("unexpected error {other}"),
+    }
+    let e = c.exec(&ExecCommand::new(Vec::<String>::new())).unwrap_err();
+    assert!(
+        matches!(&e, AgentClientError::Rpc { code: ttrpc::Code::INVALID_ARGUMENT, message, .. } if message.starts_with("exec: argv: empty")),
+        "{e}"
+    );
+    let mut cmd = ExecCommand::new(["cat"]);
+    cmd.stdin = vec![0; EXEC_STDIN_MAX + 1];
+    let e = c.exec(&cmd).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "agent Exec: stdin is {} bytes, at most {EXEC_STDIN_MAX}",
+            EXEC_STDIN_MAX + 1
+        )
+    );
+}
+
+#[test]
+fn mount_and_unmount() {
+    let sys = FakeSysfs::new("client");
+    sys.disk("vda", Some("root"));
+    sys.disk("vdb", Some("data"));
+    let facts = FakeFacts {
+        sysfs_root: sys.root().to_owned(),
+        ..FakeFacts::default()
+    };
+    let mux = FakeMuxer::start_with_facts("mount", facts.clone());
+    let c = AgentClient::connect(&mux.uds_path, Duration::from_secs(5)).unwrap();
+    let mut spec = MountSpec::new(MountSource::Disk("data".into()), "/mnt/data");
+    spec.read_only = true;
+    let m = c.mount(&spec).unwrap();
+    assert_eq!(
+        m,
+        Mounted {
+            device: "/dev/vdb".into(),
+            target: "/mnt/data".into(),
+            fstype: "ext4".into(),
+        }
+    );
+    assert!(facts.applied().mounts[0].read_only);
+    let m = c
+        .mount(&MountSpec::new(
+            MountSource::Share("rootfs".into()),
+            "/run/c",
+        ))
+        .unwrap();
+    assert_eq!(
+        (m.device.as_str(), m.fstype.as_str()),
+        ("rootfs", "virtiofs")
+    );
+
+    c.unmount("/mnt/data").unwrap();
+    assert_eq!(facts.applied().mounts.len(), 1);
+    let e = c.unmount("/mnt/data").unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            AgentClientError::Rpc {
+                method: "Unmount",
+                code: ttrpc::Code::NOT_FOUND,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = c
+        .mount(&MountSpec::new(MountSource::Disk("nope".into()), "/mnt/x"))
+        .unwrap_err();
+    match e {
+        AgentClientError::Rpc {
+            method: "Mount",
+            code: ttrpc::Code::NOT_FOUND,
+            message,
+        } => assert_eq!(
+            message,
+            "mount: no virtio-blk disk with serial \"nope\" \
+             (found: vda serial \"root\", vdb serial \"data\")"
+        ),
+        other => panic!("unexpected error {other}"),
+    }
 }

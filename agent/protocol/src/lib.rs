@@ -26,9 +26,20 @@ pub const LOG_VSOCK_PORT: u32 = 1025;
 /// API gains or changes meaning.
 ///
 /// 2: `Reidentify`, `GuestInfoResponse.instance_id`.
-pub const API_VERSION: u32 = 2;
+/// 3: `Mount`, `Unmount`, `Exec`.
+pub const API_VERSION: u32 = 3;
 /// What `Health` answers while the agent serves requests.
 pub const HEALTH_SERVING: &str = "SERVING";
+/// The most bytes of stdout, and of stderr, an `ExecResponse` carries. Both
+/// together stay well below ttrpc's 4 MiB message limit.
+pub const EXEC_OUTPUT_CAP: usize = 1 << 20;
+/// The most bytes of `ExecRequest.stdin` the agent takes (ttrpc messages are
+/// at most 4 MiB).
+pub const EXEC_STDIN_MAX: usize = 2 << 20;
+/// How long `Exec` lets a command run when the request says 0.
+pub const EXEC_DEFAULT_TIMEOUT_MS: u32 = 60_000;
+/// The PATH a command gets when the request's environment sets none.
+pub const EXEC_DEFAULT_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[cfg(test)]
 mod tests {

@@ -50,6 +50,13 @@ enum AgentCommand {
     /// Connect through the VM's hybrid-vsock socket and print what the agent
     /// reports (version, kernel, boot id, memory, uptime).
     Ping(agent::PingArgs),
+    /// Run a command in the guest to completion: its output and exit code
+    /// become husk's (128+N for signal N, 124 on timeout).
+    Exec(agent::ExecArgs),
+    /// Mount a virtio-blk disk (by serial) or a virtio-fs share (by tag).
+    Mount(agent::MountArgs),
+    /// Sync and unmount a mount point in the guest.
+    Umount(agent::UmountArgs),
 }
 
 fn main() {
@@ -67,9 +74,12 @@ fn main() {
         Command::Vm {
             command: VmCommand::Run(args),
         } => vm_run::run(&args, start),
-        Command::Agent {
-            command: AgentCommand::Ping(args),
-        } => agent::ping(&args),
+        Command::Agent { command } => match command {
+            AgentCommand::Ping(args) => agent::ping(&args),
+            AgentCommand::Exec(args) => agent::exec(&args),
+            AgentCommand::Mount(args) => agent::mount(&args),
+            AgentCommand::Umount(args) => agent::umount(&args),
+        },
         Command::Template {
             command: TemplateCommand::Create(args),
         } => template::run_create(&args),

@@ -50,7 +50,17 @@ impl FakeMuxer {
     /// Like [`start`](Self::start), but the socket appears only after
     /// `delay` (as when the VM is still starting).
     pub fn start_after(name: &str, mode: Mode, delay: Duration) -> Self {
-        let agent = UnixAgent::start(name, FakeFacts::default()).unwrap();
+        Self::start_with(name, mode, delay, FakeFacts::default())
+    }
+
+    /// Like [`start`](Self::start), with these guest facts (shared with the
+    /// caller's clone: what the agent applies shows there).
+    pub fn start_with_facts(name: &str, facts: FakeFacts) -> Self {
+        Self::start_with(name, Mode::Agent, Duration::ZERO, facts)
+    }
+
+    fn start_with(name: &str, mode: Mode, delay: Duration, facts: FakeFacts) -> Self {
+        let agent = UnixAgent::start(name, facts).unwrap();
         let uds_path = socket_path(name);
         let connects = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
