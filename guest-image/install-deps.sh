@@ -3,7 +3,7 @@
 # they are already there (so it is cheap to run every time).
 set -euo pipefail
 # busybox-static: the debug initramfs's tools (a static /bin/busybox).
-pkgs=(linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio python3 gcc make xz-utils patch util-linux busybox-static)
+pkgs=(linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio python3 gcc make xz-utils patch util-linux e2fsprogs busybox-static)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -406,6 +406,24 @@ pub fn unmount(mounts: &dyn GuestMounts, target: &str) -> Result<PathBuf, MountE
     Ok(target)
 }
 
+/// virtio-fs sends FUSE_INIT in the background: mount(2) succeeds even when
+/// the host refuses the session (a template's share with no directory
+/// yet). A stat of the root waits for INIT's answer; on failure the mount
+/// is detached and the error says what happened.
+fn check_fuse_session(target: &Path) -> io::Result<()> {
+    let Err(e) = std::fs::metadata(target) else {
+        return Ok(());
+    };
+    if let Ok(t) = c_string(target.as_os_str().as_bytes()) {
+        // SAFETY: `t` is a valid NUL-terminated string that outlives the call.
+        unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+    }
+    Err(io::Error::new(
+        e.kind(),
+        format!("the host does not serve this share (no directory behind it yet?): {e}"),
+    ))
+}
+
 fn c_string(s: &[u8]) -> io::Result<CString> {
     CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in an argument"))
 }
@@ -444,6 +462,9 @@ impl GuestMounts for ProcFacts {
         };
         if rc != 0 {
             return Err(io::Error::last_os_error());
+        }
+        if call.fstype == "virtiofs" {
+            check_fuse_session(&call.target)?;
         }
         Ok(())
     }

@@ -310,6 +310,7 @@ impl Share {
             Ok(n) => match op {
                 opcode::INIT => {
                     self.mounted = true;
+                    super::init::amend_init_reply(mem, &layout.readable, &layout.writable, n);
                     n
                 }
                 opcode::DESTROY => {

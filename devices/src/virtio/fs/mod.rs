@@ -39,6 +39,7 @@
 mod backend;
 mod device;
 mod event_handler;
+mod init;
 mod relay;
 pub mod request;
 

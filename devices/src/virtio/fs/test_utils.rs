@@ -282,11 +282,15 @@ impl Rig {
     }
 
     pub fn init(&mut self) -> Result<InitOut, i32> {
+        self.init_with_flags(0)
+    }
+
+    pub fn init_with_flags(&mut self, flags: u32) -> Result<InitOut, i32> {
         let arg = InitIn {
             major: 7,
             minor: 31,
             max_readahead: 128 * 1024,
-            flags: 0,
+            flags,
         };
         self.call(opcode::INIT, 0, arg.as_slice(), REPLY_ROOM).ok()
     }

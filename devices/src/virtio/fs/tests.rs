@@ -811,3 +811,29 @@ fn in_header_matches_the_abi() {
         super::request::IN_HEADER_SIZE
     );
 }
+
+#[test]
+fn init_turns_on_large_requests_the_guest_offered() {
+    use super::init::{BIG_WRITES, MAX_PAGES, MAX_REQ_PAGES, MAX_WRITE};
+    // Offered: 1 MiB writes and 256-page requests, within the bounds.
+    let mut rig = Rig::new(false);
+    let init = rig.init_with_flags(BIG_WRITES | MAX_PAGES | 1).unwrap();
+    assert_eq!(
+        init.flags & (BIG_WRITES | MAX_PAGES),
+        BIG_WRITES | MAX_PAGES
+    );
+    assert_eq!((init.max_write, init.max_pages), (MAX_WRITE, MAX_REQ_PAGES));
+    assert!(init.max_write + 80 <= MAX_REQUEST_BYTES);
+    assert!(init.max_write + 16 <= super::MAX_REPLY_BYTES);
+    let (entry, fh) = rig.create(ROOT, b"big", 0o644, libc::O_RDWR).unwrap();
+    let node = entry.nodeid;
+    let data: Vec<u8> = (0..MAX_WRITE).map(|i| (i % 251) as u8).collect();
+    assert_eq!(rig.write(node, fh, 0, &data).unwrap(), MAX_WRITE);
+    assert_eq!(rig.read(node, fh, 0, MAX_WRITE).unwrap(), data);
+
+    // Not offered: the server's reply stands.
+    let mut rig = Rig::new(false);
+    let init = rig.init_with_flags(0).unwrap();
+    assert_eq!(init.flags & (BIG_WRITES | MAX_PAGES), 0);
+    assert!(init.max_write <= 4096, "{}", init.max_write);
+}
