@@ -101,18 +101,6 @@ impl Guest {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// Runs `script`, which must fail; returns its stderr.
-    fn fails(&self, script: &str) -> String {
-        let out = self.sh(script);
-        assert_ne!(
-            out.status,
-            ExecStatus::Exited(0),
-            "guest `{script}` should have failed; stdout: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
     fn mount(&self, source: MountSource, target: &str, read_only: bool) {
         let mut spec = MountSpec::new(source, target);
         spec.read_only = read_only;
