@@ -123,7 +123,7 @@ def main():
         vm.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"host {kind.split(": ", 1)[-1].split(" (")[0]}; guest {a.mem_mib} MiB, 1 vCPU; "
+    print(f"host {kind.split(': ', 1)[-1].split(' (')[0]}; guest {a.mem_mib} MiB, 1 vCPU; "
           f"{a.size_mib} MiB file, random passes {a.seconds:g} s; "
           f"one `husk agent exec` of /bin/true: {exec_s * 1000:.0f} ms\n")
     for title, guest, host, note in [
