@@ -8,12 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{Block, BlockConfig, QUEUE_SIZE};
+use crate::virtio::test_queue::split;
 use crate::virtio::{ActivateContext, ActiveQueue, InterruptKind, VirtioDevice, VirtioInterrupt};
 
 const MEM_SIZE: usize = 0x200_0000;
@@ -22,10 +21,15 @@ const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
 /// The test image: 1 MiB.
 pub const DISK_SECTORS: u64 = 2048;
+pub const NEXT: u16 = VRING_DESC_F_NEXT;
+pub const WRITE: u16 = VRING_DESC_F_WRITE;
+pub const INDIRECT: u16 = 4;
 
 #[derive(Default)]
 pub struct CountingInterrupt {
     pub queue: AtomicUsize,
+    /// Calls of [`VirtioInterrupt::needs_reset`].
+    pub needs_reset: AtomicUsize,
 }
 
 impl VirtioInterrupt for CountingInterrupt {
@@ -33,6 +37,11 @@ impl VirtioInterrupt for CountingInterrupt {
         if kind == InterruptKind::Queue {
             self.queue.fetch_add(1, Ordering::SeqCst);
         }
+        Ok(())
+    }
+
+    fn needs_reset(&self) -> std::io::Result<()> {
+        self.needs_reset.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -55,8 +64,7 @@ impl Guest {
     /// A guest and the context that activates a device with its queue.
     pub fn new() -> (Self, ActivateContext) {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-        let mock = MockSplitQueue::create(&mem, GuestAddress(0), QUEUE_SIZE);
-        let queue: Queue = mock.create_queue().unwrap();
+        let (queue, (desc, avail, used)) = split(0, QUEUE_SIZE);
         let notify = EventFd::new(EFD_NONBLOCK).unwrap();
         let irq = Arc::new(CountingInterrupt::default());
         let ctx = ActivateContext {
@@ -70,9 +78,9 @@ impl Guest {
             }],
         };
         let g = Self {
-            desc: mock.desc_table_addr().0,
-            avail: mock.avail_addr().0,
-            used: mock.used_addr().0,
+            desc,
+            avail,
+            used,
             mem,
             next_desc: 0,
             avail_idx: 0,
@@ -124,6 +132,41 @@ impl Guest {
             .unwrap();
         self.notify.write(1).unwrap();
         head
+    }
+
+    /// Writes descriptor `idx` as given (for chains no driver should make).
+    pub fn write_desc(&self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = GuestAddress(self.desc + 16 * u64::from(idx));
+        self.mem.write_obj(addr, at).unwrap();
+        self.mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
+        self.mem.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
+        self.mem.write_obj(next, GuestAddress(at.0 + 14)).unwrap();
+    }
+
+    /// Reserves `n` descriptor slots for a hand-built chain; returns the first.
+    pub fn take_descs(&mut self, n: u16) -> u16 {
+        let first = self.next_desc;
+        self.next_desc = (self.next_desc + n) % QUEUE_SIZE;
+        first
+    }
+
+    /// Makes `head` available (whatever it is) and kicks.
+    pub fn publish(&mut self, head: u16) {
+        let slot = u64::from(self.avail_idx % QUEUE_SIZE);
+        self.mem
+            .write_obj(head, GuestAddress(self.avail + 4 + 2 * slot))
+            .unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.set_avail_idx(self.avail_idx);
+    }
+
+    /// Writes the available index the driver publishes, and kicks.
+    pub fn set_avail_idx(&mut self, idx: u16) {
+        self.avail_idx = idx;
+        self.mem
+            .write_obj(idx, GuestAddress(self.avail + 2))
+            .unwrap();
+        self.notify.write(1).unwrap();
     }
 
     /// Used entries since the last call: (head, len).
