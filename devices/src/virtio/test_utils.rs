@@ -15,10 +15,12 @@ use crate::virtio::{InterruptKind, VirtioInterrupt};
 pub const VRING_DESC_F_NEXT: u16 = 1;
 pub const VRING_DESC_F_WRITE: u16 = 2;
 
-/// Counts queue interrupts.
+/// Counts queue interrupts and requests for a device reset.
 #[derive(Default)]
 pub struct CountingInterrupt {
     pub queue: AtomicUsize,
+    /// Calls of [`VirtioInterrupt::needs_reset`].
+    pub needs_reset: AtomicUsize,
 }
 
 impl VirtioInterrupt for CountingInterrupt {
@@ -26,6 +28,11 @@ impl VirtioInterrupt for CountingInterrupt {
         if kind == InterruptKind::Queue {
             self.queue.fetch_add(1, Ordering::SeqCst);
         }
+        Ok(())
+    }
+
+    fn needs_reset(&self) -> std::io::Result<()> {
+        self.needs_reset.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -97,6 +104,20 @@ impl SplitQueueDriver {
         mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
         mem.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
         mem.write_obj(next, GuestAddress(at.0 + 14)).unwrap();
+    }
+
+    /// Reserves `n` descriptor slots for a hand-built chain; returns the
+    /// first.
+    pub fn take_descs(&mut self, n: u16) -> u16 {
+        let first = self.next_desc;
+        self.next_desc = (self.next_desc + n) % self.size;
+        first
+    }
+
+    /// Writes the available index the driver publishes (any value).
+    pub fn set_avail_idx(&mut self, mem: &GuestMemoryMmap, idx: u16) {
+        self.avail_idx = idx;
+        mem.write_obj(idx, GuestAddress(self.avail + 2)).unwrap();
     }
 
     /// Puts `head` in the available ring.

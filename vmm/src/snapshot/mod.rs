@@ -147,6 +147,14 @@ impl Snapshot {
             path: p.clone(),
             source,
         })?;
+        Self::from_bytes(&bytes, &p)
+    }
+
+    /// Parses and checks a state file's contents; `path` names it in errors.
+    /// The bytes are untrusted: nothing here panics on them (fuzzed by
+    /// `tests/fuzz` target `snapshot_load`).
+    pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Self, SnapshotError> {
+        let p = path.to_string();
         // Check the header before the body, so an old snapshot gets a
         // version error rather than a parse error.
         #[derive(Deserialize)]
@@ -155,7 +163,7 @@ impl Snapshot {
             format_version: u32,
             husk_version: String,
         }
-        let h: Header = serde_json::from_slice(&bytes).map_err(|e| SnapshotError::Corrupt {
+        let h: Header = serde_json::from_slice(bytes).map_err(|e| SnapshotError::Corrupt {
             path: p.clone(),
             reason: e.to_string(),
         })?;
@@ -172,7 +180,7 @@ impl Snapshot {
                 found_format: h.format_version,
             });
         }
-        let s: Snapshot = serde_json::from_slice(&bytes).map_err(|e| SnapshotError::Corrupt {
+        let s: Snapshot = serde_json::from_slice(bytes).map_err(|e| SnapshotError::Corrupt {
             path: p.clone(),
             reason: e.to_string(),
         })?;
@@ -382,5 +390,22 @@ mod tests {
 
         std::fs::remove_dir_all(&d).unwrap();
         assert!(matches!(Snapshot::read(&d), Err(SnapshotError::Io { .. })));
+    }
+
+    #[test]
+    fn from_bytes_checks_like_read_and_names_the_path() {
+        let json = serde_json::to_vec(&sample()).unwrap();
+        let s = Snapshot::from_bytes(&json, "t/snapshot.json").unwrap();
+        assert_eq!(s.mem_mib, 64);
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"{\"format\":1}",
+            &json[..json.len() / 2],
+        ] {
+            let e = Snapshot::from_bytes(bad, "t/snapshot.json").unwrap_err();
+            assert!(e.to_string().contains("t/snapshot.json"), "{e}");
+        }
     }
 }

@@ -22,8 +22,8 @@ use super::request::{
 use super::{BlockConfig, BlockError, QUEUE_SIZE};
 use crate::virtio::vsock::WarnLimiter;
 use crate::virtio::{
-    device_type, read_config_bytes, ActivateContext, ActivateError, InterruptKind, VirtioDevice,
-    VirtioInterrupt,
+    device_type, pop_chain, read_config_bytes, ActivateContext, ActivateError, InterruptKind,
+    VirtioDevice, VirtioInterrupt,
 };
 
 const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
@@ -42,6 +42,8 @@ pub(super) struct Active {
     pub queue: Queue,
     /// The queue's notify eventfd (a KVM ioeventfd).
     pub notify: EventFd,
+    /// The driver broke the queue: nothing is served until a reset.
+    pub broken: bool,
 }
 
 /// A block device's state, as saved in a snapshot (the queue is saved by
@@ -233,13 +235,27 @@ impl Block {
     }
 
     /// Serves every available request; interrupts once if any was used.
+    /// A queue the driver broke (an available index more than a ring ahead,
+    /// a head outside the ring) stops the device until the driver resets it.
     pub(super) fn process_queue(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
+        if active.broken {
+            return;
+        }
         let mem = &active.mem;
         let mut used_any = false;
-        while let Some(chain) = active.queue.pop_descriptor_chain(mem) {
+        let mut broken = None;
+        loop {
+            let chain = match pop_chain(&mut active.queue, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    broken = Some(e);
+                    break;
+                }
+            };
             let head = chain.head_index();
             let used = match parse_request(mem, chain, self.disk.capacity) {
                 Ok(req) => {
@@ -273,12 +289,23 @@ impl Block {
                 }
             };
             if let Err(e) = active.queue.add_used(mem, head, used) {
-                tracing::error!("block: adding a used entry: {e}");
+                broken = Some(e);
+                break;
             }
             used_any = true;
         }
         if used_any {
             if let Err(e) = active.interrupt.trigger(InterruptKind::Queue) {
+                tracing::error!("block: interrupting the guest: {e}");
+            }
+        }
+        if let Some(e) = broken {
+            tracing::warn!(
+                path = %self.disk.path.display(),
+                "block: the driver broke the request queue ({e}); the device needs a reset"
+            );
+            active.broken = true;
+            if let Err(e) = active.interrupt.needs_reset() {
                 tracing::error!("block: interrupting the guest: {e}");
             }
         }
@@ -525,6 +552,7 @@ impl VirtioDevice for Block {
             interrupt: ctx.interrupt,
             queue: aq.queue,
             notify: aq.notify,
+            broken: false,
         });
         tracing::debug!(path = %self.disk.path.display(), "block: activated");
         self.kick_event_loop();

@@ -370,11 +370,16 @@ pub fn parse_request(
 
     let (kind, data, data_len) = match type_ {
         VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
-            let (len, data) = if type_ == VIRTIO_BLK_T_IN {
-                (in_len, in_data())
+            // Data in the wrong direction (a read's buffer the device may
+            // not write, a write's the device should not) is refused.
+            let (len, data, wrong_way) = if type_ == VIRTIO_BLK_T_IN {
+                (in_len, in_data(), out_len)
             } else {
-                (out_len, out_data())
+                (out_len, out_data(), in_len)
             };
+            if wrong_way != 0 {
+                return Err(err(RequestError::UnexpectedData(wrong_way)));
+            }
             if !len.is_multiple_of(SECTOR_SIZE) {
                 return Err(err(RequestError::Unaligned(len)));
             }
@@ -399,6 +404,9 @@ pub fn parse_request(
             (RequestKind::Flush, Vec::new(), 0)
         }
         VIRTIO_BLK_T_GET_ID => {
+            if out_len != 0 {
+                return Err(err(RequestError::UnexpectedData(out_len)));
+            }
             if in_len == 0 {
                 return Err(err(RequestError::NoIdBuffer));
             }
@@ -661,6 +669,28 @@ mod tests {
         put_hdr(&m, VIRTIO_BLK_T_GET_ID, 0);
         let e = error(&m, &[d(HDR, 16, 0), d(STATUS, 1, W)]);
         assert_eq!(e.error, RequestError::NoIdBuffer);
+    }
+
+    #[test]
+    fn data_in_the_wrong_direction_is_refused() {
+        let m = mem();
+        let st = Some(GuestAddress(STATUS));
+        // A read whose buffer the device may only read.
+        put_hdr(&m, VIRTIO_BLK_T_IN, 0);
+        let e = error(&m, &[d(HDR, 16, 0), d(DATA, 512, 0), d(STATUS, 1, W)]);
+        assert_eq!(e.error, RequestError::UnexpectedData(512));
+        assert_eq!(e.status, st);
+        // A write whose data the device may write (the header too, here).
+        put_hdr(&m, VIRTIO_BLK_T_OUT, 0);
+        let e = error(&m, &[d(HDR, 16, 0), d(DATA, 512, W), d(STATUS, 1, W)]);
+        assert_eq!(e.error, RequestError::UnexpectedData(512));
+        let e = error(&m, &[d(HDR, 16 + 512, 0), d(DATA, 512, W), d(STATUS, 1, W)]);
+        assert_eq!(e.error, RequestError::UnexpectedData(512));
+        // GET_ID with readable bytes after the header.
+        put_hdr(&m, VIRTIO_BLK_T_GET_ID, 0);
+        let e = error(&m, &[d(HDR, 36, 0), d(STATUS, 1, W)]);
+        assert_eq!(e.error, RequestError::UnexpectedData(20));
+        assert_eq!(e.error.status_code(), VIRTIO_BLK_S_IOERR as u8);
     }
 
     #[test]

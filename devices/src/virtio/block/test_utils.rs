@@ -20,6 +20,9 @@ const MEM_SIZE: usize = 0x200_0000;
 const BUF_START: u64 = 0x10_0000;
 /// The test image: 1 MiB.
 pub const DISK_SECTORS: u64 = 2048;
+pub const NEXT: u16 = crate::virtio::test_utils::VRING_DESC_F_NEXT;
+pub const WRITE: u16 = crate::virtio::test_utils::VRING_DESC_F_WRITE;
+pub const INDIRECT: u16 = 4;
 
 /// The driver's view of the request queue.
 pub struct Guest {
@@ -73,6 +76,29 @@ impl Guest {
     /// Used entries since the last call: (head, len).
     pub fn used(&mut self) -> Vec<(u16, u32)> {
         self.queue.used(&self.mem)
+    }
+
+    /// Writes descriptor `idx` as given (for chains no driver should make).
+    pub fn write_desc(&self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        self.queue
+            .write_desc(&self.mem, idx, addr, len, flags, next);
+    }
+
+    /// Reserves `n` descriptor slots for a hand-built chain; returns the first.
+    pub fn take_descs(&mut self, n: u16) -> u16 {
+        self.queue.take_descs(n)
+    }
+
+    /// Makes `head` available (whatever it is) and kicks.
+    pub fn publish(&mut self, head: u16) {
+        self.queue.make_available(&self.mem, head);
+        self.notify.write(1).unwrap();
+    }
+
+    /// Writes the available index the driver publishes, and kicks.
+    pub fn set_avail_idx(&mut self, idx: u16) {
+        self.queue.set_avail_idx(&self.mem, idx);
+        self.notify.write(1).unwrap();
     }
 
     /// A request header in guest memory.

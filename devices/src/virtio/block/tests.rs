@@ -11,7 +11,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_WRITE_ZEROES,
 };
 
-use super::test_utils::{checksum, pattern, Guest, Rig, DISK_SECTORS};
+use super::test_utils::{checksum, pattern, Guest, Rig, DISK_SECTORS, INDIRECT, NEXT, WRITE};
 use super::{Block, BlockConfig, BlockError, BlockState};
 use crate::virtio::{device_type, VirtioDevice};
 
@@ -300,4 +300,186 @@ fn creation_errors_name_the_path() {
     .err()
     .unwrap();
     assert!(matches!(e, BlockError::IdTooLong { len: 21, .. }), "{e}");
+}
+
+/// Publishes a hand-built chain at `head`, runs the loop, and returns the
+/// used entries.
+fn run_raw(rig: &mut Rig, head: u16) -> Vec<(u16, u32)> {
+    rig.guest.publish(head);
+    rig.pump();
+    rig.guest.used()
+}
+
+/// Chains no driver should make: each is completed (with an error status
+/// where the chain has a status byte, else with length 0), nothing reaches
+/// the image, and the next good request is served.
+#[test]
+fn guest_garbage_chains_complete_and_the_next_request_is_served() {
+    let mut rig = Rig::new(false);
+    let before = rig.image_bytes();
+    let served = |rig: &mut Rig| {
+        let (status, used, data) = rig.read(7, 1);
+        assert_eq!((status, used), (OK, 513));
+        assert_eq!(data, pattern(7));
+    };
+
+    // A descriptor loop: header → status → header → ... (TTL-bounded).
+    let h = rig.guest.header(VIRTIO_BLK_T_IN, 0);
+    let s = rig.guest.status();
+    let first = rig.guest.take_descs(2);
+    rig.guest.write_desc(first, h, 16, NEXT, first + 1);
+    rig.guest.write_desc(first + 1, s, 1, WRITE | NEXT, first);
+    assert_eq!(run_raw(&mut rig, first), vec![(first, 1)]);
+    assert_eq!(rig.guest.byte(s), IOERR);
+    served(&mut rig);
+
+    // Huge lengths: a buffer of almost 4 GiB; chains adding up past 4 GiB
+    // (virtio-queue ends the walk there, so the status byte is not seen).
+    let h = rig.guest.header(VIRTIO_BLK_T_IN, 0);
+    let s = rig.guest.status();
+    assert_eq!(
+        rig.run(&[(h, 16, false), (h, 0xffff_0000, true), (s, 1, true)]),
+        1
+    );
+    assert_eq!(rig.guest.byte(s), IOERR);
+    assert_eq!(
+        rig.run(&[(h, 16, false), (h, u32::MAX, true), (s, 1, true)]),
+        0
+    );
+    let d = rig.guest.alloc(512);
+    let bufs = [
+        (h, 16, false),
+        (d, 0x8000_0000, true),
+        (d, 0x8000_0000, true),
+        (s, 1, true),
+    ];
+    assert_eq!(rig.run(&bufs), 0, "the walk stops at 4 GiB: no status byte");
+    served(&mut rig);
+
+    // Bad addresses: past guest memory, and wrapping the address space.
+    let s = rig.guest.status();
+    assert_eq!(rig.run(&[(u64::MAX - 8, 16, false), (s, 1, true)]), 1);
+    assert_eq!(rig.guest.byte(s), IOERR);
+    let h = rig.guest.header(VIRTIO_BLK_T_IN, 0);
+    assert_eq!(rig.run(&[(h, 16, false), (u64::MAX, 1, true)]), 0);
+    served(&mut rig);
+
+    // Wrong directions: a read into a buffer the device may not write, a
+    // write from one it may, a status byte the device may not write.
+    let h = rig.guest.header(VIRTIO_BLK_T_IN, 0);
+    let d = rig.guest.alloc(512);
+    let s = rig.guest.status();
+    assert_eq!(rig.run(&[(h, 16, false), (d, 512, false), (s, 1, true)]), 1);
+    assert_eq!(rig.guest.byte(s), IOERR);
+    let h = rig.guest.header(VIRTIO_BLK_T_OUT, 0);
+    let s = rig.guest.status();
+    assert_eq!(rig.run(&[(h, 16, false), (d, 512, true), (s, 1, true)]), 1);
+    assert_eq!(rig.guest.byte(s), IOERR);
+    let h = rig.guest.header(VIRTIO_BLK_T_OUT, 0);
+    let s = rig.guest.status();
+    assert_eq!(
+        rig.run(&[(h, 16, false), (d, 512, false), (s, 1, false)]),
+        0
+    );
+    assert_eq!(rig.guest.byte(s), 0xff, "no status byte to write");
+    served(&mut rig);
+
+    // Zero-length descriptors only.
+    let h = rig.guest.header(VIRTIO_BLK_T_IN, 0);
+    let s = rig.guest.status();
+    assert_eq!(rig.run(&[(h, 0, false), (s, 0, true)]), 0);
+    assert_eq!(rig.guest.byte(s), 0xff);
+    served(&mut rig);
+
+    // An indirect table whose entry points at the table itself, and one
+    // that is the queue's own descriptor table: a nested indirect ends
+    // the walk, the chain is empty.
+    let table = rig.guest.alloc(64);
+    let head = rig.guest.take_descs(1);
+    rig.guest.write_desc(head, table, 16, INDIRECT, 0);
+    let raw = |at: u64, len: u32, flags: u16| {
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&at.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d
+    };
+    rig.guest
+        .mem
+        .write_slice(&raw(table, 16, INDIRECT), vm_memory::GuestAddress(table))
+        .unwrap();
+    assert_eq!(run_raw(&mut rig, head), vec![(head, 0)]);
+    // (The queue's table is at 0; its entry 0 is the indirect one.)
+    rig.guest.write_desc(0, 0, 16 * 256, INDIRECT, 0);
+    assert_eq!(run_raw(&mut rig, 0), vec![(0, 0)]);
+    served(&mut rig);
+
+    // An indirect table far longer than a request may be: refused whole.
+    let n = 1000u64;
+    let table = rig.guest.alloc(16 * n as u32);
+    let h = rig.guest.header(VIRTIO_BLK_T_IN, 0);
+    let d = rig.guest.alloc(512);
+    let s = rig.guest.status();
+    let mut bytes = raw(h, 16, NEXT).to_vec();
+    for i in 1..n - 1 {
+        let mut e = raw(d, 512, WRITE | NEXT);
+        e[14..16].copy_from_slice(&((i + 1) as u16).to_le_bytes());
+        bytes.extend(e);
+    }
+    bytes[14..16].copy_from_slice(&1u16.to_le_bytes());
+    bytes.extend(raw(s, 1, WRITE));
+    rig.guest
+        .mem
+        .write_slice(&bytes, vm_memory::GuestAddress(table))
+        .unwrap();
+    let head = rig.guest.take_descs(1);
+    rig.guest
+        .write_desc(head, table, 16 * n as u32, INDIRECT, 0);
+    assert_eq!(run_raw(&mut rig, head), vec![(head, 1)]);
+    assert_eq!(rig.guest.byte(s), IOERR);
+    served(&mut rig);
+
+    assert_eq!(rig.guest.irq.needs_reset.load(Ordering::SeqCst), 0);
+    assert_eq!(rig.image_bytes(), before);
+}
+
+/// A ring the driver broke (a head outside it, an available index more
+/// than a ring ahead) stops the device and asks for a reset; after one it
+/// works again.
+#[test]
+fn broken_rings_need_a_reset() {
+    for breakage in 0..2 {
+        let mut rig = Rig::new(false);
+        assert_eq!(rig.read(1, 1).0, OK);
+        if breakage == 0 {
+            assert!(
+                run_raw(&mut rig, 256).is_empty(),
+                "head 256 of a 256-entry ring"
+            );
+        } else {
+            rig.guest.set_avail_idx(1 + 300);
+            rig.pump();
+        }
+        assert_eq!(rig.guest.irq.needs_reset.load(Ordering::SeqCst), 1);
+        // Broken: even a good request waits for the reset.
+        let h = rig.guest.header(VIRTIO_BLK_T_IN, 0);
+        let d = rig.guest.alloc(512);
+        let s = rig.guest.status();
+        rig.guest
+            .submit(&[(h, 16, false), (d, 512, true), (s, 1, true)]);
+        rig.pump();
+        assert!(rig.guest.used().is_empty());
+        assert_eq!(
+            rig.guest.irq.needs_reset.load(Ordering::SeqCst),
+            1,
+            "asked once"
+        );
+        rig.dev.lock().unwrap().reset();
+        rig.pump();
+        let (guest, ctx) = Guest::new();
+        rig.guest = guest;
+        rig.dev.lock().unwrap().activate(ctx).unwrap();
+        rig.pump();
+        assert_eq!(rig.read(2, 1).2, pattern(2));
+    }
 }

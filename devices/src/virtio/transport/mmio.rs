@@ -7,6 +7,12 @@
 //! registers only take writes between FEATURES_OK and DRIVER_OK, and nothing
 //! the guest writes can make the VMM panic.
 //!
+//! Queue configuration the device cannot honour (a size that is zero, not a
+//! power of two or above the queue's maximum, a misaligned ring address) is
+//! remembered, not silently replaced: DRIVER_OK with such a queue ready
+//! fails activation and sets DEVICE_NEEDS_RESET. So a device only ever runs
+//! queues of at most its own maximum size, with rings inside guest memory.
+//!
 //! Snapshots: [`MmioTransport::state`] and [`MmioTransport::restore`] (in
 //! `mmio/snapshot.rs`).
 
@@ -15,7 +21,7 @@ mod snapshot;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
@@ -43,6 +49,9 @@ pub struct MmioTransport {
     interrupt: Arc<MmioInterrupt>,
     notify: Vec<EventFd>,
     queues: Vec<Queue>,
+    /// Per queue: what the driver wrote that the queue refused ([`Fault`]
+    /// bits), cleared by a valid write of the same register.
+    faults: Vec<u8>,
     status: u32,
     device_features_sel: u32,
     driver_features_sel: u32,
@@ -136,6 +145,7 @@ impl MmioTransport {
             mem,
             interrupt,
             notify,
+            faults: vec![0; queues.len()],
             queues,
             status: 0,
             device_features_sel: 0,
@@ -147,9 +157,15 @@ impl MmioTransport {
         })
     }
 
-    /// The device status register.
+    /// The device status register: the driver's bits, and
+    /// DEVICE_NEEDS_RESET when activation failed or the running device
+    /// asked for a reset (a queue the driver broke).
     pub fn status(&self) -> u32 {
-        self.status
+        if self.interrupt.device_needs_reset() {
+            self.status | status::DEVICE_NEEDS_RESET
+        } else {
+            self.status
+        }
     }
 
     /// Whether the device is running.
@@ -163,6 +179,20 @@ impl MmioTransport {
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
         self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// Applies a queue register write that `set` may refuse, recording the
+    /// refusal as `fault` on the selected queue.
+    fn configure_queue(&mut self, fault: u8, set: impl FnOnce(&mut Queue) -> bool) {
+        let sel = self.queue_sel as usize;
+        let (Some(q), Some(faults)) = (self.queues.get_mut(sel), self.faults.get_mut(sel)) else {
+            return;
+        };
+        if set(q) {
+            *faults &= !fault;
+        } else {
+            *faults |= fault;
+        }
     }
 
     /// Queue registers are writable only while features are negotiated and
@@ -200,7 +230,7 @@ impl MmioTransport {
                 .get(self.queue_sel as usize)
                 .map_or(0, |q| u32::from(q.ready())),
             0x60 => self.interrupt.status(),
-            0x70 => self.status,
+            0x70 => self.status(),
             0xfc => self.config_generation,
             _ => 0,
         }
@@ -220,11 +250,10 @@ impl MmioTransport {
             0x24 => self.driver_features_sel = v,
             0x30 => self.queue_sel = v,
             0x38 if self.queue_config_allowed() => {
-                if let Some(q) = self.selected_queue() {
-                    // Queue validates the size (power of two, <= max);
-                    // an invalid one leaves the queue invalid until fixed.
-                    q.set_size(v as u16);
-                }
+                // Queue validates the size (a power of two, <= max).
+                self.configure_queue(Fault::SIZE, |q| {
+                    u16::try_from(v).is_ok_and(|size| q.try_set_size(size).is_ok())
+                })
             }
             0x44 if self.queue_config_allowed() => {
                 if let Some(q) = self.selected_queue() {
@@ -241,18 +270,24 @@ impl MmioTransport {
             0x64 => self.interrupt.ack(v),
             0x70 => self.write_status(v),
             0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 if self.queue_config_allowed() => {
-                let high = offset & 0x4 != 0;
-                let (lo, hi) = if high {
-                    (None, Some(v))
-                } else {
-                    (Some(v), None)
-                };
-                if let Some(q) = self.selected_queue() {
-                    match offset & !0x4 {
-                        0x80 => q.set_desc_table_address(lo, hi),
-                        0x90 => q.set_avail_ring_address(lo, hi),
-                        _ => q.set_used_ring_address(lo, hi),
+                // One half of a 64-bit address; Queue checks the alignment.
+                let merge = |old: u64| {
+                    if offset & 0x4 != 0 {
+                        GuestAddress((old & 0xffff_ffff) | (u64::from(v) << 32))
+                    } else {
+                        GuestAddress((old & !0xffff_ffff) | u64::from(v))
                     }
+                };
+                match offset & !0x4 {
+                    0x80 => self.configure_queue(Fault::DESC, |q| {
+                        q.try_set_desc_table_address(merge(q.desc_table())).is_ok()
+                    }),
+                    0x90 => self.configure_queue(Fault::AVAIL, |q| {
+                        q.try_set_avail_ring_address(merge(q.avail_ring())).is_ok()
+                    }),
+                    _ => self.configure_queue(Fault::USED, |q| {
+                        q.try_set_used_ring_address(merge(q.used_ring())).is_ok()
+                    }),
                 }
             }
             _ => {}
@@ -321,8 +356,16 @@ impl MmioTransport {
                 index,
                 reason,
             };
+            let faults = self.faults.get(index).copied().unwrap_or(0);
+            if faults != 0 {
+                return Err(unusable(Fault::describe(faults, q.max_size())));
+            }
             if !q.is_valid(&self.mem) {
                 return Err(unusable("its rings are not within guest memory".into()));
+            }
+            // virtio-queue takes an available ring at 0 for "not set up".
+            if q.avail_ring() == 0 {
+                return Err(unusable("its available ring is at guest address 0".into()));
             }
             let notify = evt
                 .try_clone()
@@ -364,12 +407,42 @@ impl MmioTransport {
         for q in self.queues.iter_mut() {
             q.reset();
         }
+        self.faults.fill(0);
         self.status = 0;
         self.driver_features = 0;
         self.driver_features_sel = 0;
         self.device_features_sel = 0;
         self.queue_sel = 0;
         self.interrupt.clear();
+    }
+}
+
+/// Queue registers whose last write the queue refused.
+struct Fault;
+
+impl Fault {
+    const SIZE: u8 = 1;
+    const DESC: u8 = 2;
+    const AVAIL: u8 = 4;
+    const USED: u8 = 8;
+
+    fn describe(faults: u8, max: u16) -> String {
+        let mut what = Vec::new();
+        if faults & Self::SIZE != 0 {
+            what.push(format!(
+                "the driver wrote a size that is not a power of two up to {max}"
+            ));
+        }
+        for (bit, ring, align) in [
+            (Self::DESC, "descriptor table", 16),
+            (Self::AVAIL, "available ring", 2),
+            (Self::USED, "used ring", 4),
+        ] {
+            if faults & bit != 0 {
+                what.push(format!("the {ring} address is not {align}-byte aligned"));
+            }
+        }
+        what.join("; ")
     }
 }
 
@@ -669,6 +742,155 @@ mod tests {
         state.lock().unwrap().fail_activate = true;
         negotiate(&mut t, VIRTIO_F_VERSION_1);
         setup_queue(&mut t, 0, 16, 0x1_0000);
+        w(&mut t, 0x70, ALL);
+        assert!(!t.is_activated());
+        assert_ne!(t.status() & status::DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn invalid_queue_sizes_are_refused_at_driver_ok() {
+        // Queue 0's maximum is 16: zero, not a power of two, above the
+        // maximum, and a 32-bit value whose low half would pass.
+        for bad in [0, 3, 12, 32, 1 << 15, 0x1_0010] {
+            let (mut t, state, _, _) = setup();
+            negotiate(&mut t, VIRTIO_F_VERSION_1);
+            setup_queue(&mut t, 0, bad, 0x1_0000);
+            w(&mut t, 0x70, ALL);
+            assert!(!t.is_activated(), "size {bad:#x}");
+            assert_ne!(t.status() & status::DEVICE_NEEDS_RESET, 0, "size {bad:#x}");
+            assert!(state.lock().unwrap().activations.is_empty());
+        }
+        // A later valid write repairs it: the device gets that size.
+        let (mut t, state, _, _) = setup();
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 0, 3, 0x1_0000);
+        w(&mut t, 0x38, 8);
+        w(&mut t, 0x70, ALL);
+        assert!(t.is_activated());
+        assert_eq!(state.lock().unwrap().activated_queues[0][0].1.size, 8);
+        // A reset forgets a refused size.
+        w(&mut t, 0x70, 0);
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 1, 9, 0x2_0000);
+        w(&mut t, 0x70, 0);
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 1, 8, 0x2_0000);
+        w(&mut t, 0x70, ALL);
+        assert!(t.is_activated());
+    }
+
+    #[test]
+    fn misaligned_ring_addresses_are_refused_at_driver_ok() {
+        for (reg, addr) in [(0x80, 0x1_0008), (0x90, 0x1_1001), (0xa0, 0x1_2002)] {
+            let (mut t, state, _, _) = setup();
+            negotiate(&mut t, VIRTIO_F_VERSION_1);
+            setup_queue(&mut t, 0, 16, 0x1_0000);
+            w(&mut t, reg, addr);
+            w(&mut t, 0x70, ALL);
+            assert!(!t.is_activated(), "register {reg:#x} = {addr:#x}");
+            assert_ne!(t.status() & status::DEVICE_NEEDS_RESET, 0);
+            assert!(state.lock().unwrap().activations.is_empty());
+        }
+        // Writing the high half never misaligns; a fixed low half clears it.
+        let (mut t, state, _, _) = setup();
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 0, 16, 0x1_0000);
+        w(&mut t, 0x80, 0x1_0004);
+        w(&mut t, 0x84, 0);
+        w(&mut t, 0x80, 0x1_0000);
+        w(&mut t, 0x70, ALL);
+        assert!(t.is_activated());
+        assert_eq!(
+            state.lock().unwrap().activated_queues[0][0].1.desc_table,
+            0x1_0000
+        );
+    }
+
+    /// Every register, width and value order the driver should never use:
+    /// the transport survives, and a device only ever gets ready queues of
+    /// a valid size with rings in guest memory.
+    #[test]
+    fn garbage_register_accesses() {
+        let (mut t, state, _, _) = setup();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..20_000 {
+            let r = next();
+            let offset = (r >> 8) % 0x140;
+            let width = [1, 2, 3, 4, 8][(r % 5) as usize];
+            let value = (next() as u32) & [0xff, 0x1ff, 0xffff, u32::MAX][(r >> 40) as usize % 4];
+            let mut buf = [0u8; 8];
+            buf[..4].copy_from_slice(&value.to_le_bytes());
+            if r & 0x80 != 0 {
+                t.read(offset, &mut buf[..width]);
+            } else if r & 0x40 != 0 && i % 7 == 0 {
+                // Steer towards activation now and then.
+                w(&mut t, 0x70, 0);
+                negotiate(&mut t, VIRTIO_F_VERSION_1);
+                setup_queue(
+                    &mut t,
+                    (r >> 20) as u32 % 3,
+                    value & 0x3f,
+                    (r >> 24) & 0xf_f000,
+                );
+                w(&mut t, 0x70, ALL);
+            } else {
+                t.write(offset & !3, &buf[..width]);
+            }
+            if t.is_activated() {
+                assert_ne!(t.status() & status::DRIVER_OK, 0);
+            }
+        }
+        let d = state.lock().unwrap();
+        assert!(!d.activations.is_empty(), "some sequences activated");
+        let max = [16u16, 8];
+        for queues in &d.activated_queues {
+            for (index, q) in queues {
+                assert!(q.ready);
+                assert!(q.size.is_power_of_two() && q.size <= max[*index], "{q:?}");
+                assert!(q.desc_table % 16 == 0 && q.avail_ring % 2 == 0 && q.used_ring % 4 == 0);
+                assert!(
+                    q.used_ring + 6 + 8 * u64::from(q.size) <= 0x10_0000,
+                    "{q:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn device_asking_for_a_reset_shows_until_the_reset() {
+        let (mut t, state, intr, irq) = setup();
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 0, 16, 0x1_0000);
+        w(&mut t, 0x70, ALL);
+        assert!(t.is_activated());
+        // The running device found the driver broke a queue.
+        intr.needs_reset().unwrap();
+        assert_eq!(r(&mut t, 0x70), ALL | status::DEVICE_NEEDS_RESET);
+        assert_eq!(r(&mut t, 0x60) & 2, 2, "configuration change");
+        assert_eq!(irq.read().unwrap(), 1);
+        // Not a transport state: a restored device finds the ring again.
+        assert_eq!(t.state().status, ALL);
+        w(&mut t, 0x70, 0);
+        assert_eq!(r(&mut t, 0x70), 0);
+        assert_eq!(state.lock().unwrap().resets, 1);
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 0, 16, 0x1_0000);
+        w(&mut t, 0x70, ALL);
+        assert_eq!(r(&mut t, 0x70), ALL);
+    }
+
+    #[test]
+    fn avail_ring_at_zero_is_refused() {
+        let (mut t, _state, _, _) = setup();
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 0, 16, 0x1_0000);
+        w(&mut t, 0x90, 0);
         w(&mut t, 0x70, ALL);
         assert!(!t.is_activated());
         assert_ne!(t.status() & status::DEVICE_NEEDS_RESET, 0);

@@ -195,8 +195,8 @@ impl Connection {
         (!set.is_empty()).then_some(set)
     }
 
-    /// Bytes held for the Unix socket (guest data not yet forwarded).
-    #[cfg(test)]
+    /// Bytes held for the Unix socket (guest data not yet forwarded); at
+    /// most [`CONN_BUF_ALLOC`].
     pub fn buffered(&self) -> usize {
         self.tx_buf.len()
     }

@@ -18,8 +18,8 @@ use super::{
     VIRTIO_VSOCK_EVENT_TRANSPORT_RESET,
 };
 use crate::virtio::{
-    device_type, read_config_bytes, ActivateContext, ActivateError, InterruptKind, VirtioDevice,
-    VirtioInterrupt,
+    device_type, pop_chain, read_config_bytes, ActivateContext, ActivateError, InterruptKind,
+    VirtioDevice, VirtioInterrupt,
 };
 
 const NAME: &str = "vsock";
@@ -32,6 +32,8 @@ pub(super) struct Active {
     pub queues: [Queue; 3],
     /// The queues' notify eventfds (KVM ioeventfds), by queue index.
     pub notify: [EventFd; 3],
+    /// The driver broke a queue: nothing is served until a reset.
+    pub broken: bool,
 }
 
 /// A vsock device's state, as saved in a snapshot. Connections are not
@@ -105,6 +107,11 @@ impl Vsock {
         self.guest_cid
     }
 
+    /// What the device holds now: connections and buffered bytes.
+    pub fn stats(&self) -> super::VsockStats {
+        self.muxer.stats()
+    }
+
     /// The device's snapshot state (queues are saved by the transport).
     pub fn state(&self) -> VsockState {
         VsockState {
@@ -156,13 +163,18 @@ impl Vsock {
         let Some(active) = self.active.as_mut() else {
             return false;
         };
-        if !self.pending_transport_reset {
+        if !self.pending_transport_reset || active.broken {
             return false;
         }
         let mem = &active.mem;
         let q = &mut active.queues[EVENT_QUEUE];
-        let Some(chain) = q.pop_descriptor_chain(mem) else {
-            return false;
+        let chain = match pop_chain(q, mem) {
+            Ok(Some(chain)) => chain,
+            Ok(None) => return false,
+            Err(e) => {
+                broken(active, "event", &e);
+                return false;
+            }
         };
         let head = chain.head_index();
         let used = match write_event(mem, chain, VIRTIO_VSOCK_EVENT_TRANSPORT_RESET) {
@@ -185,25 +197,29 @@ impl Vsock {
                 0
             }
         };
-        add_used(q, mem, head, used);
-        true
+        add_used(active, EVENT_QUEUE, head, used)
     }
 
     /// Handles the guest's TX packets; true if buffers were used.
     fn process_tx(&mut self) -> bool {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.active.as_mut().filter(|a| !a.broken) else {
             return false;
         };
-        let mem = &active.mem;
-        let q = &mut active.queues[TX_QUEUE];
         let mut used_any = false;
         while !self.muxer.backlogged() {
-            let Some(chain) = q.pop_descriptor_chain(mem) else {
-                break;
+            let chain = match pop_chain(&mut active.queues[TX_QUEUE], &active.mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    broken(active, "TX", &e);
+                    break;
+                }
             };
             let head = chain.head_index();
-            let parsed = parse_tx(mem, chain);
-            add_used(q, mem, head, 0);
+            let parsed = parse_tx(&active.mem, chain);
+            if !add_used(active, TX_QUEUE, head, 0) {
+                break;
+            }
             used_any = true;
             match parsed {
                 Ok(pkt) => self.muxer.on_guest_packet(&pkt.hdr, &pkt.data),
@@ -223,40 +239,47 @@ impl Vsock {
 
     /// Fills the guest's RX buffers; true if buffers were used.
     fn process_rx(&mut self) -> bool {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.active.as_mut().filter(|a| !a.broken) else {
             return false;
         };
-        let mem = &active.mem;
-        let q = &mut active.queues[RX_QUEUE];
         let mut used_any = false;
         while self.muxer.has_pending_rx() {
-            let Some(chain) = q.pop_descriptor_chain(mem) else {
-                break;
+            let chain = match pop_chain(&mut active.queues[RX_QUEUE], &active.mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    broken(active, "RX", &e);
+                    break;
+                }
             };
             let head = chain.head_index();
-            let buf = match RxBuffer::parse(mem, chain) {
+            let buf = match RxBuffer::parse(&active.mem, chain) {
                 Ok(buf) => buf,
                 Err(e) => {
                     if self.warn.hit() {
                         tracing::warn!("vsock: returning a malformed RX buffer: {e}");
                     }
-                    add_used(q, mem, head, 0);
+                    if !add_used(active, RX_QUEUE, head, 0) {
+                        break;
+                    }
                     used_any = true;
                     continue;
                 }
             };
             let Some((hdr, data)) = self.muxer.next_rx_packet(buf.data_capacity()) else {
-                q.go_to_previous_position();
+                active.queues[RX_QUEUE].go_to_previous_position();
                 break;
             };
-            let used = match buf.write(mem, &hdr, &data) {
+            let used = match buf.write(&active.mem, &hdr, &data) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!("vsock: writing an RX packet: {e}");
                     0
                 }
             };
-            add_used(q, mem, head, used);
+            if !add_used(active, RX_QUEUE, head, used) {
+                break;
+            }
             used_any = true;
         }
         used_any
@@ -317,9 +340,27 @@ fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
     Ok(())
 }
 
-fn add_used(q: &mut Queue, mem: &GuestMemoryMmap, head: u16, len: u32) {
-    if let Err(e) = q.add_used(mem, head, len) {
-        tracing::error!("vsock: adding a used entry: {e}");
+/// Returns a chain to the driver; false (and the device broken) when the
+/// driver's head was outside the ring.
+fn add_used(active: &mut Active, queue: usize, head: u16, len: u32) -> bool {
+    match active.queues[queue].add_used(&active.mem, head, len) {
+        Ok(()) => true,
+        Err(e) => {
+            let name = ["RX", "TX", "event"][queue];
+            broken(active, name, &e);
+            false
+        }
+    }
+}
+
+/// The driver broke a queue: stop serving and ask for a reset.
+fn broken(active: &mut Active, queue: &str, e: &virtio_queue::Error) {
+    if !active.broken {
+        tracing::warn!("vsock: the driver broke the {queue} queue ({e}); the device needs a reset");
+    }
+    active.broken = true;
+    if let Err(e) = active.interrupt.needs_reset() {
+        tracing::error!("vsock: interrupting the guest: {e}");
     }
 }
 
@@ -365,6 +406,7 @@ impl VirtioDevice for Vsock {
             interrupt: ctx.interrupt,
             queues: [rx.0, tx.0, ev.0],
             notify: [rx.1, tx.1, ev.1],
+            broken: false,
         });
         tracing::debug!(guest_cid = self.guest_cid, "vsock: activated");
         self.kick_event_loop();

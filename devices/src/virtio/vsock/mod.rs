@@ -101,6 +101,23 @@ pub enum VsockError {
     },
 }
 
+/// What a vsock device holds now (for logs, tests and the fuzzer's
+/// resource-bound checks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VsockStats {
+    /// Established and connecting streams (at most [`MAX_CONNECTIONS`] with
+    /// the handshakes).
+    pub connections: usize,
+    /// Host connections still sending their `CONNECT` line.
+    pub handshakes: usize,
+    /// Guest bytes waiting for the Unix sockets, all streams together.
+    pub buffered_bytes: usize,
+    /// The most one stream holds (at most [`CONN_BUF_ALLOC`]).
+    pub max_buffered_bytes: usize,
+    /// Control packets (RSTs) waiting for RX buffers.
+    pub control_backlog: usize,
+}
+
 /// Limits warnings about guest misbehaviour: the first few, then every
 /// power of two.
 #[derive(Debug, Default)]

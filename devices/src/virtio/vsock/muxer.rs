@@ -20,8 +20,8 @@ use super::connection::{ConnKey, Connection, Verdict};
 use super::packet::PacketHeader;
 use super::uds::{connect_nonblocking, parse_connect_line};
 use super::{
-    op, VsockError, WarnLimiter, CONNECT_TIMEOUT, CONN_BUF_ALLOC, HOST_PORT_BASE, MAX_CONNECTIONS,
-    MAX_CONNECT_LINE, VSOCK_HOST_CID, VSOCK_TYPE_STREAM,
+    op, VsockError, VsockStats, WarnLimiter, CONNECT_TIMEOUT, CONN_BUF_ALLOC, HOST_PORT_BASE,
+    MAX_CONNECTIONS, MAX_CONNECT_LINE, VSOCK_HOST_CID, VSOCK_TYPE_STREAM,
 };
 
 /// Control packets (RSTs for unknown streams) held beyond which guest TX is
@@ -49,6 +49,8 @@ pub(super) struct Muxer {
     ctrl: VecDeque<PacketHeader>,
     graveyard: Vec<Dead>,
     next_local_port: u32,
+    /// [`MAX_CONNECTIONS`]; lowered by tests.
+    max_connections: usize,
     connect_timeout: Duration,
     warn: WarnLimiter,
 }
@@ -86,6 +88,7 @@ impl Muxer {
             ctrl: VecDeque::new(),
             graveyard: Vec::new(),
             next_local_port: HOST_PORT_BASE,
+            max_connections: MAX_CONNECTIONS,
             connect_timeout: CONNECT_TIMEOUT,
             warn: WarnLimiter::default(),
         })
@@ -105,8 +108,25 @@ impl Muxer {
     }
 
     #[cfg(test)]
+    pub fn set_max_connections(&mut self, n: usize) {
+        self.max_connections = n;
+    }
+
+    #[cfg(test)]
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// What the muxer holds now.
+    pub fn stats(&self) -> VsockStats {
+        let buffered = self.conns.values().map(Connection::buffered);
+        VsockStats {
+            connections: self.conns.len(),
+            handshakes: self.handshakes.len(),
+            buffered_bytes: buffered.clone().sum(),
+            max_buffered_bytes: buffered.max().unwrap_or(0),
+            control_backlog: self.ctrl.len(),
+        }
     }
 
     pub fn bury(&mut self, fd: Dead) {
@@ -214,7 +234,7 @@ impl Muxer {
                 }
             };
             // Never registered anywhere, so dropping it here just closes it.
-            if self.total() >= MAX_CONNECTIONS {
+            if self.total() >= self.max_connections {
                 tracing::warn!(path = %self.uds_path.display(), "vsock: too many connections, refusing a host connection");
                 continue;
             }
@@ -285,7 +305,7 @@ impl Muxer {
     }
 
     fn alloc_local_port(&mut self) -> Option<u32> {
-        for _ in 0..=MAX_CONNECTIONS {
+        for _ in 0..=self.max_connections {
             let port = self.next_local_port;
             self.next_local_port = port.checked_add(1).unwrap_or(HOST_PORT_BASE);
             if !self.conns.keys().any(|k| k.local_port == port) {
@@ -406,7 +426,7 @@ impl Muxer {
 
     /// A guest connection request to host port `key.local_port`.
     fn guest_connect(&mut self, key: ConnKey, hdr: &PacketHeader) {
-        if self.total() >= MAX_CONNECTIONS {
+        if self.total() >= self.max_connections {
             self.guest_warn(hdr, "a connection request beyond the connection limit");
             self.orphan_rst(hdr);
             return;

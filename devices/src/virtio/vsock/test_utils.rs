@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -19,6 +18,7 @@ use super::{
 };
 use crate::bus::BusDevice;
 use crate::virtio::interrupt::MmioInterrupt;
+use crate::virtio::test_queue::split;
 use crate::virtio::transport::MmioTransport;
 use crate::virtio::{
     ActivateContext, ActiveQueue, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
@@ -32,6 +32,8 @@ const VRING_DESC_F_WRITE: u16 = 2;
 #[derive(Default)]
 pub struct CountingInterrupt {
     pub queue: AtomicUsize,
+    /// Calls of [`VirtioInterrupt::needs_reset`].
+    pub needs_reset: AtomicUsize,
 }
 
 impl VirtioInterrupt for CountingInterrupt {
@@ -39,6 +41,11 @@ impl VirtioInterrupt for CountingInterrupt {
         if kind == InterruptKind::Queue {
             self.queue.fetch_add(1, Ordering::SeqCst);
         }
+        Ok(())
+    }
+
+    fn needs_reset(&self) -> std::io::Result<()> {
+        self.needs_reset.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -62,13 +69,12 @@ pub struct GuestQueue {
 }
 
 impl GuestQueue {
-    fn new(mem: &GuestMemoryMmap, base: u64, bufs: (u64, u64)) -> (Self, Queue) {
-        let mock = MockSplitQueue::create(mem, GuestAddress(base), QUEUE_SIZE);
-        let queue: Queue = mock.create_queue().unwrap();
+    fn new(base: u64, bufs: (u64, u64)) -> (Self, Queue) {
+        let (queue, (desc, avail, used)) = split(base, QUEUE_SIZE);
         let q = Self {
-            desc: mock.desc_table_addr().0,
-            avail: mock.avail_addr().0,
-            used: mock.used_addr().0,
+            desc,
+            avail,
+            used,
             next_desc: 0,
             avail_idx: 0,
             last_used: 0,
@@ -134,6 +140,12 @@ impl GuestQueue {
         self.avail_idx = self.avail_idx.wrapping_add(1);
         mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
             .unwrap();
+    }
+
+    /// Publishes any available index (a driver that lost count).
+    pub fn set_avail_idx(&mut self, mem: &GuestMemoryMmap, idx: u16) {
+        self.avail_idx = idx;
+        mem.write_obj(idx, GuestAddress(self.avail + 2)).unwrap();
     }
 
     /// Reserves descriptor slots for a hand-built chain.
@@ -208,9 +220,9 @@ pub struct TestGuest {
 impl TestGuest {
     pub fn new() -> (Self, ActivateContext) {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-        let (rx, rxq) = GuestQueue::new(&mem, 0, (0x10_0000, 0x90_0000));
-        let (tx, txq) = GuestQueue::new(&mem, 0x1_0000, (0x90_0000, 0x110_0000));
-        let (ev, evq) = GuestQueue::new(&mem, 0x2_0000, (0x110_0000, 0x120_0000));
+        let (rx, rxq) = GuestQueue::new(0, (0x10_0000, 0x90_0000));
+        let (tx, txq) = GuestQueue::new(0x1_0000, (0x90_0000, 0x110_0000));
+        let (ev, evq) = GuestQueue::new(0x2_0000, (0x110_0000, 0x120_0000));
         let notify: Vec<EventFd> = (0..3)
             .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
             .collect();

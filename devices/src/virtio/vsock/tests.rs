@@ -11,6 +11,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::packet::{PacketHeader, HDR_SIZE};
 use super::test_utils::{Rig, TestGuest};
 use super::*;
+use crate::virtio::transport::MmioTransport;
 use crate::virtio::VirtioDevice;
 
 pub(super) const GUEST_PORT: u32 = 5000;
@@ -557,4 +558,279 @@ fn transport_reset_event() {
 #[test]
 fn hdr_size_is_44() {
     assert_eq!(HDR_SIZE, 44);
+}
+
+/// MAX_CONNECTIONS (lowered here): guest requests beyond it get RST, host
+/// connections beyond it are closed; a freed slot can be used again.
+#[test]
+fn connections_beyond_the_limit_are_refused() {
+    assert_eq!(MAX_CONNECTIONS, 1024);
+    let mut rig = Rig::new();
+    rig.dev.lock().unwrap().muxer.set_max_connections(4);
+    let listener = host_listener(&rig, 1234);
+    rig.guest.provide_rx(32, 4096);
+    for i in 0..6u32 {
+        rig.guest
+            .send(rig.guest.hdr(op::REQUEST, 7000 + i, 1234), &[]);
+    }
+    rig.pump();
+    let got = rig.guest.recv();
+    let mut answers: Vec<(u32, u16)> = got.iter().map(|(h, _)| (h.dst_port, h.op)).collect();
+    answers.sort();
+    assert_eq!(
+        answers,
+        vec![
+            (7000, op::RESPONSE),
+            (7001, op::RESPONSE),
+            (7002, op::RESPONSE),
+            (7003, op::RESPONSE),
+            (7004, op::RST),
+            (7005, op::RST),
+        ]
+    );
+    assert_eq!(rig.dev.lock().unwrap().stats().connections, 4);
+    // A host connection beyond the limit is closed unanswered.
+    let mut host = UnixStream::connect(rig.uds()).unwrap();
+    host.write_all(b"CONNECT 1024\n").unwrap();
+    rig.pump();
+    assert!(rig.guest.recv().is_empty());
+    assert!(is_eof(&mut host));
+    // One closes: a new one fits.
+    assert!(rig
+        .exchange(rig.guest.hdr(op::RST, 7000, 1234), &[])
+        .is_empty());
+    let got = rig.exchange(rig.guest.hdr(op::REQUEST, 7006, 1234), &[]);
+    assert_eq!(ops(&got), vec![op::RESPONSE]);
+    drop(listener);
+}
+
+/// A guest that ignores the credit it was given never makes the device hold
+/// more than CONN_BUF_ALLOC bytes for the stream: it is reset instead.
+#[test]
+fn guest_ignoring_credit_is_bounded_by_conn_buf_alloc() {
+    let mut rig = Rig::new();
+    let (mut host, _l) = guest_connect(&mut rig, 4096);
+    let chunk = vec![7u8; MAX_PKT_DATA as usize];
+    let mut reset = false;
+    for _ in 0..32 {
+        let got = rig.exchange(rig.guest.hdr(op::RW, GUEST_PORT, 1234), &chunk);
+        let stats = rig.dev.lock().unwrap().stats();
+        assert!(
+            stats.max_buffered_bytes <= CONN_BUF_ALLOC as usize,
+            "{stats:?}"
+        );
+        if ops(&got).contains(&op::RST) {
+            reset = true;
+            break;
+        }
+    }
+    assert!(reset, "the host never reads: the stream is reset");
+    assert_eq!(rig.dev.lock().unwrap().stats(), VsockStats::default());
+    let _ = read_now(&mut host);
+    assert!(is_eof(&mut host));
+}
+
+/// Host data the guest has no room or credit for stays in the Unix socket:
+/// the device reads only into a guest RX buffer, never ahead.
+#[test]
+fn host_data_waits_in_the_socket_not_in_the_device() {
+    let mut rig = Rig::new();
+    let (mut host, _l) = guest_connect(&mut rig, 4096);
+    host.set_nonblocking(true).unwrap();
+    let mut written = 0usize;
+    let block = vec![1u8; 64 * 1024];
+    while written < 16 << 20 {
+        match host.write(&block) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+        rig.pump();
+    }
+    assert!(written > 4096, "the socket took {written} bytes");
+    // Only the advertised credit reached the guest; the rest is the
+    // socket's (bounded by the kernel), the device holds none of it.
+    let got = rig.guest.recv();
+    let bytes: usize = got.iter().map(|(_, d)| d.len()).sum();
+    assert_eq!(bytes, 4096);
+    assert_eq!(rig.dev.lock().unwrap().stats().buffered_bytes, 0);
+}
+
+/// A guest that floods packets for unknown streams and gives no RX buffers
+/// for the RSTs: the answers queue up to a bound, then TX pauses (its
+/// chains wait in the ring) until RX buffers drain them.
+#[test]
+fn unanswered_control_packets_are_bounded() {
+    let mut rig = Rig::new();
+    let mem = rig.guest.mem.clone();
+    let mut sent = 0u32;
+    for _ in 0..6 {
+        for _ in 0..200 {
+            // Header only: one descriptor, so 256 fit the ring.
+            rig.guest.send(rig.guest.hdr(op::RW, 10_000 + sent, 9), &[]);
+            sent += 1;
+        }
+        rig.pump();
+        rig.guest.tx.used(&mem);
+        let backlog = rig.dev.lock().unwrap().stats().control_backlog;
+        assert!(backlog <= 1024, "{backlog} RSTs queued");
+    }
+    assert_eq!(rig.dev.lock().unwrap().stats().control_backlog, 1024);
+    assert!(
+        rig.guest.tx.outstanding() > 0,
+        "TX paused: chains wait in the ring"
+    );
+    // RX buffers drain the backlog and TX resumes: every packet answered.
+    let mut rsts = 0;
+    for _ in 0..20 {
+        rig.guest.provide_rx(100, 64);
+        rig.pump();
+        rsts += rig.guest.recv().len();
+        rig.guest.tx.used(&mem);
+    }
+    assert_eq!(rsts, sent as usize);
+    assert_eq!(rig.guest.tx.outstanding(), 0);
+}
+
+/// TX chains no driver should make: each is returned, none disturbs a live
+/// stream, and the device keeps working.
+#[test]
+fn garbage_tx_chains_are_returned() {
+    let mut rig = Rig::new();
+    let (mut host, _l) = guest_connect(&mut rig, 4096);
+    let mem = rig.guest.mem.clone();
+    let a = rig.guest.tx.alloc(64);
+    let h = rig.guest.hdr(op::RW, GUEST_PORT, 1234);
+    mem.write_slice(&h.to_bytes(), GuestAddress(a)).unwrap();
+    // Zero-length descriptors only.
+    rig.guest
+        .tx
+        .add_chain(&mem, &[(a, 0, false), (a, 0, false)]);
+    // Huge lengths: one past guest memory, chains past 4 GiB in all.
+    rig.guest.tx.add_chain(&mem, &[(a, u32::MAX, false)]);
+    rig.guest
+        .tx
+        .add_chain(&mem, &[(a, 0x8000_0000, false), (a, 0x8000_0000, false)]);
+    // An indirect table whose entry is itself (nested: the walk ends).
+    let table = rig.guest.tx.alloc(16);
+    let mut raw = [0u8; 16];
+    raw[0..8].copy_from_slice(&table.to_le_bytes());
+    raw[8..12].copy_from_slice(&16u32.to_le_bytes());
+    raw[12..14].copy_from_slice(&4u16.to_le_bytes());
+    mem.write_slice(&raw, GuestAddress(table)).unwrap();
+    let head = rig.guest.tx.take_descs(1);
+    rig.guest.tx.write_desc(&mem, head, table, 16, 4, 0);
+    rig.guest.tx.publish(&mem, head);
+    // An indirect table of 60000 linked, empty descriptors (the walk is
+    // bounded by the table; no header: refused).
+    let big = 0x40_0000u64;
+    let mut table = Vec::with_capacity(16 * 60_000);
+    for i in 0..60_000u32 {
+        let mut e = [0u8; 16];
+        e[0..8].copy_from_slice(&a.to_le_bytes());
+        e[12..14].copy_from_slice(&1u16.to_le_bytes());
+        e[14..16].copy_from_slice(&((i + 1) as u16).to_le_bytes());
+        table.extend(e);
+    }
+    mem.write_slice(&table, GuestAddress(big)).unwrap();
+    let head = rig.guest.tx.take_descs(1);
+    rig.guest.tx.write_desc(&mem, head, big, 16 * 60_000, 4, 0);
+    rig.guest.tx.publish(&mem, head);
+    rig.guest.kick(TX_QUEUE);
+    rig.pump();
+    rig.guest.tx.used(&mem);
+    assert_eq!(
+        rig.guest.tx.harvested(),
+        rig.guest.tx.published(),
+        "every chain was returned"
+    );
+    assert!(rig.guest.recv().is_empty(), "nothing to answer");
+    // A huge length in a valid header for the live stream resets it.
+    let mut h = rig.guest.hdr(op::RW, GUEST_PORT, 1234);
+    h.len = u32::MAX;
+    mem.write_slice(&h.to_bytes(), GuestAddress(a)).unwrap();
+    rig.guest.tx.add_chain(&mem, &[(a, 44, false)]);
+    rig.guest.kick(TX_QUEUE);
+    rig.pump();
+    assert_eq!(ops(&rig.guest.recv()), vec![op::RST]);
+    assert!(is_eof(&mut host));
+    assert_eq!(
+        rig.guest
+            .irq
+            .needs_reset
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    // Still working.
+    let (mut host, _l2) = {
+        let listener = UnixListener::bind(format!("{}_4321", rig.uds().display())).unwrap();
+        let got = rig.exchange(rig.guest.hdr(op::REQUEST, 6000, 4321), &[]);
+        assert_eq!(ops(&got), vec![op::RESPONSE]);
+        (listener.accept().unwrap().0, listener)
+    };
+    rig.exchange(rig.guest.hdr(op::RW, 6000, 4321), b"ok");
+    assert_eq!(read_now(&mut host), b"ok");
+}
+
+/// A ring the driver broke (a head outside it, an available index more
+/// than a ring ahead) stops the device: the transport shows
+/// DEVICE_NEEDS_RESET with a configuration interrupt; after the driver's
+/// reset and a new initialization the device works again.
+#[test]
+fn broken_rings_set_device_needs_reset() {
+    use crate::virtio::status::{DEVICE_NEEDS_RESET, DRIVER_OK};
+    for (queue, breakage) in [
+        (TX_QUEUE, 0),
+        (TX_QUEUE, 1),
+        (RX_QUEUE, 0),
+        (EVENT_QUEUE, 1),
+    ] {
+        let (mut rig, mut t, intr) = Rig::with_transport();
+        let mem = rig.guest.mem.clone();
+        let q = match queue {
+            TX_QUEUE => &mut rig.guest.tx,
+            RX_QUEUE => &mut rig.guest.rx,
+            _ => &mut rig.guest.ev,
+        };
+        if breakage == 0 {
+            q.publish(&mem, QUEUE_SIZE);
+        } else {
+            q.set_avail_idx(&mem, QUEUE_SIZE + 1);
+        }
+        rig.guest.kick(queue);
+        // Something for RX and event queues to do.
+        let _listener = host_listener(&rig, 1234);
+        rig.guest
+            .send(rig.guest.hdr(op::REQUEST, GUEST_PORT, 1234), &[]);
+        rig.dev.lock().unwrap().send_transport_reset();
+        rig.pump();
+        let status = {
+            let mut b = [0u8; 4];
+            crate::bus::BusDevice::read(&mut t, 0x70, &mut b);
+            u32::from_le_bytes(b)
+        };
+        assert_ne!(
+            status & DEVICE_NEEDS_RESET,
+            0,
+            "queue {queue}, breakage {breakage}"
+        );
+        assert_ne!(status & DRIVER_OK, 0);
+        assert_eq!(intr.status() & 2, 2, "configuration interrupt");
+        // The driver resets the device and sets it up again.
+        crate::bus::BusDevice::write(&mut t, 0x70, &0u32.to_le_bytes());
+        assert_eq!(t.status(), 0);
+        let (guest, _ctx) = TestGuest::new();
+        rig.guest = guest;
+        let notify = rig.guest.notify_clones();
+        let mut t =
+            MmioTransport::new(rig.dev.clone(), rig.guest.mem.clone(), intr.clone(), notify)
+                .unwrap();
+        rig.guest.driver_init(&mut t);
+        rig.pump();
+        assert_eq!(t.status() & DEVICE_NEEDS_RESET, 0);
+        let (mut host, _port) = host_connect(&mut rig);
+        host.write_all(b"again").unwrap();
+        rig.pump();
+        assert_eq!(rig.guest.recv()[0].1, b"again");
+    }
 }

@@ -1,0 +1,125 @@
+//! The agent protocol from bytes: every request and response message of
+//! husk.agent.v1 (the agent decodes requests; the shim decodes responses,
+//! which a compromised guest writes), the ttrpc frame header and envelope,
+//! and the agent's own request validation (`Reidentify`).
+//!
+//! Checks: nothing panics; a decoded message re-encodes to bytes that
+//! decode to an encoding of the same size; what validation accepts is within the
+//! documented limits.
+//!
+//! Input: a selector byte, then either a message (selectors 0..=9) or a
+//! ttrpc frame: 10-byte header, then the payload.
+//!
+//! run.sh: -max_len=4096
+#![no_main]
+
+use husk_agent::identity::{NewIdentity, HOSTNAME_MAX, INSTANCE_ID_MAX, SEED_LEN};
+use husk_agent_protocol::agent::{
+    GuestInfoRequest, GuestInfoResponse, HealthRequest, HealthResponse, ReidentifyRequest,
+    ReidentifyResponse, ShutdownRequest, ShutdownResponse, VersionRequest, VersionResponse,
+};
+use libfuzzer_sys::fuzz_target;
+use protobuf::Message;
+use ttrpc::proto::{
+    MessageHeader, MESSAGE_HEADER_LENGTH, MESSAGE_LENGTH_MAX, MESSAGE_TYPE_REQUEST,
+    MESSAGE_TYPE_RESPONSE,
+};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    match selector % 12 {
+        0 => {
+            if let Some(r) = decode::<ReidentifyRequest>(rest) {
+                validate(&r);
+            }
+        }
+        1 => drop(decode::<VersionRequest>(rest)),
+        2 => drop(decode::<HealthRequest>(rest)),
+        3 => drop(decode::<GuestInfoRequest>(rest)),
+        4 => drop(decode::<ShutdownRequest>(rest)),
+        5 => drop(decode::<VersionResponse>(rest)),
+        6 => drop(decode::<HealthResponse>(rest)),
+        7 => drop(decode::<GuestInfoResponse>(rest)),
+        8 => drop(decode::<ShutdownResponse>(rest)),
+        9 => drop(decode::<ReidentifyResponse>(rest)),
+        _ => frame(rest),
+    }
+});
+
+/// Decodes `bytes` as `M`; a decoded message round-trips through its
+/// encoding (compared by length: unknown fields are re-encoded in hash
+/// order, and a NaN double never equals itself).
+fn decode<M: Message>(bytes: &[u8]) -> Option<M> {
+    let m = M::parse_from_bytes(bytes).ok()?;
+    let once = m.write_to_bytes().expect("a decoded message encodes");
+    let again = M::parse_from_bytes(&once).expect("an encoded message decodes");
+    let twice = again.write_to_bytes().expect("encodes");
+    assert_eq!(twice.len(), once.len(), "encoding is stable");
+    Some(m)
+}
+
+fn validate(r: &ReidentifyRequest) {
+    if let Ok(id) = NewIdentity::validate(&r.rng_seed, &r.hostname, &r.instance_id, r.time_unix_ns)
+    {
+        assert!(SEED_LEN.contains(&id.rng_seed.len()));
+        assert!((1..=HOSTNAME_MAX).contains(&id.hostname.len()));
+        assert!((1..=INSTANCE_ID_MAX).contains(&id.instance_id.len()));
+        assert!(id
+            .hostname
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+        assert!(id.instance_id.bytes().all(|b| b.is_ascii_graphic()));
+        assert!(id.time_unix_ns > 0);
+    }
+}
+
+/// A ttrpc frame: the header's length is checked before any payload is
+/// trusted; requests dispatch on the method name as the server does.
+fn frame(bytes: &[u8]) {
+    if bytes.len() < MESSAGE_HEADER_LENGTH {
+        return;
+    }
+    let (head, rest) = bytes.split_at(MESSAGE_HEADER_LENGTH);
+    let header = MessageHeader::from(head);
+    // As the sync channel does: an oversized frame is discarded unread.
+    let Ok(len) = usize::try_from(header.length) else {
+        return;
+    };
+    if len > MESSAGE_LENGTH_MAX || len > rest.len() {
+        return;
+    }
+    let payload = &rest[..len];
+    match header.type_ {
+        MESSAGE_TYPE_REQUEST => {
+            let Some(req) = decode::<ttrpc::Request>(payload) else {
+                return;
+            };
+            let p = &req.payload;
+            match req.method.as_str() {
+                "Reidentify" => {
+                    if let Some(r) = decode::<ReidentifyRequest>(p) {
+                        validate(&r);
+                    }
+                }
+                "Version" => drop(decode::<VersionRequest>(p)),
+                "Health" => drop(decode::<HealthRequest>(p)),
+                "GuestInfo" => drop(decode::<GuestInfoRequest>(p)),
+                "Shutdown" => drop(decode::<ShutdownRequest>(p)),
+                _ => {}
+            }
+        }
+        MESSAGE_TYPE_RESPONSE => {
+            let Some(resp) = decode::<ttrpc::Response>(payload) else {
+                return;
+            };
+            let p = &resp.payload;
+            drop(decode::<VersionResponse>(p));
+            drop(decode::<HealthResponse>(p));
+            drop(decode::<GuestInfoResponse>(p));
+            drop(decode::<ReidentifyResponse>(p));
+        }
+        _ => {}
+    }
+}
