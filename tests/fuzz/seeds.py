@@ -99,6 +99,32 @@ def blk_request():
     yield "batch", ring_input([0, 3, 5], table, data_area(pieces), size=None, prefix=u8(0))
 
 
+def fuse_in(op, nodeid, args, unique=1):
+    return u32(40 + len(args)) + u32(op) + u64(unique) + u64(nodeid) + bytes(16) + args
+
+
+def fuse_request():
+    def req(reqs, flags=0):
+        """reqs: [(fuse request bytes)], each answered into 512 bytes."""
+        pieces, table, heads = {}, b"", []
+        for i, r in enumerate(reqs):
+            a, w = 0x3000 + 0x200 * i, 0x5000 + 0x200 * i
+            pieces[a] = r
+            heads.append(2 * i)
+            table += chain([(a, len(r), 0), (w, 512, WRITE)], first=2 * i)
+        pieces[0x5000 + 0x200 * len(reqs)] = b"\0"
+        return ring_input(heads, table, data_area(pieces), size=None, prefix=u8(flags))
+    init = fuse_in(26, 0, u32(7) + u32(36) + u32(0x20000) + u32((1 << 5) | (1 << 22)))
+    yield "init", req([init])
+    yield "init_ro", req([init], flags=1)
+    yield "init_lookup_readlink", req([init, fuse_in(1, 1, b"up\0", 2), fuse_in(5, 2, b"", 3)])
+    yield "lookup_dotdot", req([init, fuse_in(1, 1, b"..\0", 2)])
+    # MKDIR(mode 0755, umask 0, "d") then CREATE(flags O_RDWR, mode 0644, "f")
+    yield "mkdir_create", req([init, fuse_in(9, 1, u32(0o755) + u32(0) + b"d\0", 2),
+                               fuse_in(35, 1, u32(2) + u32(0o644) + u32(0) + u32(0) + b"f\0", 3)])
+    yield "hiprio_forget", req([fuse_in(2, 1, u64(1))], flags=2)
+
+
 def vsock_packet():
     def tx(op, dst_sel=0, data=b"", src_sel=0, buf_alloc=65536, fwd=0, flags=0, hflags=0):
         return (u8(0) + u8(flags) + u8(src_sel) + u8(dst_sel) + u16(op) + u32(hflags)
@@ -174,7 +200,7 @@ def agent_proto():
 def main():
     for name, gen in [("virtq_chain", virtq_chain), ("blk_request", blk_request),
                       ("vsock_packet", vsock_packet), ("mmio_regs", mmio_regs),
-                      ("agent_proto", agent_proto)]:
+                      ("agent_proto", agent_proto), ("fuse_request", fuse_request)]:
         d = os.path.join(HERE, "corpus", name)
         os.makedirs(d, exist_ok=True)
         for seed, data in gen():
