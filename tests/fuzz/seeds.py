@@ -195,6 +195,13 @@ def agent_proto():
     yield "frame_request", u8(10) + struct.pack(">IIBB", len(req), 1, 1, 0) + req
     resp = field(2, info)
     yield "frame_response", u8(10) + struct.pack(">IIBB", len(resp), 1, 2, 0) + resp
+    mount = varint(1 << 3) + varint(2) + field(2, b"pod") + field(3, b"/mnt/pod")
+    yield "mount_request", u8(12) + mount
+    yield "mount_block", u8(12) + varint(1 << 3) + varint(1) + field(2, b"data") + field(3, b"/mnt/d") + field(4, b"ext4")
+    exe = field(1, b"/bin/sh") + field(1, b"-c") + field(1, b"echo hi") + field(2, b"A=B") + field(3, b"/")
+    yield "exec_request", u8(14) + exe
+    req = field(1, b"husk.agent.v1.Agent") + field(2, b"Exec") + field(3, exe)
+    yield "frame_exec", u8(10) + struct.pack(">IIBB", len(req), 1, 1, 0) + req
 
 
 def main():

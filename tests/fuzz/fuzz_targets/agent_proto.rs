@@ -1,22 +1,25 @@
 //! The agent protocol from bytes: every request and response message of
 //! husk.agent.v1 (the agent decodes requests; the shim decodes responses,
 //! which a compromised guest writes), the ttrpc frame header and envelope,
-//! and the agent's own request validation (`Reidentify`).
+//! and the agent's own request validation (`Reidentify`, `Mount`, `Exec`).
 //!
 //! Checks: nothing panics; a decoded message re-encodes to bytes that
 //! decode to an encoding of the same size; what validation accepts is within the
 //! documented limits.
 //!
-//! Input: a selector byte, then either a message (selectors 0..=9) or a
-//! ttrpc frame: 10-byte header, then the payload.
+//! Input: a selector byte, then either a message (selectors 0..=9 and
+//! 12..=17) or a ttrpc frame (10, 11): 10-byte header, then the payload.
 //!
 //! run.sh: -max_len=4096
 #![no_main]
 
+use husk_agent::exec::ExecSpec;
 use husk_agent::identity::{NewIdentity, HOSTNAME_MAX, INSTANCE_ID_MAX, SEED_LEN};
+use husk_agent::mount::MountSpec;
 use husk_agent_protocol::agent::{
-    GuestInfoRequest, GuestInfoResponse, HealthRequest, HealthResponse, ReidentifyRequest,
-    ReidentifyResponse, ShutdownRequest, ShutdownResponse, VersionRequest, VersionResponse,
+    ExecRequest, ExecResponse, GuestInfoRequest, GuestInfoResponse, HealthRequest, HealthResponse,
+    MountRequest, MountResponse, ReidentifyRequest, ReidentifyResponse, ShutdownRequest,
+    ShutdownResponse, UnmountRequest, UnmountResponse, VersionRequest, VersionResponse,
 };
 use libfuzzer_sys::fuzz_target;
 use protobuf::Message;
@@ -29,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else {
         return;
     };
-    match selector % 12 {
+    match selector % 18 {
         0 => {
             if let Some(r) = decode::<ReidentifyRequest>(rest) {
                 validate(&r);
@@ -44,7 +47,23 @@ fuzz_target!(|data: &[u8]| {
         7 => drop(decode::<GuestInfoResponse>(rest)),
         8 => drop(decode::<ShutdownResponse>(rest)),
         9 => drop(decode::<ReidentifyResponse>(rest)),
-        _ => frame(rest),
+        10 | 11 => frame(rest),
+        12 => {
+            if let Some(r) = decode::<MountRequest>(rest) {
+                validate_mount(&r);
+            }
+        }
+        13 => drop(
+            decode::<UnmountRequest>(rest).map(|r| husk_agent::mount::validate_target(&r.target)),
+        ),
+        14 => {
+            if let Some(r) = decode::<ExecRequest>(rest) {
+                validate_exec(&r);
+            }
+        }
+        15 => drop(decode::<MountResponse>(rest)),
+        16 => drop(decode::<UnmountResponse>(rest)),
+        _ => drop(decode::<ExecResponse>(rest)),
     }
 });
 
@@ -72,6 +91,32 @@ fn validate(r: &ReidentifyRequest) {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
         assert!(id.instance_id.bytes().all(|b| b.is_ascii_graphic()));
         assert!(id.time_unix_ns > 0);
+    }
+}
+
+/// What the agent accepts for a mount: an absolute target without `..`.
+fn validate_mount(r: &MountRequest) {
+    if let Ok(spec) = MountSpec::validate(
+        r.kind.enum_value().ok(),
+        &r.source,
+        &r.target,
+        &r.fstype,
+        r.read_only,
+        &r.options,
+    ) {
+        assert!(spec.target.is_absolute());
+        assert!(!spec
+            .target
+            .components()
+            .any(|c| c == std::path::Component::ParentDir));
+    }
+}
+
+/// What the agent accepts for a command: a non-empty argv, within limits.
+fn validate_exec(r: &ExecRequest) {
+    if let Ok(spec) = ExecSpec::validate(r) {
+        assert!(!spec.argv.is_empty());
+        assert!(spec.stdin.len() <= husk_agent_protocol::EXEC_STDIN_MAX);
     }
 }
 
@@ -107,6 +152,17 @@ fn frame(bytes: &[u8]) {
                 "Health" => drop(decode::<HealthRequest>(p)),
                 "GuestInfo" => drop(decode::<GuestInfoRequest>(p)),
                 "Shutdown" => drop(decode::<ShutdownRequest>(p)),
+                "Mount" => {
+                    if let Some(r) = decode::<MountRequest>(p) {
+                        validate_mount(&r);
+                    }
+                }
+                "Unmount" => drop(decode::<UnmountRequest>(p)),
+                "Exec" => {
+                    if let Some(r) = decode::<ExecRequest>(p) {
+                        validate_exec(&r);
+                    }
+                }
                 _ => {}
             }
         }
@@ -119,6 +175,8 @@ fn frame(bytes: &[u8]) {
             drop(decode::<HealthResponse>(p));
             drop(decode::<GuestInfoResponse>(p));
             drop(decode::<ReidentifyResponse>(p));
+            drop(decode::<MountResponse>(p));
+            drop(decode::<ExecResponse>(p));
         }
         _ => {}
     }
