@@ -65,3 +65,17 @@ fn image_files(initramfs: &str) -> (PathBuf, PathBuf) {
 pub fn temp_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("husk-test-{}-{name}", std::process::id()))
 }
+
+/// Deterministic bytes (xorshift64) for data a test sends and checks; each
+/// seed gives another sequence.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -21,30 +21,18 @@ use std::time::Duration;
 use husk_shim::agent_client::{
     AgentClient, ExecCommand, ExecOutput, ExecStatus, MountSource, MountSpec,
 };
-use husk_tests::{debug_guest_image, kvm_available, temp_path};
+use husk_tests::{debug_guest_image, kvm_available, pattern, temp_path};
 use husk_vmm::{DiskConfig, ExitReason, ShareConfig, VmConfig, VsockConfig};
 
 /// Tens of MiB would be better; each MiB costs seconds of emulated guest
 /// kernel on nested hosts.
 const LARGE_MIB: usize = 16;
+const LARGE_SEED: u64 = 0x2545_f491_4f6c_dd1d;
 
 fn sha256_file(p: &Path) -> String {
     let out = Command::new("sha256sum").arg(p).output().unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap()[..64].to_string()
-}
-
-/// Deterministic bytes (xorshift).
-fn pattern(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn mkfs_ext4(img: &Path, mib: u64, populate: Option<&Path>) {
@@ -138,7 +126,11 @@ fn blk_and_virtio_fs_in_the_guest() {
     }
     std::fs::write(outside.join("secret.txt"), "host secret\n").unwrap();
     std::fs::write(share.join("host.txt"), "from the host\n").unwrap();
-    std::fs::write(share.join("large.bin"), pattern(LARGE_MIB << 20)).unwrap();
+    std::fs::write(
+        share.join("large.bin"),
+        pattern(LARGE_SEED, LARGE_MIB << 20),
+    )
+    .unwrap();
     let large_sum = sha256_file(&share.join("large.bin"));
     std::os::unix::fs::symlink(outside.join("secret.txt"), share.join("escape_abs")).unwrap();
     std::os::unix::fs::symlink("../outside/secret.txt", share.join("escape_rel")).unwrap();
@@ -271,7 +263,10 @@ fn blk_and_virtio_fs_in_the_guest() {
 
     let big = debugfs_cat(&data_img, "/big.bin");
     assert_eq!(big.len(), LARGE_MIB << 20);
-    assert!(big == pattern(LARGE_MIB << 20), "big.bin on the ext4 image");
+    assert!(
+        big == pattern(LARGE_SEED, LARGE_MIB << 20),
+        "big.bin on the ext4 image"
+    );
     assert_eq!(debugfs_cat(&data_img, "/small.txt"), b"on ext4\n");
     assert_eq!(
         sha256_file(&ro_img),

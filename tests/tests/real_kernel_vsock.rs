@@ -12,25 +12,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use husk_shim::agent_client::{hybrid_vsock_connect, AgentClient};
-use husk_tests::{guest_image, kvm_available, temp_path};
+use husk_tests::{guest_image, kvm_available, pattern, temp_path};
 use husk_vmm::{ExitReason, VmConfig, VsockConfig};
 
 const ECHO_PORT: u32 = 1026;
 const STREAMS: usize = 4;
 const BYTES_PER_STREAM: usize = 2 << 20;
-
-/// Deterministic bytes (xorshift) so each stream's data differs.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn host_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
