@@ -18,8 +18,8 @@ use super::request::{
 use super::{validate_tag, FsConfig, FsError, HIPRIO_QUEUE, QUEUE_SIZE, REQUEST_QUEUE, TAG_MAX};
 use crate::virtio::vsock::WarnLimiter;
 use crate::virtio::{
-    device_type, read_config_bytes, ActivateContext, ActivateError, InterruptKind, VirtioDevice,
-    VirtioInterrupt, VIRTIO_F_VERSION_1,
+    device_type, pop_chain, read_config_bytes, ActivateContext, ActivateError, InterruptKind,
+    VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
 };
 
 const NAME: &str = "virtio-fs";
@@ -40,6 +40,9 @@ pub(super) struct Active {
     /// The queues' notify eventfds (KVM ioeventfds), by queue index.
     pub notify: [EventFd; NUM_QUEUES],
     relay: Relay,
+    /// The driver broke a ring: nothing is served until it resets the
+    /// device.
+    broken: bool,
 }
 
 /// A virtio-fs device's state, as saved in a snapshot (the queues are saved
@@ -224,19 +227,29 @@ impl Fs {
         let Some(active) = self.active.as_mut() else {
             return;
         };
+        if active.broken {
+            return;
+        }
         let mut used_any = false;
-        for index in [HIPRIO_QUEUE, REQUEST_QUEUE] {
+        let mut broken = None;
+        'queues: for index in [HIPRIO_QUEUE, REQUEST_QUEUE] {
             let mut served = 0usize;
             while served < BATCH {
-                let Some(chain) = active.queues[index].pop_descriptor_chain(&active.mem) else {
-                    break;
+                let chain = match pop_chain(&mut active.queues[index], &active.mem) {
+                    Ok(Some(chain)) => chain,
+                    Ok(None) => break,
+                    Err(e) => {
+                        broken = Some((index, e));
+                        break 'queues;
+                    }
                 };
                 let head = chain.head_index();
                 let used = self
                     .share
                     .serve_chain(&active.mem, &mut active.relay, chain);
                 if let Err(e) = active.queues[index].add_used(&active.mem, head, used) {
-                    tracing::error!(tag = %self.share.tag, "virtio-fs: adding a used entry: {e}");
+                    broken = Some((index, e));
+                    break 'queues;
                 }
                 used_any = true;
                 served += 1;
@@ -250,6 +263,16 @@ impl Fs {
         }
         if used_any {
             if let Err(e) = active.interrupt.trigger(InterruptKind::Queue) {
+                tracing::error!(tag = %self.share.tag, "virtio-fs: interrupting the guest: {e}");
+            }
+        }
+        if let Some((index, e)) = broken {
+            tracing::warn!(
+                tag = %self.share.tag,
+                "virtio-fs: the driver broke queue {index} ({e}); the device needs a reset"
+            );
+            active.broken = true;
+            if let Err(e) = active.interrupt.needs_reset() {
                 tracing::error!(tag = %self.share.tag, "virtio-fs: interrupting the guest: {e}");
             }
         }
@@ -485,6 +508,7 @@ impl VirtioDevice for Fs {
             queues: [hiprio.queue, request.queue],
             notify: [hiprio.notify, request.notify],
             relay,
+            broken: false,
         });
         tracing::debug!(tag = %self.share.tag, "virtio-fs: activated");
         self.kick_event_loop();

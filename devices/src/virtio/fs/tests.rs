@@ -837,3 +837,31 @@ fn init_turns_on_large_requests_the_guest_offered() {
     assert_eq!(init.flags & (BIG_WRITES | MAX_PAGES), 0);
     assert!(init.max_write <= 4096, "{}", init.max_write);
 }
+
+#[test]
+fn a_broken_ring_stops_the_device_until_a_reset() {
+    use std::sync::atomic::Ordering;
+    let mut rig = Rig::new(false);
+    rig.init().unwrap();
+    // The driver publishes an available index more than a ring ahead.
+    let mem = rig.guest.mem.clone();
+    rig.guest.queues[REQUEST_QUEUE].set_avail_idx(&mem, QUEUE_SIZE + 5);
+    rig.guest.notify[REQUEST_QUEUE].write(1).unwrap();
+    rig.pump();
+    assert_eq!(rig.guest.irq.needs_reset.load(Ordering::SeqCst), 1);
+    // Further kicks are ignored (no second reset request, no spin).
+    rig.guest.notify[REQUEST_QUEUE].write(1).unwrap();
+    rig.pump();
+    assert_eq!(rig.guest.irq.needs_reset.load(Ordering::SeqCst), 1);
+    // After a reset and a fresh activation the share is served again.
+    rig.dev.lock().unwrap().reset();
+    let (guest, ctx) = super::test_utils::Guest::new();
+    rig.dev.lock().unwrap().activate(ctx).unwrap();
+    rig.guest = guest;
+    rig.pump();
+    rig.init().unwrap();
+    assert_eq!(
+        rig.getattr(ROOT).unwrap().attr.mode & libc::S_IFMT,
+        libc::S_IFDIR
+    );
+}
