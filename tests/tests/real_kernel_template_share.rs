@@ -1,6 +1,8 @@
 //! A template whose virtio-fs share has no directory yet: each VM restored
 //! from it names its own directory, and the guest mounts the tag after the
-//! restore. Before that, mounting the tag fails cleanly; once a share is
+//! restore. The template also has a virtio-blk disk the guest probed before
+//! the snapshot: each restored VM names its own image for it and mounts it
+//! through the restored queue. Before that, mounting the tag fails cleanly; once a share is
 //! mounted the VM can no longer be snapshotted (the server's open files are
 //! not state), and says so.
 
@@ -31,6 +33,7 @@ fn restore(
     tpl: &std::path::Path,
     sock: &std::path::Path,
     shares: Vec<(String, std::path::PathBuf)>,
+    disks: Vec<std::path::PathBuf>,
     name: &str,
 ) -> Result<husk_vmm::VmmHandle, husk_vmm::StartError> {
     husk_vmm::restore(RestoreConfig {
@@ -43,7 +46,7 @@ fn restore(
         vsock_uds: Some(sock.to_path_buf()),
         mem_mib: None,
         vcpus: None,
-        disks: Vec::new(),
+        disks,
         shares,
         seccomp: Default::default(),
     })
@@ -60,6 +63,26 @@ fn template_share_gets_its_directory_at_restore() {
     std::fs::create_dir_all(&dir).unwrap();
     let tpl = dir.join("tpl");
     let uds = dir.join("base.sock");
+    // One ext4 image per VM (the template's and two restored ones), each
+    // holding a file that names it.
+    let image = |name: &str| {
+        let src = dir.join(format!("img-{name}"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("disk.txt"), format!("disk {name}\n")).unwrap();
+        let img = dir.join(format!("{name}.img"));
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        let st = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&src)
+            .arg(&img)
+            .status()
+            .expect("mkfs.ext4 (e2fsprogs) is needed");
+        assert!(st.success());
+        img
+    };
     let base = husk_vmm::start(VmConfig {
         name: "template-share-base".into(),
         kernel,
@@ -76,6 +99,11 @@ fn template_share_gets_its_directory_at_restore() {
             tag: "pod".into(),
             shared_dir: None,
             read_only: false,
+        }],
+        disks: vec![husk_vmm::DiskConfig {
+            path: image("base"),
+            read_only: true,
+            id: "rootfs".into(),
         }],
         ..VmConfig::default()
     })
@@ -105,6 +133,7 @@ fn template_share_gets_its_directory_at_restore() {
         &tpl,
         &dir.join("bad.sock"),
         vec![("nope".into(), dir.clone())],
+        Vec::new(),
         "bad",
     )
     .err()
@@ -119,13 +148,27 @@ fn template_share_gets_its_directory_at_restore() {
         std::fs::create_dir_all(&share).unwrap();
         std::fs::write(share.join("who.txt"), format!("pod {name}\n")).unwrap();
         let sock = dir.join(format!("{name}.sock"));
-        let h = restore(&tpl, &sock, vec![("pod".into(), share.clone())], name).unwrap();
+        let img = image(name);
+        let h = restore(
+            &tpl,
+            &sock,
+            vec![("pod".into(), share.clone())],
+            vec![img],
+            name,
+        )
+        .unwrap();
         let c = AgentClient::connect(&sock, Duration::from_secs(120)).unwrap();
         c.mount(&MountSpec::new(
             MountSource::Share("pod".into()),
             "/mnt/pod",
         ))
         .unwrap();
+        // The disk the template's guest probed, now this VM's own image,
+        // read through the restored queue.
+        let mut disk = MountSpec::new(MountSource::Disk("rootfs".into()), "/mnt/disk");
+        disk.read_only = true;
+        c.mount(&disk).unwrap();
+        assert_eq!(sh(&c, "cat /mnt/disk/disk.txt"), format!("disk {name}\n"));
         let out = sh(
             &c,
             &format!("cat /mnt/pod/who.txt && echo from {name} > /mnt/pod/guest.txt"),
