@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber};
-use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::virtio::test_queue::split;
 use crate::virtio::{InterruptKind, VirtioInterrupt};
 
 pub const VRING_DESC_F_NEXT: u16 = 1;
@@ -50,20 +50,35 @@ pub struct SplitQueueDriver {
 }
 
 impl SplitQueueDriver {
-    /// A queue of `size` with its rings at `base`, and the device's side of it.
-    pub fn new(mem: &GuestMemoryMmap, base: GuestAddress, size: u16) -> (Self, Queue) {
-        let mock = MockSplitQueue::create(mem, base, size);
-        let queue: Queue = mock.create_queue().unwrap();
+    /// A queue of `size` with its rings back to back from `base` (laid out
+    /// by [`split`]), and the device's side of it.
+    pub fn new(base: u64, size: u16) -> (Self, Queue) {
+        let (queue, (desc, avail, used)) = split(base, size);
         let driver = Self {
             size,
-            desc: mock.desc_table_addr().0,
-            avail: mock.avail_addr().0,
-            used: mock.used_addr().0,
+            desc,
+            avail,
+            used,
             next_desc: 0,
             avail_idx: 0,
             last_used: 0,
         };
         (driver, queue)
+    }
+
+    /// The ring addresses: (descriptor table, available ring, used ring).
+    pub fn rings(&self) -> (u64, u64, u64) {
+        (self.desc, self.avail, self.used)
+    }
+
+    /// Chains made available so far (the available ring's index).
+    pub fn published(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// Used entries harvested so far.
+    pub fn harvested(&self) -> u16 {
+        self.last_used
     }
 
     /// The address just past the rings (where the next queue may go).

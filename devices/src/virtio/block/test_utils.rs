@@ -37,7 +37,7 @@ impl Guest {
     /// A guest and the context that activates a device with its queue.
     pub fn new() -> (Self, ActivateContext) {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-        let (driver, queue) = SplitQueueDriver::new(&mem, GuestAddress(0), QUEUE_SIZE);
+        let (driver, queue) = SplitQueueDriver::new(0, QUEUE_SIZE);
         let notify = EventFd::new(EFD_NONBLOCK).unwrap();
         let irq = Arc::new(CountingInterrupt::default());
         let ctx = ActivateContext {

@@ -36,9 +36,9 @@ impl Guest {
     /// A guest and the context that activates a device with its queues.
     pub fn new() -> (Self, ActivateContext) {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-        let (hiprio, q0) = SplitQueueDriver::new(&mem, GuestAddress(0), QUEUE_SIZE);
+        let (hiprio, q0) = SplitQueueDriver::new(0, QUEUE_SIZE);
         let base = hiprio.end().next_multiple_of(0x1000);
-        let (request, q1) = SplitQueueDriver::new(&mem, GuestAddress(base), QUEUE_SIZE);
+        let (request, q1) = SplitQueueDriver::new(base, QUEUE_SIZE);
         assert!(request.end() <= BUF_START);
         let notify = [
             EventFd::new(EFD_NONBLOCK).unwrap(),

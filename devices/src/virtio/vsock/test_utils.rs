@@ -18,69 +18,30 @@ use super::{
 };
 use crate::bus::BusDevice;
 use crate::virtio::interrupt::MmioInterrupt;
-use crate::virtio::test_queue::split;
+use crate::virtio::test_utils::{BufAlloc, CountingInterrupt, SplitQueueDriver};
 use crate::virtio::transport::MmioTransport;
-use crate::virtio::{
-    ActivateContext, ActiveQueue, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
-};
+use crate::virtio::{ActivateContext, ActiveQueue, VirtioDevice, VIRTIO_F_VERSION_1};
 
 pub const GUEST_CID: u64 = 3;
 const MEM_SIZE: usize = 0x200_0000;
-const VRING_DESC_F_NEXT: u16 = 1;
-const VRING_DESC_F_WRITE: u16 = 2;
-
-#[derive(Default)]
-pub struct CountingInterrupt {
-    pub queue: AtomicUsize,
-    /// Calls of [`VirtioInterrupt::needs_reset`].
-    pub needs_reset: AtomicUsize,
-}
-
-impl VirtioInterrupt for CountingInterrupt {
-    fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
-        if kind == InterruptKind::Queue {
-            self.queue.fetch_add(1, Ordering::SeqCst);
-        }
-        Ok(())
-    }
-
-    fn needs_reset(&self) -> std::io::Result<()> {
-        self.needs_reset.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
 
 /// A used entry: (head, length, the chain's buffers as (addr, len)).
 pub type UsedEntry = (u16, u32, Vec<(u64, u32)>);
 
-/// The driver's view of one split queue.
+/// The driver's view of one split queue, remembering each chain's buffers.
 pub struct GuestQueue {
-    desc: u64,
-    avail: u64,
-    used: u64,
-    next_desc: u16,
-    avail_idx: u16,
-    last_used: u16,
-    buf_start: u64,
-    buf_end: u64,
-    buf_next: u64,
+    driver: SplitQueueDriver,
+    bufs: BufAlloc,
     /// Head index → the buffers of its chain.
     chains: HashMap<u16, Vec<(u64, u32)>>,
 }
 
 impl GuestQueue {
     fn new(base: u64, bufs: (u64, u64)) -> (Self, Queue) {
-        let (queue, (desc, avail, used)) = split(base, QUEUE_SIZE);
+        let (driver, queue) = SplitQueueDriver::new(base, QUEUE_SIZE);
         let q = Self {
-            desc,
-            avail,
-            used,
-            next_desc: 0,
-            avail_idx: 0,
-            last_used: 0,
-            buf_start: bufs.0,
-            buf_end: bufs.1,
-            buf_next: bufs.0,
+            driver,
+            bufs: BufAlloc::new(bufs.0, bufs.1),
             chains: HashMap::new(),
         };
         (q, queue)
@@ -88,29 +49,12 @@ impl GuestQueue {
 
     /// Reserves `len` bytes of buffer space.
     pub fn alloc(&mut self, len: u32) -> u64 {
-        let len = u64::from(len).max(1).next_multiple_of(64);
-        if self.buf_next + len > self.buf_end {
-            self.buf_next = self.buf_start;
-        }
-        let addr = self.buf_next;
-        self.buf_next += len;
-        addr
+        self.bufs.alloc(len)
     }
 
     /// Adds a chain of (addr, len, device-writable) buffers; returns its head.
     pub fn add_chain(&mut self, mem: &GuestMemoryMmap, bufs: &[(u64, u32, bool)]) -> u16 {
-        let head = self.next_desc;
-        for (i, (addr, len, write)) in bufs.iter().enumerate() {
-            let idx = self.next_desc;
-            self.next_desc = (self.next_desc + 1) % QUEUE_SIZE;
-            let last = i + 1 == bufs.len();
-            let mut flags = if *write { VRING_DESC_F_WRITE } else { 0 };
-            if !last {
-                flags |= VRING_DESC_F_NEXT;
-            }
-            self.write_desc(mem, idx, *addr, *len, flags, self.next_desc);
-        }
-        self.publish(mem, head);
+        let head = self.driver.submit(mem, bufs);
         self.chains
             .insert(head, bufs.iter().map(|(a, l, _)| (*a, *l)).collect());
         head
@@ -125,50 +69,31 @@ impl GuestQueue {
         flags: u16,
         next: u16,
     ) {
-        let at = GuestAddress(self.desc + 16 * u64::from(idx));
-        mem.write_obj(addr, at).unwrap();
-        mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
-        mem.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
-        mem.write_obj(next, GuestAddress(at.0 + 14)).unwrap();
+        self.driver.write_desc(mem, idx, addr, len, flags, next);
     }
 
     /// Makes `head` available.
     pub fn publish(&mut self, mem: &GuestMemoryMmap, head: u16) {
-        let slot = u64::from(self.avail_idx % QUEUE_SIZE);
-        mem.write_obj(head, GuestAddress(self.avail + 4 + 2 * slot))
-            .unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
-            .unwrap();
+        self.driver.make_available(mem, head);
     }
 
     /// Publishes any available index (a driver that lost count).
     pub fn set_avail_idx(&mut self, mem: &GuestMemoryMmap, idx: u16) {
-        self.avail_idx = idx;
-        mem.write_obj(idx, GuestAddress(self.avail + 2)).unwrap();
+        self.driver.set_avail_idx(mem, idx);
     }
 
     /// Reserves descriptor slots for a hand-built chain.
     pub fn take_descs(&mut self, n: u16) -> u16 {
-        let first = self.next_desc;
-        self.next_desc = (self.next_desc + n) % QUEUE_SIZE;
-        first
+        self.driver.take_descs(n)
     }
 
     /// Used entries since the last call: (head, len, buffers).
     pub fn used(&mut self, mem: &GuestMemoryMmap) -> Vec<UsedEntry> {
-        let idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap();
-        let mut out = Vec::new();
-        while self.last_used != idx {
-            let slot = u64::from(self.last_used % QUEUE_SIZE);
-            let at = self.used + 4 + 8 * slot;
-            let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
-            let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();
-            let head = id as u16;
-            out.push((head, len, self.chains.remove(&head).unwrap_or_default()));
-            self.last_used = self.last_used.wrapping_add(1);
-        }
-        out
+        self.driver
+            .used(mem)
+            .into_iter()
+            .map(|(head, len)| (head, len, self.chains.remove(&head).unwrap_or_default()))
+            .collect()
     }
 
     pub fn outstanding(&self) -> usize {
@@ -177,22 +102,23 @@ impl GuestQueue {
 
     /// Chains made available so far (the avail ring's idx).
     pub fn published(&self) -> u16 {
-        self.avail_idx
+        self.driver.published()
     }
 
     /// Used entries harvested so far.
     pub fn harvested(&self) -> u16 {
-        self.last_used
+        self.driver.harvested()
     }
 
     /// Tells the transport about this queue, as a driver does before DRIVER_OK.
     fn configure(&self, t: &mut MmioTransport, index: u32) {
+        let (desc, avail, used) = self.driver.rings();
         for (off, v) in [
             (0x30, u64::from(index)),
             (0x38, u64::from(QUEUE_SIZE)),
-            (0x80, self.desc),
-            (0x90, self.avail),
-            (0xa0, self.used),
+            (0x80, desc),
+            (0x90, avail),
+            (0xa0, used),
         ] {
             mmio_write(t, off, v as u32);
             if off >= 0x80 {
