@@ -3,9 +3,9 @@
 //!
 //! This module is compiled twice: by `build.rs` (which turns the lists into
 //! BPF programs, so a rule error fails the build) and by the library's unit
-//! tests. Every rule carries a `//` comment saying which code path needs it;
-//! rules for code that is not wired into the VMM yet (virtio-blk, virtio-fs)
-//! say so, so that they can be reviewed when that code lands.
+//! tests. Every rule carries a `//` comment saying which code path needs it
+//! (device rules name their device), so that a rule can be reviewed and
+//! dropped with the code that needed it.
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,6 @@
 //! The VMM event loop thread (`husk-vmm`): the event manager, the virtio
-//! devices' event handlers (vsock's Unix-socket muxer; virtio-blk and the
-//! in-process virtio-fs server once wired), the `VmmHandle` requests
+//! devices' event handlers (vsock's Unix-socket muxer, virtio-blk and the
+//! in-process virtio-fs server), the `VmmHandle` requests
 //! (Info/Stop/Pause/Resume/Snapshot: a snapshot writes files), and the VM's
 //! teardown (kicking and joining the vCPU threads, dropping guest memory).
 
@@ -64,8 +64,8 @@ pub fn rules() -> Vec<Rule> {
     r
 }
 
-/// virtio-blk (not wired into the VMM yet): requests are served on this
-/// thread against the image fd opened by the builder.
+/// virtio-blk: requests are served on this thread against the image fd
+/// opened by the builder.
 fn block() -> Vec<Rule> {
     vec![
         // virtio-blk: reads and writes of the image (read_exact_at /
@@ -79,9 +79,8 @@ fn block() -> Vec<Rule> {
     ]
 }
 
-/// The in-process virtio-fs device (not wired into the VMM yet): FUSE
-/// requests served by fuse-backend-rs 0.14's `PassthroughFs` on this
-/// thread. The list follows its `src/passthrough/{sync_io,mod,util,
+/// The in-process virtio-fs device: FUSE requests served by
+/// fuse-backend-rs 0.14's `PassthroughFs` on this thread. The list follows its `src/passthrough/{sync_io,mod,util,
 /// file_handle,mount_fd,statx}.rs` and `src/common/file_traits.rs`.
 fn fs() -> Vec<Rule> {
     vec![
