@@ -71,6 +71,16 @@ pub enum ExecError {
 }
 
 impl ExecError {
+    /// Makes an I/O error of `program`'s run at step `what` (for `map_err`).
+    fn io(program: &str, what: &'static str) -> impl FnOnce(io::Error) -> ExecError {
+        let program = program.to_owned();
+        move |source| ExecError::Io {
+            program,
+            what,
+            source,
+        }
+    }
+
     /// The ttrpc code the error is answered with.
     pub fn code(&self) -> ttrpc::Code {
         match self {
@@ -482,14 +492,7 @@ struct ParentEnds {
 /// [`ExecError::Start`] (the child is reaped first).
 fn start(reaper: &Reaper, spec: &ExecSpec) -> Result<(ExitWatch, ParentEnds), ExecError> {
     let name = spec.name();
-    let io_err = |what| {
-        let name = name.clone();
-        move |source| ExecError::Io {
-            program: name,
-            what,
-            source,
-        }
-    };
+    let io_err = |what| ExecError::io(&name, what);
     let (stdin_r, stdin_w) = cloexec_pipe().map_err(io_err("pipe"))?;
     let (stdout_r, stdout_w) = cloexec_pipe().map_err(io_err("pipe"))?;
     let (stderr_r, stderr_w) = cloexec_pipe().map_err(io_err("pipe"))?;
@@ -611,14 +614,7 @@ fn poll_fd(fd: &impl AsRawFd, events: libc::c_short) -> libc::pollfd {
 /// Runs `spec` to completion or its timeout. See the module docs.
 pub fn run(reaper: &Reaper, spec: &ExecSpec) -> Result<ExecOutcome, ExecError> {
     let name = spec.name();
-    let io_err = |what| {
-        let name = name.clone();
-        move |source| ExecError::Io {
-            program: name,
-            what,
-            source,
-        }
-    };
+    let io_err = |what| ExecError::io(&name, what);
     let start_time = Instant::now();
     let (mut watch, mut ends) = start(reaper, spec)?;
     let pid = watch.pid();
