@@ -7,6 +7,7 @@
 //! the driver's side of a split queue that their tests share).
 
 pub mod block;
+pub mod chain;
 pub mod fs;
 pub mod interrupt;
 pub mod transport;

@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
 
     // The pure checks, on the raw bytes.
     let tail = &data[data.len().min(1)..];
-    if let Ok(head) = parse_head(&tail[..tail.len().min(64)], tail.len() as u32) {
+    if let Ok(head) = parse_head(&tail[..tail.len().min(64)], tail.len() as u64) {
         let _ = decide(&head, flags & 1 != 0, true);
         let _ = decide(&head, false, false);
     }

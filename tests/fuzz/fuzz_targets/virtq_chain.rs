@@ -1,6 +1,7 @@
 //! Arbitrary descriptor tables and available rings, walked by virtio-queue
 //! and fed to every chain parser: virtio-blk requests, vsock TX packets, RX
-//! and event buffers, virtio-queue's Reader/Writer.
+//! and event buffers, virtio-fs's split of a request chain (the shared
+//! `virtio::chain::split`), virtio-queue's Reader/Writer.
 //!
 //! Checks: nothing panics; a chain yields at most queue size + 65535
 //! descriptors (the ring walk is TTL-bounded, an indirect table holds at
@@ -16,12 +17,14 @@
 #![no_main]
 
 use husk_devices::virtio::block::request::{parse_request, MAX_DATA_BYTES, MAX_DESCRIPTORS};
+use husk_devices::virtio::chain::Segment;
+use husk_devices::virtio::fs;
 use husk_devices::virtio::vsock::packet::{parse_tx, write_event, PacketHeader, RxBuffer};
 use husk_devices::virtio::vsock::MAX_PKT_DATA;
 use husk_fuzz::{guest_memory, Input, Vring};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 
 const DATA: u64 = 0x3000;
 /// A 1 MiB disk.
@@ -102,6 +105,14 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(used as usize, 44 + payload.len());
         }
         let _ = write_event(&mem, chain.clone(), 0);
+        if let Ok(split) = fs::request::walk(&mem, chain.clone()) {
+            let descs = split.readable.len() + split.writable.len();
+            assert!(descs <= fs::MAX_DESCRIPTORS);
+            assert!(split.readable_len <= u64::from(fs::MAX_REQUEST_BYTES));
+            assert!(split.writable_len <= u64::from(fs::MAX_REPLY_BYTES));
+            assert_eq!(in_one_region(&mem, &split.readable), split.readable_len);
+            assert_eq!(in_one_region(&mem, &split.writable), split.writable_len);
+        }
         reader_writer(&mem, chain);
     }
     for head in heads {
@@ -109,6 +120,18 @@ fuzz_target!(|data: &[u8]| {
         let _ = q.add_used(&mem, head, 0);
     }
 });
+
+/// The bytes of `segs`, each of which must be non-empty and lie inside one
+/// region of `mem`.
+fn in_one_region(mem: &GuestMemoryMmap, segs: &[Segment]) -> u64 {
+    for s in segs {
+        assert!(s.len > 0);
+        let region = mem.find_region(s.addr).expect("a segment in memory");
+        let end = s.addr.raw_value() - region.start_addr().raw_value() + u64::from(s.len);
+        assert!(end <= region.len(), "a segment across regions");
+    }
+    segs.iter().map(|s| u64::from(s.len)).sum()
+}
 
 /// virtio-queue's own byte-stream view of a chain (what virtio-fs uses).
 fn reader_writer(mem: &GuestMemoryMmap, chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>) {

@@ -20,8 +20,11 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
     VIRTIO_BLK_T_WRITE_ZEROES,
 };
-use virtio_queue::{desc::split::Descriptor, DescriptorChain};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap};
+use virtio_queue::DescriptorChain;
+use vm_memory::{GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap};
+
+use crate::virtio::chain::{pieces, read_at, split, Limits};
+pub use crate::virtio::chain::{ChainError, Segment};
 
 /// Bytes per sector: the unit of `sector` and of capacity, whatever `blk_size` says.
 pub const SECTOR_SIZE: u64 = 512;
@@ -55,11 +58,12 @@ pub const MAX_DISCARD_SECTORS: u32 = 1 << 21;
 /// The `unmap` flag of a write-zeroes segment (reserved for discard).
 pub const WRITE_ZEROES_UNMAP: u32 = 1;
 
-/// A guest buffer: `len` bytes at `addr`, checked against guest memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Segment {
-    pub addr: GuestAddress,
-    pub len: u32,
+/// What a request chain may hold.
+const LIMITS: Limits = Limits::descriptors(MAX_DESCRIPTORS);
+
+/// The part of the stream `segs` from byte `start`, `len` bytes long.
+fn collect_pieces(segs: &[Segment], start: u64, len: u64) -> Vec<Segment> {
+    pieces(segs, start, len).collect()
 }
 
 /// One `struct virtio_blk_discard_write_zeroes`, range-checked.
@@ -105,14 +109,8 @@ pub struct Request {
 /// Why a chain is not a valid request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
-    #[error("empty descriptor chain")]
-    EmptyChain,
-    #[error("chain has more than {MAX_DESCRIPTORS} descriptors")]
-    TooManyDescriptors,
-    #[error("device-readable descriptor after a device-writable one")]
-    ReadableAfterWritable,
-    #[error("descriptor {addr:#x}+{len:#x} is outside guest memory")]
-    OutOfRange { addr: u64, len: u32 },
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     #[error("the device-readable part holds {got} bytes, less than the {HDR_SIZE}-byte header")]
     ShortHeader { got: u64 },
     #[error("no device-writable status byte at the end of the chain")]
@@ -170,107 +168,6 @@ pub struct ParseError {
     pub error: RequestError,
 }
 
-/// The chain split by direction.
-struct Streams {
-    readable: Vec<Segment>,
-    readable_len: u64,
-    writable: Vec<Segment>,
-    writable_len: u64,
-}
-
-fn streams(
-    mem: &GuestMemoryMmap,
-    chain: impl Iterator<Item = Descriptor>,
-) -> Result<Streams, RequestError> {
-    let mut s = Streams {
-        readable: Vec::new(),
-        readable_len: 0,
-        writable: Vec::new(),
-        writable_len: 0,
-    };
-    let mut count = 0usize;
-    for desc in chain {
-        count += 1;
-        if count > MAX_DESCRIPTORS {
-            return Err(RequestError::TooManyDescriptors);
-        }
-        let write = desc.is_write_only();
-        if !write && !s.writable.is_empty() {
-            return Err(RequestError::ReadableAfterWritable);
-        }
-        if desc.len() == 0 {
-            continue;
-        }
-        let out = RequestError::OutOfRange {
-            addr: desc.addr().0,
-            len: desc.len(),
-        };
-        let len = usize::try_from(desc.len()).map_err(|_| out.clone())?;
-        if !GuestMemory::check_range(mem, desc.addr(), len) {
-            return Err(out);
-        }
-        let seg = Segment {
-            addr: desc.addr(),
-            len: desc.len(),
-        };
-        if write {
-            s.writable.push(seg);
-            s.writable_len += u64::from(desc.len());
-        } else {
-            s.readable.push(seg);
-            s.readable_len += u64::from(desc.len());
-        }
-    }
-    if count == 0 {
-        return Err(RequestError::EmptyChain);
-    }
-    Ok(s)
-}
-
-/// The part of the stream `segs` from byte `start`, `len` bytes long (both
-/// within the stream).
-fn sub_stream(segs: &[Segment], mut start: u64, len: u64) -> Vec<Segment> {
-    let mut out = Vec::new();
-    let mut left = len;
-    for seg in segs {
-        if left == 0 {
-            break;
-        }
-        let seg_len = u64::from(seg.len);
-        if start >= seg_len {
-            start -= seg_len;
-            continue;
-        }
-        let n = (seg_len - start).min(left);
-        out.push(Segment {
-            addr: GuestAddress(seg.addr.0 + start),
-            // n <= seg.len, a u32.
-            len: n as u32,
-        });
-        left -= n;
-        start = 0;
-    }
-    out
-}
-
-/// Reads the stream `segs` into `buf`.
-fn read_stream(
-    mem: &GuestMemoryMmap,
-    segs: &[Segment],
-    buf: &mut [u8],
-) -> Result<(), RequestError> {
-    let mut done = 0usize;
-    for seg in segs {
-        if done == buf.len() {
-            break;
-        }
-        let n = (seg.len as usize).min(buf.len() - done);
-        mem.read_slice(&mut buf[done..done + n], seg.addr)?;
-        done += n;
-    }
-    Ok(())
-}
-
 /// Checks that `sectors` sectors from `sector` lie on a disk of `capacity`.
 fn check_range(sector: u64, sectors: u64, capacity: u64) -> Result<(), RequestError> {
     match sector.checked_add(sectors) {
@@ -301,7 +198,7 @@ fn parse_ranges(
     }
     // len <= 16 * max, small.
     let mut raw = vec![0u8; len as usize];
-    read_stream(mem, segs, &mut raw)?;
+    read_at(mem, segs, 0, &mut raw)?;
     let mut out = Vec::new();
     for c in raw.chunks_exact(DISCARD_SEG_SIZE) {
         let sector = u64::from_le_bytes(c[0..8].try_into().unwrap_or_default());
@@ -347,7 +244,7 @@ pub fn parse_request(
         .map(GuestAddress)
         .filter(|at| GuestMemory::check_range(mem, *at, 1));
     let err = |error| ParseError { status, error };
-    let s = streams(mem, descs.into_iter()).map_err(err)?;
+    let s = split(mem, descs, &LIMITS).map_err(|e| err(e.into()))?;
     let Some(status) = status else {
         return Err(err(RequestError::NoStatus));
     };
@@ -357,7 +254,7 @@ pub fn parse_request(
         }));
     }
     let mut hdr = [0u8; HDR_SIZE];
-    read_stream(mem, &s.readable, &mut hdr).map_err(err)?;
+    read_at(mem, &s.readable, 0, &mut hdr).map_err(|e| err(e.into()))?;
     let type_ = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
     let mut sector_raw = [0u8; 8];
     sector_raw.copy_from_slice(&hdr[8..16]);
@@ -365,8 +262,8 @@ pub fn parse_request(
 
     let out_len = s.readable_len - HDR_SIZE as u64;
     let in_len = s.writable_len - 1;
-    let out_data = || sub_stream(&s.readable, HDR_SIZE as u64, out_len);
-    let in_data = || sub_stream(&s.writable, 0, in_len);
+    let out_data = || collect_pieces(&s.readable, HDR_SIZE as u64, out_len);
+    let in_data = || collect_pieces(&s.writable, 0, in_len);
 
     let (kind, data, data_len) = match type_ {
         VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
@@ -411,7 +308,7 @@ pub fn parse_request(
                 return Err(err(RequestError::NoIdBuffer));
             }
             let len = in_len.min(ID_BYTES as u64);
-            (RequestKind::GetId, sub_stream(&s.writable, 0, len), len)
+            (RequestKind::GetId, collect_pieces(&s.writable, 0, len), len)
         }
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
             let discard = type_ == VIRTIO_BLK_T_DISCARD;
@@ -445,8 +342,9 @@ pub fn parse_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::Bytes;
 
     const W: u16 = 2; // VRING_DESC_F_WRITE
     const CAP: u64 = 2048; // sectors: a 1 MiB disk
@@ -609,7 +507,10 @@ mod tests {
 
         // Readable after writable.
         let e = error(&m, &[d(HDR, 16, 0), d(DATA, 512, W), d(STATUS, 1, 0)]);
-        assert_eq!(e.error, RequestError::ReadableAfterWritable);
+        assert_eq!(
+            e.error,
+            RequestError::Chain(ChainError::ReadableAfterWritable)
+        );
         assert_eq!(e.status, None);
 
         // Data not a multiple of 512, both ways.
@@ -645,14 +546,20 @@ mod tests {
         descs.extend((0..=SEG_MAX).map(|i| d(DATA + 512 * u64::from(i), 512, W)));
         descs.push(d(STATUS, 1, W));
         let e = error(&m, &descs);
-        assert_eq!(e.error, RequestError::TooManyDescriptors);
+        assert_eq!(
+            e.error,
+            RequestError::Chain(ChainError::TooManyDescriptors(MAX_DESCRIPTORS))
+        );
 
         // Outside guest memory.
         let e = error(
             &m,
             &[d(HDR, 16, 0), d(0xFFF_FE00, 0x1000, W), d(STATUS, 1, W)],
         );
-        assert!(matches!(e.error, RequestError::OutOfRange { .. }));
+        assert!(matches!(
+            e.error,
+            RequestError::Chain(ChainError::OutOfMemory { .. })
+        ));
 
         // Unsupported type: UNSUPP.
         put_hdr(&m, 0x55, 0);

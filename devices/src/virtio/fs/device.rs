@@ -12,7 +12,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::backend::Backend;
 use super::relay::Relay;
 use super::request::{
-    decide, is_one_way, opcode, read_head, readable_after, walk, write_error_reply, Head, Layout,
+    decide, is_one_way, opcode, read_head, readable_after, walk, write_error_reply, Head, Split,
     Verdict,
 };
 use super::{validate_tag, FsConfig, FsError, HIPRIO_QUEUE, QUEUE_SIZE, REQUEST_QUEUE, TAG_MAX};
@@ -363,7 +363,7 @@ impl Share {
 
     /// Answers a request with `errno` (0: success without a body); returns
     /// the used length (0 when there is no room for the answer).
-    fn reply(&mut self, mem: &GuestMemoryMmap, layout: &Layout, unique: u64, errno: i32) -> u32 {
+    fn reply(&mut self, mem: &GuestMemoryMmap, layout: &Split, unique: u64, errno: i32) -> u32 {
         match write_error_reply(mem, &layout.writable, layout.writable_len, unique, errno) {
             Ok(n) => n,
             Err(e) => {
@@ -397,7 +397,7 @@ impl ServeFailure {
 fn serve(
     backend: &Backend,
     relay: &mut Relay,
-    layout: &Layout,
+    layout: &Split,
     head: &Head,
 ) -> Result<u32, ServeFailure> {
     let rest = readable_after(layout, head.len);

@@ -11,9 +11,10 @@
 //! [`MAX_REQUEST_BYTES`](super::MAX_REQUEST_BYTES) /
 //! [`MAX_REPLY_BYTES`](super::MAX_REPLY_BYTES).
 
-use vm_memory::{Address, Bytes, GuestMemoryError, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 use super::request::{Segment, IN_HEADER_SIZE, OUT_HEADER_SIZE};
+use crate::virtio::chain::{read_at, write_at};
 
 /// `FUSE_BIG_WRITES`.
 pub const BIG_WRITES: u32 = 1 << 5;
@@ -31,48 +32,13 @@ const OUT_FLAGS: usize = OUT_HEADER_SIZE + 12;
 const OUT_MAX_WRITE: usize = OUT_HEADER_SIZE + 20;
 const OUT_MAX_PAGES: usize = OUT_HEADER_SIZE + 28;
 
-/// Copies `buf.len()` bytes at `offset` of the buffers `segs` (in chain
-/// order) to or from `buf`; false when the buffers are too short.
-fn at_offset(
-    mem: &GuestMemoryMmap,
-    segs: &[Segment],
-    mut offset: usize,
-    buf: &mut [u8],
-    write: bool,
-) -> Result<bool, GuestMemoryError> {
-    let mut done = 0usize;
-    for seg in segs {
-        let len = seg.len as usize;
-        if offset >= len {
-            offset -= len;
-            continue;
-        }
-        let n = (len - offset).min(buf.len() - done);
-        let Some(addr) = seg.addr.checked_add(offset as u64) else {
-            return Ok(false);
-        };
-        if write {
-            mem.write_slice(&buf[done..done + n], addr)?;
-        } else {
-            mem.read_slice(&mut buf[done..done + n], addr)?;
-        }
-        done += n;
-        offset = 0;
-        if done == buf.len() {
-            return Ok(true);
-        }
-    }
-    Ok(done == buf.len())
-}
-
 fn u32_at(mem: &GuestMemoryMmap, segs: &[Segment], off: usize) -> Option<u32> {
     let mut b = [0u8; 4];
-    matches!(at_offset(mem, segs, off, &mut b, false), Ok(true)).then(|| u32::from_le_bytes(b))
+    matches!(read_at(mem, segs, off as u64, &mut b), Ok(4)).then(|| u32::from_le_bytes(b))
 }
 
 fn put(mem: &GuestMemoryMmap, segs: &[Segment], off: usize, data: &[u8]) -> bool {
-    let mut b = data.to_vec();
-    matches!(at_offset(mem, segs, off, &mut b, true), Ok(true))
+    matches!(write_at(mem, segs, off as u64, data), Ok(n) if n == data.len())
 }
 
 /// Amends a successful INIT reply of `reply_len` bytes in `writable`, given

@@ -149,7 +149,7 @@ mod tests {
     use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 
     use super::*;
-    use crate::virtio::fs::request::{readable_after, Layout};
+    use crate::virtio::fs::request::{readable_after, Split};
 
     #[test]
     fn the_server_reads_the_copy_not_guest_memory() {
@@ -157,7 +157,7 @@ mod tests {
         let mut relay = Relay::new(&guest).unwrap();
         let request: Vec<u8> = (0..64u8).collect();
         guest.write_slice(&request, GuestAddress(0x1000)).unwrap();
-        let layout = Layout {
+        let layout = Split {
             readable: vec![Segment {
                 addr: GuestAddress(0x1000),
                 len: 64,

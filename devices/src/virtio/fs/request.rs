@@ -20,11 +20,11 @@
 //! guest input or allocates more than one entry per descriptor.
 
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::{GuestMemoryError, GuestMemoryMmap};
 
 use super::{MAX_DESCRIPTORS, MAX_REPLY_BYTES, MAX_REQUEST_BYTES};
+use crate::virtio::chain::{pieces, read_at, split, write_at, Limits};
+pub use crate::virtio::chain::{ChainError, Segment, Split};
 
 /// Size of `struct fuse_in_header`.
 pub const IN_HEADER_SIZE: usize = 40;
@@ -88,115 +88,21 @@ pub mod opcode {
     pub const STATX: u32 = 52;
 }
 
-/// A guest buffer: `len` bytes at `addr`, inside one guest memory region.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Segment {
-    pub addr: GuestAddress,
-    pub len: u32,
-}
-
-/// A chain split by direction, bounds checked. Zero-length descriptors are
-/// left out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Layout {
-    pub readable: Vec<Segment>,
-    pub readable_len: u32,
-    pub writable: Vec<Segment>,
-    pub writable_len: u32,
-}
-
-/// Why a chain is not a request the device can read. The request is
-/// consumed without a reply (the device cannot trust where one would go).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChainError {
-    #[error("empty descriptor chain")]
-    EmptyChain,
-    #[error("chain has more than {MAX_DESCRIPTORS} descriptors")]
-    TooManyDescriptors,
-    #[error("device-readable descriptor after a device-writable one")]
-    ReadableAfterWritable,
-    #[error("descriptor {addr:#x}+{len:#x} is not inside one guest memory region")]
-    OutOfMemory { addr: u64, len: u32 },
-    #[error("request of more than {MAX_REQUEST_BYTES} bytes")]
-    RequestTooLong,
-    #[error("reply buffers of more than {MAX_REPLY_BYTES} bytes")]
-    ReplyTooLong,
-}
-
-/// True when `len` bytes at `addr` lie inside one region of `mem` (what
-/// fuse-backend-rs needs to make a slice of it).
-fn in_one_region(mem: &GuestMemoryMmap, addr: GuestAddress, len: u32) -> bool {
-    let Some(region) = mem.find_region(addr) else {
-        return false;
-    };
-    let offset = addr.raw_value() - region.start_addr().raw_value();
-    offset
-        .checked_add(u64::from(len))
-        .is_some_and(|end| end <= region.len())
-}
+/// What a request chain may hold ([`MAX_DESCRIPTORS`],
+/// [`MAX_REQUEST_BYTES`], [`MAX_REPLY_BYTES`]).
+const LIMITS: Limits = Limits {
+    descriptors: MAX_DESCRIPTORS,
+    readable_bytes: MAX_REQUEST_BYTES as u64,
+    writable_bytes: MAX_REPLY_BYTES as u64,
+};
 
 /// Splits a chain into its readable and writable buffers, with the bounds
 /// checks of the module documentation.
 pub fn walk(
     mem: &GuestMemoryMmap,
-    chain: impl Iterator<Item = Descriptor>,
-) -> Result<Layout, ChainError> {
-    let mut layout = Layout {
-        readable: Vec::new(),
-        readable_len: 0,
-        writable: Vec::new(),
-        writable_len: 0,
-    };
-    let mut count = 0usize;
-    let mut writing = false;
-    for desc in chain {
-        count += 1;
-        if count > MAX_DESCRIPTORS {
-            return Err(ChainError::TooManyDescriptors);
-        }
-        let write = desc.is_write_only();
-        if !write && writing {
-            return Err(ChainError::ReadableAfterWritable);
-        }
-        writing = write;
-        let seg = Segment {
-            addr: desc.addr(),
-            len: desc.len(),
-        };
-        if !in_one_region(mem, seg.addr, seg.len) {
-            return Err(ChainError::OutOfMemory {
-                addr: seg.addr.raw_value(),
-                len: seg.len,
-            });
-        }
-        if seg.len == 0 {
-            continue;
-        }
-        let (list, total, max, err) = if write {
-            (
-                &mut layout.writable,
-                &mut layout.writable_len,
-                MAX_REPLY_BYTES,
-                ChainError::ReplyTooLong,
-            )
-        } else {
-            (
-                &mut layout.readable,
-                &mut layout.readable_len,
-                MAX_REQUEST_BYTES,
-                ChainError::RequestTooLong,
-            )
-        };
-        *total = match total.checked_add(seg.len) {
-            Some(t) if t <= max => t,
-            _ => return Err(err),
-        };
-        list.push(seg);
-    }
-    if count == 0 {
-        return Err(ChainError::EmptyChain);
-    }
-    Ok(layout)
+    chain: impl IntoIterator<Item = Descriptor>,
+) -> Result<Split, ChainError> {
+    split(mem, chain, &LIMITS)
 }
 
 /// The fields of `struct fuse_in_header` the device looks at.
@@ -241,7 +147,7 @@ pub enum HeadError {
     #[error("header says {len} bytes, the chain holds {readable} (header {IN_HEADER_SIZE})")]
     Length {
         len: u32,
-        readable: u32,
+        readable: u64,
         unique: u64,
     },
     #[error("guest memory: {0}")]
@@ -274,7 +180,7 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 /// Parses the first bytes of a request whose readable part holds
 /// `readable` bytes: the header must be whole and its `len` must cover the
 /// header and fit in the chain.
-pub fn parse_head(bytes: &[u8], readable: u32) -> Result<Head, HeadError> {
+pub fn parse_head(bytes: &[u8], readable: u64) -> Result<Head, HeadError> {
     if bytes.len() < IN_HEADER_SIZE {
         return Err(HeadError::Short { got: bytes.len() });
     }
@@ -287,7 +193,7 @@ pub fn parse_head(bytes: &[u8], readable: u32) -> Result<Head, HeadError> {
         gid: le_u32(bytes, 28),
         pid: le_u32(bytes, 32),
     };
-    if header.len < IN_HEADER_SIZE as u32 || header.len > readable {
+    if header.len < IN_HEADER_SIZE as u32 || u64::from(header.len) > readable {
         return Err(HeadError::Length {
             len: header.len,
             readable,
@@ -305,38 +211,16 @@ pub fn parse_head(bytes: &[u8], readable: u32) -> Result<Head, HeadError> {
 }
 
 /// Copies the start of the request out of guest memory and parses it.
-pub fn read_head(mem: &GuestMemoryMmap, layout: &Layout) -> Result<Head, HeadError> {
+pub fn read_head(mem: &GuestMemoryMmap, layout: &Split) -> Result<Head, HeadError> {
     let mut buf = [0u8; HEAD_BYTES];
-    let mut got = 0usize;
-    for seg in &layout.readable {
-        if got == HEAD_BYTES {
-            break;
-        }
-        let n = (seg.len as usize).min(HEAD_BYTES - got);
-        mem.read_slice(&mut buf[got..got + n], seg.addr)
-            .map_err(|e| HeadError::Memory(e.to_string()))?;
-        got += n;
-    }
+    let got = read_at(mem, &layout.readable, 0, &mut buf)
+        .map_err(|e| HeadError::Memory(e.to_string()))?;
     parse_head(&buf[..got], layout.readable_len)
 }
 
 /// The readable buffers after the first `skip` bytes.
-pub fn readable_after(layout: &Layout, mut skip: usize) -> Vec<Segment> {
-    let mut out = Vec::with_capacity(layout.readable.len());
-    for seg in &layout.readable {
-        let len = seg.len as usize;
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        // `skip < len <= u32::MAX`, and the segment lies in one region.
-        out.push(Segment {
-            addr: GuestAddress(seg.addr.raw_value() + skip as u64),
-            len: (len - skip) as u32,
-        });
-        skip = 0;
-    }
-    out
+pub fn readable_after(layout: &Split, skip: usize) -> Vec<Segment> {
+    pieces(&layout.readable, skip as u64, u64::MAX).collect()
 }
 
 /// What the device does with a request.
@@ -447,7 +331,7 @@ fn is_device_node(mode: u32) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum ReplyError {
     #[error("no room for a reply ({0} writable bytes)")]
-    NoRoom(u32),
+    NoRoom(u64),
     #[error("guest memory: {0}")]
     Memory(#[from] GuestMemoryError),
 }
@@ -465,29 +349,21 @@ pub fn error_reply(unique: u64, errno: i32) -> [u8; OUT_HEADER_SIZE] {
 pub fn write_error_reply(
     mem: &GuestMemoryMmap,
     writable: &[Segment],
-    writable_len: u32,
+    writable_len: u64,
     unique: u64,
     errno: i32,
 ) -> Result<u32, ReplyError> {
-    if (writable_len as usize) < OUT_HEADER_SIZE {
+    if writable_len < OUT_HEADER_SIZE as u64 {
         return Err(ReplyError::NoRoom(writable_len));
     }
-    let reply = error_reply(unique, errno);
-    let mut done = 0usize;
-    for seg in writable {
-        if done == reply.len() {
-            break;
-        }
-        let n = (seg.len as usize).min(reply.len() - done);
-        mem.write_slice(&reply[done..done + n], seg.addr)?;
-        done += n;
-    }
+    write_at(mem, writable, 0, &error_reply(unique, errno))?;
     Ok(OUT_HEADER_SIZE as u32)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::GuestAddress;
 
     fn header(len: u32, op: u32, unique: u64) -> Vec<u8> {
         let mut b = vec![0u8; IN_HEADER_SIZE];
@@ -500,7 +376,7 @@ mod tests {
     fn head(op: u32, args: &[u8]) -> Head {
         let mut b = header((IN_HEADER_SIZE + args.len()) as u32, op, 7);
         b.extend_from_slice(args);
-        parse_head(&b, b.len() as u32).unwrap()
+        parse_head(&b, b.len() as u64).unwrap()
     }
 
     #[test]
@@ -566,7 +442,7 @@ mod tests {
 
     #[test]
     fn skipping_the_head() {
-        let layout = Layout {
+        let layout = Split {
             readable: vec![
                 Segment {
                     addr: GuestAddress(0x1000),

@@ -70,6 +70,9 @@ pub const CONN_BUF_ALLOC: u32 = 256 * 1024;
 pub const CREDIT_UPDATE_THRESHOLD: u32 = 64 * 1024;
 /// Largest payload in one packet (Linux uses 64 KiB too).
 pub const MAX_PKT_DATA: u32 = 64 * 1024;
+/// The most descriptors in one TX, RX or event chain (Linux uses one or
+/// two): a queue's worth.
+pub const MAX_DESCRIPTORS: usize = QUEUE_SIZE as usize;
 /// Connections (plus host handshakes in progress) beyond which new ones are refused.
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Host-side ports for host-initiated connections count up from here.

@@ -6,10 +6,11 @@
 //! whatever payload fits. Everything the guest controls (flags, lengths,
 //! addresses, loops) is checked; nothing here panics on guest input.
 
-use virtio_queue::{desc::split::Descriptor, DescriptorChain};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap};
+use virtio_queue::DescriptorChain;
+use vm_memory::{GuestMemoryError, GuestMemoryMmap};
 
-use super::MAX_PKT_DATA;
+use super::{MAX_DESCRIPTORS, MAX_PKT_DATA};
+use crate::virtio::chain::{read_at, split, write_at, ChainError, Limits, Segment};
 
 /// Size of `struct virtio_vsock_hdr`.
 pub const HDR_SIZE: usize = 44;
@@ -76,14 +77,12 @@ impl PacketHeader {
 /// Why a chain is not a valid packet buffer.
 #[derive(Debug, thiserror::Error)]
 pub enum PacketError {
-    #[error("empty descriptor chain")]
-    EmptyChain,
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     #[error("write-only descriptor in a TX chain")]
     WriteOnlyInTx,
     #[error("read-only descriptor in an RX chain")]
     ReadOnlyInRx,
-    #[error("descriptor {addr:#x}+{len:#x} is outside guest memory")]
-    OutOfRange { addr: u64, len: u32 },
     #[error("chain holds {got} bytes, less than the {HDR_SIZE}-byte header")]
     ShortHeader { got: u64 },
     #[error("payload length {len} exceeds the maximum {MAX_PKT_DATA}")]
@@ -112,85 +111,59 @@ pub struct TxPacket {
     pub data: Vec<u8>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Segment {
-    addr: GuestAddress,
-    len: u32,
-}
-
 /// Collects a chain's buffers, all of one direction, checked against memory.
 fn segments(
     mem: &GuestMemoryMmap,
-    chain: impl Iterator<Item = Descriptor>,
+    chain: DescriptorChain<&GuestMemoryMmap>,
     writable: bool,
 ) -> Result<(Vec<Segment>, u64), PacketError> {
-    let mut segs = Vec::new();
-    let mut total = 0u64;
-    let mut any = false;
-    for desc in chain {
-        any = true;
-        match (writable, desc.is_write_only()) {
-            (false, true) => return Err(PacketError::WriteOnlyInTx),
-            (true, false) => return Err(PacketError::ReadOnlyInRx),
-            _ => {}
-        }
-        if desc.len() == 0 {
-            continue;
-        }
-        let len = usize::try_from(desc.len()).map_err(|_| PacketError::OutOfRange {
-            addr: desc.addr().0,
-            len: desc.len(),
-        })?;
-        if !GuestMemory::check_range(mem, desc.addr(), len) {
-            return Err(PacketError::OutOfRange {
-                addr: desc.addr().0,
-                len: desc.len(),
-            });
-        }
-        total += u64::from(desc.len());
-        segs.push(Segment {
-            addr: desc.addr(),
-            len: desc.len(),
-        });
+    let wrong_way = if writable {
+        PacketError::ReadOnlyInRx
+    } else {
+        PacketError::WriteOnlyInTx
+    };
+    let s = match split(mem, chain, &Limits::descriptors(MAX_DESCRIPTORS)) {
+        Ok(s) => s,
+        Err(ChainError::ReadableAfterWritable) => return Err(wrong_way),
+        Err(e) => return Err(e.into()),
+    };
+    match writable {
+        true if s.readable.is_empty() => Ok((s.writable, s.writable_len)),
+        false if s.writable.is_empty() => Ok((s.readable, s.readable_len)),
+        _ => Err(wrong_way),
     }
-    if !any {
-        return Err(PacketError::EmptyChain);
-    }
-    Ok((segs, total))
 }
 
-/// Walks `segs` from byte `offset`, calling `f(addr, range)` for each piece
-/// of `len` bytes.
-fn for_each_piece(
+/// Copies `buf.len()` bytes from byte `offset` of `segs` into `buf`.
+fn read_exact_at(
+    mem: &GuestMemoryMmap,
     segs: &[Segment],
-    mut offset: usize,
-    len: usize,
-    mut f: impl FnMut(GuestAddress, std::ops::Range<usize>) -> Result<(), GuestMemoryError>,
+    offset: usize,
+    buf: &mut [u8],
 ) -> Result<(), PacketError> {
-    let mut done = 0usize;
-    for seg in segs {
-        if done == len {
-            break;
-        }
-        let seg_len = seg.len as usize;
-        if offset >= seg_len {
-            offset -= seg_len;
-            continue;
-        }
-        let n = (seg_len - offset).min(len - done);
-        let addr = seg
-            .addr
-            .checked_add(offset as u64)
-            .ok_or(PacketError::OutOfRange {
-                addr: seg.addr.0,
-                len: seg.len,
-            })?;
-        f(addr, done..done + n)?;
-        done += n;
-        offset = 0;
+    let done = read_at(mem, segs, offset as u64, buf)?;
+    if done < buf.len() {
+        return Err(PacketError::NoRoom {
+            len: buf.len(),
+            room: done,
+        });
     }
-    if done < len {
-        return Err(PacketError::NoRoom { len, room: done });
+    Ok(())
+}
+
+/// Copies `buf` into `segs` from byte `offset` on, whole.
+fn write_all_at(
+    mem: &GuestMemoryMmap,
+    segs: &[Segment],
+    offset: usize,
+    buf: &[u8],
+) -> Result<(), PacketError> {
+    let done = write_at(mem, segs, offset as u64, buf)?;
+    if done < buf.len() {
+        return Err(PacketError::NoRoom {
+            len: buf.len(),
+            room: done,
+        });
     }
     Ok(())
 }
@@ -206,10 +179,7 @@ pub fn parse_tx(
         return Err(err(None, PacketError::ShortHeader { got: total }));
     }
     let mut raw = [0u8; HDR_SIZE];
-    for_each_piece(&segs, 0, HDR_SIZE, |addr, r| {
-        mem.read_slice(&mut raw[r], addr)
-    })
-    .map_err(|e| err(None, e))?;
+    read_exact_at(mem, &segs, 0, &mut raw).map_err(|e| err(None, e))?;
     let hdr = PacketHeader::from_bytes(&raw);
     if hdr.len > MAX_PKT_DATA {
         return Err(err(Some(hdr), PacketError::DataTooLong { len: hdr.len }));
@@ -225,10 +195,7 @@ pub fn parse_tx(
         ));
     }
     let mut data = vec![0u8; hdr.len as usize];
-    for_each_piece(&segs, HDR_SIZE, data.len(), |addr, r| {
-        mem.read_slice(&mut data[r], addr)
-    })
-    .map_err(|e| err(Some(hdr), e))?;
+    read_exact_at(mem, &segs, HDR_SIZE, &mut data).map_err(|e| err(Some(hdr), e))?;
     Ok(TxPacket { hdr, data })
 }
 
@@ -274,12 +241,8 @@ impl RxBuffer {
         let mut hdr = *hdr;
         hdr.len = data.len() as u32;
         let raw = hdr.to_bytes();
-        for_each_piece(&self.segs, 0, HDR_SIZE, |addr, r| {
-            mem.write_slice(&raw[r], addr)
-        })?;
-        for_each_piece(&self.segs, HDR_SIZE, data.len(), |addr, r| {
-            mem.write_slice(&data[r], addr)
-        })?;
+        write_all_at(mem, &self.segs, 0, &raw)?;
+        write_all_at(mem, &self.segs, HDR_SIZE, data)?;
         Ok((HDR_SIZE + data.len()) as u32)
     }
 }
@@ -298,16 +261,17 @@ pub fn write_event(
         });
     }
     let raw = event_id.to_le_bytes();
-    for_each_piece(&segs, 0, 4, |addr, r| mem.write_slice(&raw[r], addr))?;
+    write_all_at(mem, &segs, 0, &raw)?;
     Ok(4)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::{Queue, QueueT};
+    use vm_memory::{Bytes, GuestAddress};
 
     const W: u16 = 2; // VRING_DESC_F_WRITE
     const N: u16 = 1; // VRING_DESC_F_NEXT
@@ -425,17 +389,17 @@ mod tests {
             ),
             (
                 vec![d(0x1f_fff0, 44, 0)],
-                |e| matches!(e, PacketError::OutOfRange { .. }),
+                |e| matches!(e, PacketError::Chain(ChainError::OutOfMemory { .. })),
                 false,
             ),
             (
                 vec![d(u64::MAX - 10, 44, 0)],
-                |e| matches!(e, PacketError::OutOfRange { .. }),
+                |e| matches!(e, PacketError::Chain(ChainError::OutOfMemory { .. })),
                 false,
             ),
             (
                 vec![d(0x1_0000, 44, 0), d(0x30_0000, 100, 0)],
-                |e| matches!(e, PacketError::OutOfRange { .. }),
+                |e| matches!(e, PacketError::Chain(ChainError::OutOfMemory { .. })),
                 false,
             ),
         ];
@@ -448,7 +412,7 @@ mod tests {
         let e = tx(&m, &[d(0x1_0000, 44, 0), d(0x2_0000, u32::MAX, 0)]).unwrap_err();
         assert!(matches!(
             e.error,
-            PacketError::OutOfRange { .. } | PacketError::DataTooLong { .. }
+            PacketError::Chain(ChainError::OutOfMemory { .. }) | PacketError::DataTooLong { .. }
         ));
         let e = tx(&m, &[d(0x1_0000, 44, 0), d(0x2_0000, 0x10_0000, 0)]).unwrap_err();
         assert!(matches!(e.error, PacketError::DataTooLong { .. }), "{e}");
