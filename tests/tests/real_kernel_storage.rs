@@ -24,9 +24,9 @@ use husk_shim::agent_client::{
 use husk_tests::{debug_guest_image, kvm_available, pattern, temp_path};
 use husk_vmm::{DiskConfig, ExitReason, ShareConfig, VmConfig, VsockConfig};
 
-/// Tens of MiB would be better; each MiB costs seconds of emulated guest
-/// kernel on nested hosts.
-const LARGE_MIB: usize = 16;
+/// Tens of MiB, as the issue asks; each MiB costs seconds of emulated
+/// guest kernel on nested hosts (the copy in and out takes ~2 min here).
+const LARGE_MIB: usize = 32;
 const LARGE_SEED: u64 = 0x2545_f491_4f6c_dd1d;
 
 fn sha256_file(p: &Path) -> String {
