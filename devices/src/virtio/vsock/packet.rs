@@ -134,6 +134,14 @@ fn segments(
     }
 }
 
+/// Ok when a copy of `len` bytes moved them all (`done`), else NoRoom.
+fn whole(len: usize, done: usize) -> Result<(), PacketError> {
+    if done < len {
+        return Err(PacketError::NoRoom { len, room: done });
+    }
+    Ok(())
+}
+
 /// Copies `buf.len()` bytes from byte `offset` of `segs` into `buf`.
 fn read_exact_at(
     mem: &GuestMemoryMmap,
@@ -141,14 +149,7 @@ fn read_exact_at(
     offset: usize,
     buf: &mut [u8],
 ) -> Result<(), PacketError> {
-    let done = read_at(mem, segs, offset as u64, buf)?;
-    if done < buf.len() {
-        return Err(PacketError::NoRoom {
-            len: buf.len(),
-            room: done,
-        });
-    }
-    Ok(())
+    whole(buf.len(), read_at(mem, segs, offset as u64, buf)?)
 }
 
 /// Copies `buf` into `segs` from byte `offset` on, whole.
@@ -158,14 +159,7 @@ fn write_all_at(
     offset: usize,
     buf: &[u8],
 ) -> Result<(), PacketError> {
-    let done = write_at(mem, segs, offset as u64, buf)?;
-    if done < buf.len() {
-        return Err(PacketError::NoRoom {
-            len: buf.len(),
-            room: done,
-        });
-    }
-    Ok(())
+    whole(buf.len(), write_at(mem, segs, offset as u64, buf)?)
 }
 
 /// Parses a TX chain into a header and a copy of its payload.
