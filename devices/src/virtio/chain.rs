@@ -7,9 +7,9 @@
 //! - no device-readable descriptor after a device-writable one (virtio 1.2,
 //!   2.7.4.2: "device-writable descriptor elements after any device-readable
 //!   elements");
-//! - every non-empty buffer lies inside one guest memory region (what a
-//!   slice of guest memory needs; zero-length descriptors are skipped
-//!   whatever their address);
+//! - every buffer lies inside one guest memory region (what a slice of
+//!   guest memory needs; an empty one must still point into memory, and is
+//!   then left out of the split);
 //! - at most [`Limits::descriptors`] descriptors, and at most
 //!   [`Limits::readable_bytes`] / [`Limits::writable_bytes`] in each part.
 //!
@@ -113,14 +113,14 @@ pub fn split(
             addr: desc.addr(),
             len: desc.len(),
         };
-        if seg.len == 0 {
-            continue;
-        }
         if !in_one_region(mem, seg.addr, seg.len) {
             return Err(ChainError::OutOfMemory {
                 addr: seg.addr.raw_value(),
                 len: seg.len,
             });
+        }
+        if seg.len == 0 {
+            continue;
         }
         let (list, total, max, err) = if write {
             (
@@ -263,8 +263,8 @@ mod tests {
         assert_eq!(s.readable_len, 24);
         assert_eq!(s.writable, vec![seg(0x400, 4)]);
         assert_eq!(s.writable_len, 4);
-        // Only zero-length descriptors, anywhere: an empty split, not an error.
-        let s = split(&m, [d(u64::MAX, 0, 0), d(0x9_0000, 0, W)], &limits(8)).unwrap();
+        // Only zero-length descriptors in memory: an empty split, not an error.
+        let s = split(&m, [d(0x100, 0, 0), d(0x2_0000, 0, W)], &limits(8)).unwrap();
         assert_eq!(s, Split::default());
     }
 
@@ -290,6 +290,8 @@ mod tests {
             (0x2_ffff, 2),        // spans two regions that touch
             (u64::MAX, 1),        // past the address space
             (0x3_0000, u32::MAX), // past the last region
+            (0x1_0000, 0),        // empty, but not in memory
+            (u64::MAX, 0),
         ] {
             assert_eq!(
                 e(&[d(addr, len, 0)]),

@@ -111,26 +111,25 @@ pub struct TxPacket {
     pub data: Vec<u8>,
 }
 
-/// Collects a chain's buffers, all of one direction, checked against memory.
+/// Collects a chain's buffers, all of one direction (an empty descriptor of
+/// the other direction is refused too), checked against memory.
 fn segments(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
     writable: bool,
 ) -> Result<(Vec<Segment>, u64), PacketError> {
-    let wrong_way = if writable {
-        PacketError::ReadOnlyInRx
-    } else {
-        PacketError::WriteOnlyInTx
-    };
-    let s = match split(mem, chain, &Limits::descriptors(MAX_DESCRIPTORS)) {
-        Ok(s) => s,
-        Err(ChainError::ReadableAfterWritable) => return Err(wrong_way),
-        Err(e) => return Err(e.into()),
-    };
-    match writable {
-        true if s.readable.is_empty() => Ok((s.writable, s.writable_len)),
-        false if s.writable.is_empty() => Ok((s.readable, s.readable_len)),
-        _ => Err(wrong_way),
+    let mut wrong_way = false;
+    let walk = chain.inspect(|d| wrong_way |= d.is_write_only() != writable);
+    let split = split(mem, walk, &Limits::descriptors(MAX_DESCRIPTORS));
+    match (wrong_way, writable) {
+        (true, true) => Err(PacketError::ReadOnlyInRx),
+        (true, false) => Err(PacketError::WriteOnlyInTx),
+        (false, true) => split
+            .map(|s| (s.writable, s.writable_len))
+            .map_err(Into::into),
+        (false, false) => split
+            .map(|s| (s.readable, s.readable_len))
+            .map_err(Into::into),
     }
 }
 
@@ -367,6 +366,11 @@ mod tests {
                 false,
             ),
             (
+                vec![d(0x1_0000, 44, 0), d(0x2_0000, 0, W)],
+                |e| matches!(e, PacketError::WriteOnlyInTx),
+                false,
+            ),
+            (
                 vec![d(0x1_0000, 43, 0)],
                 |e| matches!(e, PacketError::ShortHeader { got: 43 }),
                 false,
@@ -463,6 +467,7 @@ mod tests {
         for (descs, ok) in [
             (vec![d(0x1_0000, 44, 0)], false),
             (vec![d(0x1_0000, 44, W), d(0x2_0000, 8, 0)], false),
+            (vec![d(0x1_0000, 44, W), d(0x2_0000, 0, 0)], false),
             (vec![d(0x1_0000, 40, W)], false),
             (vec![d(0x1f_fff0, 64, W)], false),
             (vec![d(0x1_0000, 20, W), d(0x2_0000, 24, W)], true),
