@@ -363,7 +363,12 @@ impl AgentClient {
 
     /// Asks the guest to power off; it replies first, then resets the VM.
     pub fn shutdown(&self) -> Result<(), AgentClientError> {
-        self.call("Shutdown", |c, ctx| {
+        self.shutdown_within(self.call_timeout)
+    }
+
+    /// [`shutdown`](Self::shutdown), the call bounded by `timeout`.
+    pub fn shutdown_within(&self, timeout: Duration) -> Result<(), AgentClientError> {
+        self.call_within("Shutdown", timeout, |c, ctx| {
             c.shutdown(ctx, &ShutdownRequest::new())
         })?;
         Ok(())

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use husk_devices::legacy::ConsoleWatch;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::runstate::{RunState, VmOutcome};
+use crate::runstate::{ExitNotifier, RunState, VmOutcome};
 
 /// What the host can ask of a running VMM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +161,13 @@ impl VmmHandle {
     /// The outcome, if the VM has stopped.
     pub fn outcome(&self) -> Option<VmOutcome> {
         self.state.outcome()
+    }
+
+    /// A notifier that becomes ready when the VM has ended, however it
+    /// ended (guest power-off, crash, host stop): for owners that must be
+    /// told rather than ask.
+    pub fn exit_notifier(&self) -> std::io::Result<ExitNotifier> {
+        self.state.exit_notifier()
     }
 }
 

@@ -32,4 +32,4 @@ pub use config::{
 pub use controller::PANIC_MARKER;
 pub use error::{StartError, VmmError};
 pub use exit::{EmulationFailure, ExitReason};
-pub use runstate::{Timeline, VmOutcome};
+pub use runstate::{ExitNotifier, Timeline, VmOutcome};

@@ -5,6 +5,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsRawFd;
+
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::exit::ExitReason;
@@ -56,6 +58,9 @@ pub struct RunState {
     first_run: OnceLock<Instant>,
     outcome: Mutex<Option<VmOutcome>>,
     done: Condvar,
+    /// Written once the outcome is published and never read, so it stays
+    /// readable: owners poll/epoll their clones ([`ExitNotifier`]).
+    done_evt: EventFd,
     /// Set while the host wants the vCPUs parked (pause, snapshot).
     pause: AtomicBool,
     parked: Mutex<Parked>,
@@ -78,6 +83,7 @@ impl RunState {
             first_run: OnceLock::new(),
             outcome: Mutex::new(None),
             done: Condvar::new(),
+            done_evt: EventFd::new(EFD_NONBLOCK)?,
             pause: AtomicBool::new(false),
             parked: Mutex::new(Parked::default()),
             park_changed: Condvar::new(),
@@ -178,6 +184,16 @@ impl RunState {
     pub(crate) fn finish(&self, outcome: VmOutcome) {
         *lock(&self.outcome) = Some(outcome);
         self.done.notify_all();
+        if let Err(err) = self.done_evt.write(1) {
+            tracing::error!(error = %err, "cannot signal the VM's end to its owner");
+        }
+    }
+
+    /// A notifier that becomes ready when the outcome is published.
+    pub fn exit_notifier(&self) -> std::io::Result<ExitNotifier> {
+        Ok(ExitNotifier {
+            fd: self.done_evt.try_clone()?,
+        })
     }
 
     /// The outcome once the VM has fully stopped.
@@ -204,5 +220,93 @@ impl RunState {
                 }
             };
         }
+    }
+}
+
+/// Tells its owner that a VM has ended, without polling: its descriptor
+/// becomes readable (and stays so) once the VM's outcome is published, so
+/// it can sit in the owner's epoll set, or [`wait`](Self::wait) blocks on
+/// it. Each notifier is its own descriptor; dropping it closes that.
+#[derive(Debug)]
+pub struct ExitNotifier {
+    fd: EventFd,
+}
+
+impl ExitNotifier {
+    /// Blocks until the VM has ended (true) or `timeout` passed (false);
+    /// `None` waits for as long as it takes.
+    pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            let ms = match (timeout, deadline) {
+                (None, _) | (Some(_), None) => -1,
+                (Some(_), Some(d)) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    // Round up: a sub-millisecond rest must still wait.
+                    i32::try_from(
+                        left.as_millis() + u128::from(left.subsec_nanos() % 1_000_000 != 0),
+                    )
+                    .unwrap_or(i32::MAX)
+                }
+            };
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, alive for the call.
+            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if rc > 0 {
+                return true;
+            }
+            if rc == 0 {
+                return false;
+            }
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                tracing::error!(error = %std::io::Error::last_os_error(), "poll on a VM exit notifier");
+                return false;
+            }
+        }
+    }
+
+    /// Whether the VM has ended (does not block).
+    pub fn has_ended(&self) -> bool {
+        self.wait(Some(Duration::ZERO))
+    }
+}
+
+impl std::os::fd::AsRawFd for ExitNotifier {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+    use super::*;
+
+    #[test]
+    fn exit_notifier_fires_once_the_outcome_is_published_and_stays_ready() {
+        let state = std::sync::Arc::new(RunState::new().unwrap());
+        let early = state.exit_notifier().unwrap();
+        assert!(!early.wait(Some(Duration::from_millis(20))));
+        assert!(!early.has_ended());
+        let s = state.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            s.finish(VmOutcome {
+                reason: ExitReason::HostRequest,
+                timeline: Timeline::default(),
+                console_tail: Vec::new(),
+            });
+        });
+        assert!(early.wait(None), "a blocking wait returns when the VM ends");
+        t.join().unwrap();
+        // Level-triggered: every notifier, old or new, stays ready.
+        assert!(early.has_ended());
+        assert!(state.exit_notifier().unwrap().has_ended());
+        assert!(state.outcome().is_some());
     }
 }

@@ -1,0 +1,148 @@
+//! Making a template: boot the guest once to agent-ready, warm the agent,
+//! pause, snapshot.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use husk_vmm::{
+    ConsoleConfig, DiskConfig, PvmCompat, SeccompMode, ShareConfig, VmConfig, VmmRequest,
+    VmmResponse, VsockConfig,
+};
+
+use super::store::TemplateBuilder;
+use super::template_key::TemplateSpec;
+use crate::agent_client::{AgentClient, AgentClientError};
+
+/// The console of the template's boot, kept in the template for debugging.
+pub const CONSOLE_FILE: &str = "console.log";
+
+/// Why a template could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateBuildError {
+    #[error("{0}")]
+    Start(#[from] husk_vmm::StartError),
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the template VM's agent never answered (console: {}): {source}", console.display())]
+    Agent {
+        console: PathBuf,
+        #[source]
+        source: Box<AgentClientError>,
+    },
+    #[error("{0}")]
+    Api(#[from] husk_vmm::ApiError),
+    #[error("the template VM stopped before its snapshot: {0}")]
+    Stopped(String),
+}
+
+/// Boots a template VM per [`TemplateSpec`] and snapshots it.
+#[derive(Debug, Clone)]
+pub struct VmTemplateBuilder {
+    /// How long the cold boot to agent-ready may take.
+    pub boot_timeout: Duration,
+    pub seccomp: SeccompMode,
+}
+
+impl VmTemplateBuilder {
+    /// Makes the template's files in `dir`; returns the bytes of guest
+    /// memory written.
+    pub fn make(&self, spec: &TemplateSpec, dir: &Path) -> Result<u64, TemplateBuildError> {
+        let io = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TemplateBuildError::Io { what, path, source }
+        };
+        // Each disk gets a sparse stand-in of its size: the template's guest
+        // sees the layout; every VM restored from it brings its own images.
+        let mut disks = Vec::with_capacity(spec.disks.len());
+        for (i, d) in spec.disks.iter().enumerate() {
+            let path = dir.join(format!("disk{i}.img"));
+            std::fs::File::create(&path)
+                .and_then(|f| f.set_len(d.size_bytes))
+                .map_err(io("disk stand-in", &path))?;
+            disks.push(DiskConfig {
+                path,
+                read_only: d.read_only,
+                id: d.id.clone(),
+            });
+        }
+        let uds = dir.join("template.vsock");
+        let console = dir.join(CONSOLE_FILE);
+        let cfg = VmConfig {
+            name: "template".into(),
+            kernel: spec.kernel.clone(),
+            initrd: Some(spec.initrd.clone()),
+            cmdline_extra: spec.cmdline_extra.clone(),
+            mem_mib: spec.mem_mib,
+            vcpus: spec.vcpus,
+            console: ConsoleConfig {
+                file: Some(console.clone()),
+                log: false,
+            },
+            pvm_compat: if spec.pvm_compat {
+                PvmCompat::On
+            } else {
+                PvmCompat::Off
+            },
+            vsock: Some(VsockConfig {
+                guest_cid: husk_vmm::DEFAULT_GUEST_CID,
+                uds_path: uds.clone(),
+            }),
+            disks,
+            shares: spec
+                .shares
+                .iter()
+                .map(|s| ShareConfig {
+                    tag: s.tag.clone(),
+                    shared_dir: None,
+                    read_only: s.read_only,
+                })
+                .collect(),
+            seccomp: self.seccomp,
+            ..VmConfig::default()
+        };
+        let handle = husk_vmm::start(cfg)?;
+        let agent_err = |source| TemplateBuildError::Agent {
+            console: console.clone(),
+            source: Box::new(source),
+        };
+        {
+            // Agent-ready means its API answers. The connection is closed
+            // before the snapshot (connections never survive a restore).
+            let client = AgentClient::connect(&uds, self.boot_timeout).map_err(agent_err)?;
+            client.version().map_err(agent_err)?;
+        }
+        if let Some(o) = handle.outcome() {
+            return Err(TemplateBuildError::Stopped(o.reason.to_string()));
+        }
+        handle.request(VmmRequest::Pause)?;
+        let written = match handle.request(VmmRequest::Snapshot {
+            dir: dir.to_path_buf(),
+        })? {
+            VmmResponse::Snapshot { memory_bytes } => memory_bytes,
+            _ => 0,
+        };
+        handle.stop()?;
+        drop(handle);
+        let _ = std::fs::remove_file(&uds);
+        for i in 0..spec.disks.len() {
+            let _ = std::fs::remove_file(dir.join(format!("disk{i}.img")));
+        }
+        Ok(written)
+    }
+}
+
+impl TemplateBuilder for VmTemplateBuilder {
+    fn build(
+        &self,
+        spec: &TemplateSpec,
+        dir: &Path,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.make(spec, dir)?;
+        Ok(())
+    }
+}
