@@ -41,8 +41,13 @@ enum VmCommand {
 
 #[derive(Subcommand)]
 enum TemplateCommand {
-    /// Boot to agent-ready, pause and snapshot into --out.
+    /// Find or make the template for a guest and device layout in the store
+    /// (or in --out): boot to agent-ready, pause, snapshot.
     Create(template::CreateArgs),
+    /// List the store's templates.
+    Ls(template::LsArgs),
+    /// Remove templates from the store (VMs running from them keep running).
+    Rm(template::RmArgs),
 }
 
 #[derive(Subcommand)]
@@ -80,9 +85,11 @@ fn main() {
             AgentCommand::Mount(args) => agent::mount(&args),
             AgentCommand::Umount(args) => agent::umount(&args),
         },
-        Command::Template {
-            command: TemplateCommand::Create(args),
-        } => template::run_create(&args),
+        Command::Template { command } => match command {
+            TemplateCommand::Create(args) => template::run_create(&args),
+            TemplateCommand::Ls(args) => template::run_ls(&args),
+            TemplateCommand::Rm(args) => template::run_rm(&args),
+        },
     };
     std::process::exit(if code == 0 { exit_code::OK } else { code });
 }

@@ -1,18 +1,16 @@
-//! `husk template create`: boot once to agent-ready and snapshot, so VMs
-//! start from the snapshot in milliseconds instead of booting; and the
-//! identity step every VM started from a template goes through.
+//! `husk template create|ls|rm`: thin users of the template store
+//! ([`crate::sandbox::store`]).
 
 use std::path::PathBuf;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use husk_vmm::{ConsoleConfig, VmConfig, VmmRequest, VmmResponse, VsockConfig};
+use husk_vmm::{DiskConfig, PvmCompat, SeccompMode, ShareConfig};
 
+use super::device_args::{DiskArg, ShareArg};
 use super::exit_code;
-use crate::agent_client::{AgentClient, AgentClientError, Identity};
-
-/// How long a restored VM's agent may take to answer.
-const RESTORED_AGENT_DEADLINE: Duration = Duration::from_secs(60);
+use crate::sandbox::store::{self, TemplateStore, DEFAULT_ROOT};
+use crate::sandbox::template_build::VmTemplateBuilder;
+use crate::sandbox::{build_id, template_spec, GuestSpec};
 
 /// Options of `husk template create`.
 #[derive(Debug, clap::Args)]
@@ -32,186 +30,187 @@ pub struct CreateArgs {
     /// Extra kernel command line arguments.
     #[arg(long, default_value = "")]
     pub cmdline: String,
-    /// The template directory (created).
+    /// The template store (templates keyed by guest, layout and husk build).
+    #[arg(long, default_value = DEFAULT_ROOT, conflicts_with = "out")]
+    pub store: PathBuf,
+    /// Make the template in this directory instead of the store (it must
+    /// not exist).
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
     /// How long the boot to agent-ready may take, in seconds.
-    #[arg(long, default_value_t = 900.0)]
-    pub timeout: f64,
-    /// Write the guest console of the template boot here.
-    #[arg(long)]
-    pub console: Option<PathBuf>,
-    /// A virtio-blk disk, as for `husk vm run` (repeatable). VMs started
-    /// from the template name their own image for it (`--disk PATH`).
+    #[arg(long, default_value = "900", value_parser = super::parse_seconds)]
+    pub timeout: Duration,
+    /// A virtio-blk disk of the template's layout: `PATH[,ro][,id=ID]`
+    /// (repeatable). The image gives the size; VMs started from the
+    /// template bring their own image of that size (`--disk PATH`).
     #[arg(long = "disk", value_name = "PATH[,ro][,id=ID]", value_parser = super::device_args::parse_disk)]
-    pub disks: Vec<super::device_args::DiskArg>,
-    /// A virtio-fs share `TAG[=DIR][,ro]` (repeatable). Without DIR the
-    /// directory is chosen by each VM started from the template
-    /// (`husk vm run --from-template T --share TAG=DIR`); the guest must
-    /// not mount a share before the snapshot.
-    #[arg(long = "share", value_name = "TAG[=DIR][,ro]", value_parser = super::device_args::parse_share)]
-    pub shares: Vec<super::device_args::ShareArg>,
-}
-
-/// Errors making a template.
-#[derive(Debug, thiserror::Error)]
-pub enum TemplateError {
-    #[error("{0}")]
-    Start(#[from] husk_vmm::StartError),
-    #[error("template {dir}: {source}")]
-    Io {
-        dir: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the template VM's agent never answered: {0}")]
-    Agent(#[from] AgentClientError),
-    #[error("{0}")]
-    Api(#[from] husk_vmm::ApiError),
-    #[error("--timeout must be a positive number of seconds")]
-    Timeout,
-}
-
-/// Boots, waits for the agent, pauses and snapshots into `args.out`.
-pub fn create(args: &CreateArgs) -> Result<u64, TemplateError> {
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        return Err(TemplateError::Timeout);
-    }
-    let io = |source| TemplateError::Io {
-        dir: args.out.display().to_string(),
-        source,
-    };
-    std::fs::create_dir_all(&args.out).map_err(io)?;
-    let uds = args.out.join("template.vsock");
-    let cfg = VmConfig {
-        name: "template".into(),
-        kernel: args.kernel.clone(),
-        initrd: Some(args.initrd.clone()),
-        cmdline_extra: args.cmdline.clone(),
-        mem_mib: args.mem_mib,
-        vcpus: args.vcpus,
-        console: ConsoleConfig {
-            file: args.console.clone(),
-            log: args.console.is_none(),
-        },
-        vsock: Some(VsockConfig {
-            guest_cid: husk_vmm::DEFAULT_GUEST_CID,
-            uds_path: uds.clone(),
-        }),
-        disks: args
-            .disks
-            .iter()
-            .enumerate()
-            .map(|(i, d)| d.config(i))
-            .collect(),
-        shares: args.shares.iter().map(|s| s.config()).collect(),
-        ..VmConfig::default()
-    };
-    let handle = husk_vmm::start(cfg)?;
-    {
-        // Agent-ready means its API answers; the connection is closed
-        // before the snapshot (connections never survive a restore).
-        let client = AgentClient::connect(&uds, Duration::from_secs_f64(args.timeout))?;
-        client.version()?;
-    }
-    handle.request(VmmRequest::Pause)?;
-    let written = match handle.request(VmmRequest::Snapshot {
-        dir: args.out.clone(),
-    })? {
-        VmmResponse::Snapshot { memory_bytes } => memory_bytes,
-        _ => 0,
-    };
-    handle.stop()?;
-    handle.wait(Some(Duration::from_secs(30)));
-    let _ = std::fs::remove_file(&uds);
-    Ok(written)
+    pub disks: Vec<DiskArg>,
+    /// A virtio-fs share `TAG[,ro]` of the template's layout (repeatable);
+    /// each VM started from it gives its directory (`--share TAG=DIR`).
+    #[arg(long = "share", value_name = "TAG[,ro]", value_parser = super::device_args::parse_share)]
+    pub shares: Vec<ShareArg>,
+    /// PVM compatibility command line: auto (when the host is PVM), on, off.
+    #[arg(long, default_value = "auto", value_parser = super::parse_pvm_compat)]
+    pub pvm_compat: PvmCompat,
+    /// Seccomp filters of the template VM's threads.
+    #[arg(long, default_value = "enforce")]
+    pub seccomp: SeccompMode,
 }
 
 /// `husk template create`.
 pub fn run_create(args: &CreateArgs) -> i32 {
     let t = Instant::now();
-    match create(args) {
-        Ok(bytes) => {
-            println!("template: {}", args.out.display());
-            println!("memory_written_bytes: {bytes}");
+    if let Some(s) = args.shares.iter().find(|s| s.dir.is_some()) {
+        eprintln!(
+            "husk: --share {}: a template's share has no directory; each VM started from it gives one",
+            s.tag
+        );
+        return exit_code::ERROR;
+    }
+    let guest = GuestSpec {
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
+        cmdline_extra: args.cmdline.clone(),
+        mem_mib: args.mem_mib,
+        vcpus: args.vcpus,
+        pvm_compat: args.pvm_compat,
+    };
+    let disks: Vec<DiskConfig> = args
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| d.config(i))
+        .collect();
+    let shares: Vec<ShareConfig> = args.shares.iter().map(ShareArg::config).collect();
+    let spec = match template_spec(&guest, &disks, &shares) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("husk: {e}");
+            return exit_code::ERROR;
+        }
+    };
+    let builder = VmTemplateBuilder {
+        boot_timeout: args.timeout,
+        seccomp: args.seccomp,
+    };
+    let made = match &args.out {
+        Some(out) => store::create_at(out, &spec, &builder, build_id()),
+        None => TemplateStore::open(&args.store, build_id())
+            .and_then(|s| s.get_or_create(&spec, &builder)),
+    };
+    match made {
+        Ok(tpl) => {
+            println!("template: {}", tpl.dir.display());
+            println!("key: {}", tpl.key);
+            println!("created: {}", tpl.created);
             println!("created_in_s: {:.3}", t.elapsed().as_secs_f64());
             exit_code::OK
         }
         Err(e) => {
-            eprintln!("husk: {e}");
+            eprintln!("husk: {}", super::error_chain(&e));
             exit_code::ERROR
         }
     }
 }
 
-/// Why a restored VM could not take its identity.
-#[derive(Debug, thiserror::Error)]
-pub enum ReidentifyError {
-    #[error("restored VM's agent: {0}")]
-    Agent(#[from] AgentClientError),
-    #[error("making a fresh identity: {0}")]
-    Identity(#[source] std::io::Error),
+/// Options of `husk template ls`.
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    /// The template store.
+    #[arg(long, default_value = DEFAULT_ROOT)]
+    pub store: PathBuf,
 }
 
-/// After a restore: connects to the agent, gives it a fresh identity (RNG
-/// seed, hostname, instance id, wall clock) and, with `oneshot`, shuts the
-/// guest down. Returns when the first ttrpc reply came.
-pub fn spawn_reidentify(
-    uds: PathBuf,
-    hostname: String,
-    oneshot: bool,
-) -> JoinHandle<Result<Instant, ReidentifyError>> {
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + RESTORED_AGENT_DEADLINE;
-        let identity =
-            Identity::fresh(sanitize_hostname(&hostname)).map_err(ReidentifyError::Identity)?;
-        // The guest resets every vsock connection when it handles the
-        // transport-reset event of the restore; a connection made just
-        // before it did dies with it. Reconnect and retry then (Reidentify
-        // with the same identity is idempotent).
-        let (client, outcome) = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            // A loaded host runs many restored guests at once: give each
-            // call the whole deadline rather than the default per-call bound.
-            let client =
-                AgentClient::connect(&uds, left)?.with_call_timeout(RESTORED_AGENT_DEADLINE);
-            match client.reidentify(&identity) {
-                Ok(o) => break (client, o),
-                Err(e @ AgentClientError::Transport { .. }) if Instant::now() < deadline => {
-                    tracing::debug!(error = %e, "agent connection reset after restore; reconnecting");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        let first_reply = Instant::now();
-        tracing::info!(instance_id = %outcome.instance_id, clock_step_ms = outcome.clock_step_ns / 1_000_000, "restored VM reidentified");
-        if oneshot {
-            client.shutdown()?;
+/// `husk template ls`: one line per template.
+pub fn run_ls(args: &LsArgs) -> i32 {
+    let listed = match TemplateStore::open(&args.store, build_id()).and_then(|s| s.list()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("husk: {e}");
+            return exit_code::ERROR;
         }
-        Ok(first_reply)
-    })
+    };
+    println!("KEY                              STATUS  DISK_MIB  CREATED_UNIX  GUEST");
+    for t in listed {
+        let (status, created, guest) = match &t.manifest {
+            Ok(m) => ("ok", m.created_unix_s.to_string(), summary(&m.description)),
+            Err(why) => ("BROKEN", "-".into(), why.clone()),
+        };
+        println!(
+            "{}  {:<6}  {:>8.1}  {:<12}  {}",
+            t.key,
+            status,
+            t.disk_bytes as f64 / f64::from(1 << 20),
+            created,
+            guest
+        );
+    }
+    exit_code::OK
 }
 
-/// A valid hostname from a VM name.
-fn sanitize_hostname(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '-'
+/// The memory, vCPUs and kernel of a template's description.
+fn summary(description: &str) -> String {
+    let field = |name: &str| {
+        description
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or("?")
+            .to_string()
+    };
+    let kernel = field("kernel ");
+    let kernel = kernel.split('"').nth(1).unwrap_or("?");
+    format!(
+        "mem {} MiB, {} vCPU, kernel {kernel}",
+        field("mem_mib "),
+        field("vcpus ")
+    )
+}
+
+/// Options of `husk template rm`.
+#[derive(Debug, clap::Args)]
+pub struct RmArgs {
+    /// The template store.
+    #[arg(long, default_value = DEFAULT_ROOT)]
+    pub store: PathBuf,
+    /// Remove every template in the store.
+    #[arg(long, conflicts_with = "keys")]
+    pub all: bool,
+    /// The templates' keys (`husk template ls`).
+    #[arg(required_unless_present = "all")]
+    pub keys: Vec<String>,
+}
+
+/// `husk template rm`: VMs running from a removed template keep running.
+pub fn run_rm(args: &RmArgs) -> i32 {
+    let store = match TemplateStore::open(&args.store, build_id()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("husk: {e}");
+            return exit_code::ERROR;
+        }
+    };
+    let keys = if args.all {
+        match store.list() {
+            Ok(l) => l.into_iter().map(|t| t.key).collect(),
+            Err(e) => {
+                eprintln!("husk: {e}");
+                return exit_code::ERROR;
             }
-        })
-        .take(64)
-        .collect();
-    let s = s.trim_start_matches('-').to_string();
-    if s.is_empty() {
-        "husk".into()
+        }
     } else {
-        s
+        args.keys.clone()
+    };
+    let mut code = exit_code::OK;
+    for k in keys {
+        match store.remove(&k) {
+            Ok(()) => println!("removed {k}"),
+            Err(e) => {
+                eprintln!("husk: {e}");
+                code = exit_code::ERROR;
+            }
+        }
     }
+    code
 }
 
 #[cfg(test)]
@@ -219,10 +218,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hostnames() {
-        assert_eq!(sanitize_hostname("pod_1/a"), "pod-1-a");
-        assert_eq!(sanitize_hostname("--x"), "x");
-        assert_eq!(sanitize_hostname("//"), "husk");
-        assert_eq!(sanitize_hostname(&"a".repeat(100)).len(), 64);
+    fn summaries() {
+        let d = "husk-template 1\nkernel \"/k/vmlinux\" 1 2 3 4\nmem_mib 128\nvcpus 1\n";
+        assert_eq!(summary(d), "mem 128 MiB, 1 vCPU, kernel /k/vmlinux");
+        assert_eq!(summary(""), "mem ? MiB, ? vCPU, kernel ?");
     }
 }

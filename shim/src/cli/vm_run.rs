@@ -1,20 +1,23 @@
 //! `husk vm run`: boot a VM in this process and exit with the guest's outcome.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use husk_vmm::{
-    ConsoleConfig, PvmCompat, RestoreConfig, SeccompMode, Timeline, VmConfig, VmOutcome,
-    VsockConfig,
+    ConsoleConfig, PvmCompat, SeccompMode, Timeline, VmConfig, VmOutcome, VmmHandle, VsockConfig,
 };
+
+use crate::sandbox::template_key::is_key;
+use crate::sandbox::{Sandbox, SandboxConfig, Source};
 
 use super::device_args::{parse_disk, parse_share, DiskArg, ShareArg};
 use super::exit_code;
 
 /// Guest memory when none is asked for.
 pub const DEFAULT_MEM_MIB: u64 = 128;
+/// Where VMs started from templates keep their sockets.
+pub const DEFAULT_RUN_DIR: &str = "/run/husk/vm";
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -31,10 +34,18 @@ pub struct RunArgs {
     /// initramfs (cpio, optionally gzip'd).
     #[arg(long, conflicts_with = "from_template")]
     pub initrd: Option<PathBuf>,
-    /// Start from a template (`husk template create`) instead of booting:
-    /// the VM resumes agent-ready, with its own identity.
+    /// Start from a template instead of booting: a template directory, or
+    /// the key of one in --store (`husk template ls`). The VM resumes
+    /// agent-ready, with its own identity.
     #[arg(long, conflicts_with = "kernel")]
     pub from_template: Option<PathBuf>,
+    /// The template store --from-template KEY is looked up in.
+    #[arg(long, default_value = crate::sandbox::store::DEFAULT_ROOT)]
+    pub store: PathBuf,
+    /// Directory for the sockets of a VM started from a template
+    /// (`<run-dir>/<name>/`).
+    #[arg(long, default_value = DEFAULT_RUN_DIR)]
+    pub run_dir: PathBuf,
     /// Extra kernel command line arguments, added after husk's own.
     #[arg(long, default_value = "", conflicts_with = "from_template")]
     pub cmdline: String,
@@ -49,17 +60,18 @@ pub struct RunArgs {
     #[arg(long)]
     pub console: Option<PathBuf>,
     /// Stop the VM after this many seconds (exit code 124).
-    #[arg(long)]
-    pub timeout: Option<f64>,
+    #[arg(long, value_parser = super::parse_seconds)]
+    pub timeout: Option<Duration>,
     /// Have the guest power off once its agent is ready.
     #[arg(long)]
     pub oneshot: bool,
     /// PVM compatibility command line: auto (when the host is PVM), on, off.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
-    pub pvm_compat: String,
-    /// Name of the VM in logs and errors.
-    #[arg(long, default_value = "vm")]
-    pub name: String,
+    #[arg(long, default_value = "auto", value_parser = super::parse_pvm_compat)]
+    pub pvm_compat: PvmCompat,
+    /// Name of the VM in logs and errors, and its hostname when started
+    /// from a template (default `vm-<pid>`).
+    #[arg(long)]
+    pub name: Option<String>,
     /// Print boot timings (seconds since process start) to stdout.
     #[arg(long)]
     pub timings: bool,
@@ -89,6 +101,14 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The VM's name: `--name`, else `vm-<pid>` (unique on the host, as the
+    /// sockets of a VM started from a template are named after it).
+    fn name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("vm-{}", std::process::id()))
+    }
+
     fn console(&self) -> ConsoleConfig {
         ConsoleConfig {
             file: self.console.clone(),
@@ -96,7 +116,16 @@ impl RunArgs {
         }
     }
 
-    fn restore_config(&self, dir: &std::path::Path) -> Result<RestoreConfig, String> {
+    /// `--from-template`: a directory, or a key in the store.
+    fn template_dir(&self, t: &Path) -> PathBuf {
+        let as_key = t.to_str().filter(|s| is_key(s));
+        match as_key {
+            Some(k) if !t.exists() => self.store.join(k),
+            _ => t.to_path_buf(),
+        }
+    }
+
+    fn sandbox_config(&self, template: &Path, name: &str) -> Result<SandboxConfig, String> {
         if self.disks.iter().any(|d| d.read_only || d.id.is_some()) {
             return Err(
                 "with --from-template, --disk gives only the image PATH (the template fixes ro and id)"
@@ -108,24 +137,31 @@ impl RunArgs {
                 "with --from-template, --share gives TAG=DIR only (the template fixes ro)".into(),
             );
         }
-        Ok(RestoreConfig {
-            name: self.name.clone(),
-            snapshot_dir: dir.to_path_buf(),
-            console: self.console(),
-            vsock_uds: self.vsock_uds.clone(),
-            mem_mib: self.mem_mib,
-            vcpus: self.vcpus,
-            disks: self.disks.iter().map(|d| d.path.clone()).collect(),
-            shares: self
-                .shares
-                .iter()
-                .filter_map(|s| Some((s.tag.clone(), s.dir.clone()?)))
-                .collect(),
-            seccomp: self.seccomp,
-        })
+        if self.mem_mib.is_some() || self.vcpus.is_some() {
+            let snap = husk_vmm::snapshot::Snapshot::read(template).map_err(|e| e.to_string())?;
+            snap.expect_shape(template, self.mem_mib, self.vcpus)
+                .map_err(|e| e.to_string())?;
+        }
+        let mut cfg = SandboxConfig::new(
+            name,
+            &self.run_dir,
+            Source::TemplateDir(template.to_path_buf()),
+        );
+        cfg.disks = self
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| d.config(i))
+            .collect();
+        cfg.shares = self.shares.iter().map(ShareArg::config).collect();
+        cfg.console = self.console();
+        cfg.seccomp = self.seccomp;
+        cfg.vsock_socket = self.vsock_uds.clone();
+        cfg.agent_timeout = self.timeout;
+        Ok(cfg)
     }
 
-    fn config(&self) -> Result<VmConfig, String> {
+    fn config(&self, name: &str) -> Result<VmConfig, String> {
         if let Some(s) = self.shares.iter().find(|s| s.dir.is_none()) {
             return Err(format!(
                 "--share {}: give TAG=DIR (a share without a directory is for templates)",
@@ -133,18 +169,14 @@ impl RunArgs {
             ));
         }
         Ok(VmConfig {
-            name: self.name.clone(),
+            name: name.to_string(),
             kernel: self.kernel.clone().unwrap_or_default(),
             initrd: self.initrd.clone(),
             cmdline_extra: self.cmdline.clone(),
             mem_mib: self.mem_mib.unwrap_or(DEFAULT_MEM_MIB),
             vcpus: self.vcpus.unwrap_or(1),
             console: self.console(),
-            pvm_compat: match self.pvm_compat.as_str() {
-                "on" => PvmCompat::On,
-                "off" => PvmCompat::Off,
-                _ => PvmCompat::Auto,
-            },
+            pvm_compat: self.pvm_compat,
             oneshot: self.oneshot,
             vsock: self.vsock_uds.as_ref().map(|p| VsockConfig {
                 guest_cid: self.vsock_cid,
@@ -163,70 +195,81 @@ impl RunArgs {
     }
 }
 
-/// Runs the VM; returns the process exit code.
-pub fn run(args: &RunArgs, process_start: Instant) -> i32 {
-    if let Some(t) = args.timeout {
-        if !(t.is_finite() && t > 0.0) {
-            eprintln!("husk: --timeout must be a positive number of seconds");
-            return exit_code::ERROR;
+/// What `run` waits on: a booted VM, or a sandbox restored from a
+/// template (the VM, its agent connection and its sockets).
+enum Running {
+    Booted(VmmHandle),
+    Restored(Box<Sandbox>),
+}
+
+impl Running {
+    fn vm(&self) -> &VmmHandle {
+        match self {
+            Running::Booted(h) => h,
+            Running::Restored(s) => s.vmm(),
         }
     }
+}
+
+/// Runs the VM; returns the process exit code.
+pub fn run(args: &RunArgs, process_start: Instant) -> i32 {
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    let started = match &args.from_template {
-        Some(dir) => match args.restore_config(dir) {
-            Ok(cfg) => husk_vmm::restore(cfg),
-            Err(e) => {
-                eprintln!("husk: {e}");
-                return exit_code::ERROR;
+    let name = args.name();
+    // A deadline too far to represent is none.
+    let deadline = args.timeout.and_then(|t| Instant::now().checked_add(t));
+    let mut agent_done = None;
+    let running = match &args.from_template {
+        Some(t) => {
+            let dir = args.template_dir(t);
+            let sandbox = match args
+                .sandbox_config(&dir, &name)
+                .and_then(|cfg| Sandbox::start(cfg).map_err(|e| super::error_chain(&e)))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("husk: {e}");
+                    return exit_code::ERROR;
+                }
+            };
+            agent_done = Some(Instant::now());
+            // A restored VM resumes agent-ready: with --oneshot, power it
+            // off once it has its identity.
+            if args.oneshot {
+                if let Err(e) = sandbox.agent().shutdown() {
+                    eprintln!("husk: VM {name}: {e}");
+                    return exit_code::ERROR;
+                }
             }
-        },
-        None => match args.config() {
-            Ok(cfg) => husk_vmm::start(cfg),
+            Running::Restored(Box::new(sandbox))
+        }
+        None => match args
+            .config(&name)
+            .and_then(|cfg| husk_vmm::start(cfg).map_err(|e| e.to_string()))
+        {
+            Ok(h) => Running::Booted(h),
             Err(e) => {
                 eprintln!("husk: {e}");
                 return exit_code::ERROR;
             }
         },
     };
-    let handle = match started {
-        Ok(h) => h,
+    let handle = running.vm();
+    let notifier = match handle.exit_notifier() {
+        Ok(n) => n,
         Err(e) => {
-            eprintln!("husk: {e}");
+            eprintln!("husk: VM {name}: exit notifier: {e}");
             return exit_code::ERROR;
         }
     };
-    // A restored VM resumes agent-ready: give it its own identity, and
-    // with --oneshot power it off once that worked.
-    let mut agent_done = None;
-    let mut agent = match (&args.from_template, &args.vsock_uds) {
-        (Some(_), Some(uds)) => Some(super::template::spawn_reidentify(
-            uds.clone(),
-            args.name.clone(),
-            args.oneshot,
-        )),
-        _ => None,
-    };
-    let deadline = args
-        .timeout
-        .map(|t| Instant::now() + Duration::from_secs_f64(t));
     let mut timed_out = false;
     let mut interrupted = false;
-    let mut agent_failed = false;
-    let outcome = loop {
-        if let Some(o) = handle.wait(Some(Duration::from_millis(100))) {
-            break o;
-        }
-        // A restored VM whose agent could not take its identity is stopped.
-        if agent.as_ref().is_some_and(|t| t.is_finished()) {
-            if let Some(Err(())) = collect_agent(&mut agent, &mut agent_done, &args.name) {
-                agent_failed = true;
-                let _ = handle.stop();
-            }
-        }
+    // The notifier tells when the VM ends; the 100 ms bound is for the
+    // signal flag and the deadline.
+    while !notifier.wait(Some(Duration::from_millis(100))) {
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
         if (expired || INTERRUPTED.load(Ordering::SeqCst)) && !(timed_out || interrupted) {
             timed_out = expired;
@@ -235,10 +278,11 @@ pub fn run(args: &RunArgs, process_start: Instant) -> i32 {
                 eprintln!("husk: {e}");
             }
         }
-    };
-    if let Some(Err(())) = collect_agent(&mut agent, &mut agent_done, &args.name) {
-        agent_failed = true;
     }
+    let Some(outcome) = handle.outcome() else {
+        eprintln!("husk: VM {name}: ended without an outcome");
+        return exit_code::ERROR;
+    };
     if args.timings {
         print_timings(&outcome.timeline, process_start);
         if let Some(t) = agent_done {
@@ -248,36 +292,9 @@ pub fn run(args: &RunArgs, process_start: Instant) -> i32 {
             );
         }
     }
-    if agent_failed && !(timed_out || interrupted) {
-        return exit_code::ERROR;
-    }
-    report(&outcome, timed_out, interrupted, args)
-}
-
-type AgentThread = JoinHandle<Result<Instant, super::template::ReidentifyError>>;
-
-/// Joins the identity thread, if any: records when the first ttrpc reply
-/// came, or reports its error; Some(Err) when it failed.
-fn collect_agent(
-    agent: &mut Option<AgentThread>,
-    done: &mut Option<Instant>,
-    name: &str,
-) -> Option<Result<(), ()>> {
-    let t = agent.take()?;
-    Some(match t.join() {
-        Ok(Ok(i)) => {
-            *done = Some(i);
-            Ok(())
-        }
-        Ok(Err(e)) => {
-            eprintln!("husk: VM {name}: {e}");
-            Err(())
-        }
-        Err(_) => {
-            eprintln!("husk: VM {name}: the agent thread panicked");
-            Err(())
-        }
-    })
+    let code = report(&outcome, timed_out, interrupted, args, &name);
+    drop(running);
+    code
 }
 
 fn print_timings(t: &Timeline, origin: Instant) {
@@ -293,12 +310,12 @@ fn print_timings(t: &Timeline, origin: Instant) {
     println!("vm_stopped_s: {}", fmt(t.stopped));
 }
 
-fn report(o: &VmOutcome, timed_out: bool, interrupted: bool, args: &RunArgs) -> i32 {
+fn report(o: &VmOutcome, timed_out: bool, interrupted: bool, args: &RunArgs, name: &str) -> i32 {
     if timed_out {
         eprintln!(
             "husk: VM {} timed out after {}s{}",
-            args.name,
-            args.timeout.unwrap_or_default(),
+            name,
+            args.timeout.unwrap_or_default().as_secs_f64(),
             if o.timeline.ready.is_some() {
                 " (the agent was ready)"
             } else {
@@ -309,22 +326,19 @@ fn report(o: &VmOutcome, timed_out: bool, interrupted: bool, args: &RunArgs) -> 
         return exit_code::TIMEOUT;
     }
     if interrupted {
-        eprintln!("husk: VM {} stopped on a signal", args.name);
+        eprintln!("husk: VM {} stopped on a signal", name);
         return exit_code::INTERRUPTED;
     }
     if o.reason.is_clean() {
         if args.oneshot && o.timeline.ready.is_none() && args.from_template.is_none() {
-            eprintln!(
-                "husk: VM {} shut down before its agent was ready",
-                args.name
-            );
+            eprintln!("husk: VM {} shut down before its agent was ready", name);
             print_tail(o);
             return exit_code::ERROR;
         }
-        eprintln!("husk: VM {}: {}", args.name, o.reason);
+        eprintln!("husk: VM {}: {}", name, o.reason);
         return exit_code::OK;
     }
-    eprintln!("husk: VM {}: {}", args.name, o.reason);
+    eprintln!("husk: VM {}: {}", name, o.reason);
     print_tail(o);
     if o.reason.is_guest_crash() {
         exit_code::GUEST_CRASH

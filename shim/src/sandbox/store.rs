@@ -66,6 +66,8 @@ pub enum StoreError {
     BadKey(String),
     #[error("template {0} is not in the store")]
     NotFound(String),
+    #[error("{} exists: remove it first (a template is never rewritten in place: VMs map its memory)", .0.display())]
+    Exists(PathBuf),
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -343,6 +345,50 @@ impl TemplateStore {
     }
 }
 
+/// Makes a template at `dir` outside any store (`husk template create
+/// --out DIR`): built beside it in a temporary directory and renamed into
+/// place, with the same manifest as the store's. An existing `dir` is
+/// refused, never overwritten: VMs may map its `memory.bin`.
+pub fn create_at(
+    dir: &Path,
+    spec: &TemplateSpec,
+    builder: &dyn TemplateBuilder,
+    build_id: &str,
+) -> Result<Template, StoreError> {
+    let description = spec.describe(build_id).map_err(StoreError::Describe)?;
+    let key = key_of(&description);
+    if dir.exists() {
+        return Err(StoreError::Exists(dir.to_path_buf()));
+    }
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "template".into());
+    let tmp = dir.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&tmp)
+        .map_err(io_at(&tmp))?;
+    let made = builder
+        .build(spec, &tmp)
+        .map_err(|source| StoreError::Build {
+            key: key.clone(),
+            source,
+        })
+        .and_then(|()| publish(&tmp, dir, &key, description));
+    if let Err(e) = made {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    Ok(Template {
+        key,
+        dir: dir.to_path_buf(),
+        created: true,
+    })
+}
+
 /// Checks a published template: its manifest names `key` (and
 /// `description`, when given), `snapshot.json` has the recorded digest
 /// and `memory.bin` the recorded size and modification time.
@@ -399,6 +445,8 @@ fn publish(tmp: &Path, dir: &Path, key: &str, description: String) -> Result<(),
     File::open(tmp)
         .and_then(|d| d.sync_all())
         .map_err(io_at(tmp))?;
+    // rename(2) onto an existing non-empty directory fails: a template that
+    // appeared meanwhile is never replaced.
     std::fs::rename(tmp, dir).map_err(io_at(dir))?;
     if let Some(parent) = dir.parent() {
         let _ = File::open(parent).and_then(|d| d.sync_all());
