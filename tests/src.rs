@@ -79,3 +79,66 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// What a process holds that a VM or sandbox must give back: its threads,
+/// its open descriptors (by target) and its file mappings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Census {
+    pub threads: usize,
+    pub fds: Vec<String>,
+    pub mapped_files: Vec<String>,
+}
+
+/// This process's [`Census`] now.
+pub fn census() -> Census {
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let mut fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|p| p.to_string_lossy().into_owned())
+                // The read_dir's own descriptor.
+                .filter(|p| !p.starts_with("/proc/") || !p.ends_with("/fd"))
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    let mut mapped_files: Vec<String> = std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5).map(str::to_string))
+        .filter(|p| p.starts_with('/'))
+        .collect();
+    mapped_files.sort();
+    mapped_files.dedup();
+    Census {
+        threads,
+        fds,
+        mapped_files,
+    }
+}
+
+/// Waits up to `timeout` for this process to hold no more than `baseline`
+/// (threads of a dropped ttrpc client end shortly after it is dropped);
+/// returns the last census when it does not.
+pub fn settle_to(baseline: &Census, timeout: std::time::Duration) -> Result<(), Census> {
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        let now = census();
+        let extra_fds =
+            now.fds.iter().any(|f| !baseline.fds.contains(f)) || now.fds.len() > baseline.fds.len();
+        let extra_maps = now
+            .mapped_files
+            .iter()
+            .any(|m| !baseline.mapped_files.contains(m));
+        if now.threads <= baseline.threads && !extra_fds && !extra_maps {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= end {
+            return Err(now);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
