@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::boot::mptable::MAX_CPUS;
-pub use husk_seccomp::SeccompMode;
+pub use husk_seccomp::{SeccompError, SeccompMode};
 
 /// A virtio-blk disk: a raw image, read-only or not, and the serial id the
 /// guest sees (`/sys/block/vdX/serial`, what the agent mounts by).
@@ -78,7 +78,9 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-fs shares, attached after the disks.
     pub shares: Vec<ShareConfig>,
-    /// The VMM threads' seccomp filters (`HUSK_SECCOMP` overrides it).
+    /// The VMM threads' seccomp filters, exactly (the VMM reads no
+    /// environment; a binary resolves `HUSK_SECCOMP` at its edge with
+    /// `SeccompMode::from_env`).
     pub seccomp: SeccompMode,
 }
 

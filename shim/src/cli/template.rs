@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use husk_vmm::{ConsoleConfig, VmConfig, VmmRequest, VmmResponse, VsockConfig};
+use husk_vmm::{ConsoleConfig, SeccompMode, VmConfig, VmmRequest, VmmResponse, VsockConfig};
 
 use super::exit_code;
 use crate::agent_client::{AgentClient, AgentClientError, Identity};
@@ -70,6 +70,8 @@ pub enum TemplateError {
     Api(#[from] husk_vmm::ApiError),
     #[error("--timeout must be a positive number of seconds")]
     Timeout,
+    #[error(transparent)]
+    Seccomp(#[from] husk_vmm::SeccompError),
 }
 
 /// Boots, waits for the agent, pauses and snapshots into `args.out`.
@@ -105,6 +107,8 @@ pub fn create(args: &CreateArgs) -> Result<u64, TemplateError> {
             .map(|(i, d)| d.config(i))
             .collect(),
         shares: args.shares.iter().map(|s| s.config()).collect(),
+        // The process's debugging knob, read here only.
+        seccomp: SeccompMode::from_env(SeccompMode::default())?,
         ..VmConfig::default()
     };
     let handle = husk_vmm::start(cfg)?;
