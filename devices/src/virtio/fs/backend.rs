@@ -164,7 +164,11 @@ fn import(fs: &PassthroughFs) -> io::Result<()> {
             .name("husk-fs-import".into())
             .spawn_scoped(s, || with_thread_umask(|| fs.import())?)?
             .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the FUSE server panicked importing its root")))
+            .unwrap_or_else(|_| {
+                Err(io::Error::other(
+                    "the FUSE server panicked importing its root",
+                ))
+            })
     })
 }
 
