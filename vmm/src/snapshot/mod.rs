@@ -12,7 +12,10 @@
 pub mod cpu;
 pub mod memory;
 
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use husk_devices::legacy::cmos::CmosState;
 use husk_devices::legacy::serial::SerialDeviceState;
@@ -124,8 +127,54 @@ pub fn memory_path(dir: &Path) -> PathBuf {
     dir.join(MEMORY_FILE)
 }
 
+/// Writes `path` as a new file: `write` fills a temporary file (unique
+/// name, created exclusively, in the same directory), which is synced and
+/// renamed over `path`, and the directory is synced. An existing file at
+/// `path` is never truncated or rewritten: a VM restored from it keeps its
+/// mapping of the old inode (an in-place rewrite of a mapped `memory.bin`
+/// changes the memory of every VM restored from it, or SIGBUSes them when
+/// it shrinks). On failure the temporary file is removed and `path` is
+/// untouched. Two files renamed one after the other are not one atomic
+/// change: publish whole snapshot directories for that (the template
+/// store does).
+pub(crate) fn replace_file<T>(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<T>,
+) -> io::Result<T> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    let written = write(&mut file)
+        .and_then(|t| file.sync_all().map(|()| t))
+        .and_then(|t| std::fs::rename(&tmp, path).map(|()| t));
+    match written {
+        Ok(t) => {
+            // The rename is durable once the directory is synced.
+            File::open(dir)?.sync_all()?;
+            Ok(t)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
 impl Snapshot {
-    /// Writes the state file (atomically: a temporary then rename).
+    /// Writes the state file: a new file renamed over the old one
+    /// ([`replace_file`]), never an in-place rewrite.
     pub fn write(&self, dir: &Path) -> Result<(), SnapshotError> {
         let path = state_path(dir);
         let p = path.display().to_string();
@@ -133,9 +182,7 @@ impl Snapshot {
             path: p.clone(),
             reason: e.to_string(),
         })?;
-        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-        std::fs::write(&tmp, json)
-            .and_then(|_| std::fs::rename(&tmp, &path))
+        replace_file(&path, |f| f.write_all(&json))
             .map_err(|source| SnapshotError::Io { path: p, source })
     }
 
@@ -390,6 +437,28 @@ mod tests {
 
         std::fs::remove_dir_all(&d).unwrap();
         assert!(matches!(Snapshot::read(&d), Err(SnapshotError::Io { .. })));
+    }
+
+    #[test]
+    fn a_new_state_file_replaces_the_old_one_without_rewriting_it() {
+        let d = dir("replace");
+        sample().write(&d).unwrap();
+        let before = std::fs::read(state_path(&d)).unwrap();
+        // A reader holding the old file keeps reading the old contents.
+        let mut held = File::open(state_path(&d)).unwrap();
+        let mut s = sample();
+        s.cmdline = "console=ttyS0 changed".into();
+        s.write(&d).unwrap();
+        let mut old = Vec::new();
+        io::Read::read_to_end(&mut held, &mut old).unwrap();
+        assert_eq!(old, before);
+        assert_eq!(Snapshot::read(&d).unwrap().cmdline, "console=ttyS0 changed");
+        let names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [STATE_FILE]);
+        std::fs::remove_dir_all(d).unwrap();
     }
 
     #[test]
