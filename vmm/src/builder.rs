@@ -3,7 +3,6 @@
 //! each step lives in its own module.
 
 use std::fs::File;
-use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -23,6 +22,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::api::VmmHandle;
 use crate::boot::{self, cmdline, kernel, mptable, paging, params};
+pub use crate::config::RestoreConfig;
 use crate::config::{ConsoleConfig, PvmCompat, SeccompMode, VmConfig, READY_MARKER};
 use crate::controller::{self, Controller, Facts, PANIC_MARKER};
 use crate::device_manager::{DeviceManager, Subscriber};
@@ -41,31 +41,6 @@ use crate::vstate::{kvm, memory, vm::Vm};
 pub struct ExtraDevices {
     pub pio: Vec<(u64, u64, String, SharedDevice)>,
     pub mmio: Vec<(u64, u64, String, SharedDevice)>,
-}
-
-/// A VM to restore from a snapshot directory.
-#[derive(Debug, Clone)]
-pub struct RestoreConfig {
-    pub name: String,
-    pub snapshot_dir: PathBuf,
-    pub console: ConsoleConfig,
-    /// The restored VM's own hybrid-vsock socket (required when the
-    /// snapshot has a vsock device).
-    pub vsock_uds: Option<PathBuf>,
-    /// When given, the snapshot must have this much memory / these vCPUs.
-    pub mem_mib: Option<u64>,
-    pub vcpus: Option<u8>,
-    /// Images for the snapshot's disks, in order, replacing the paths it
-    /// recorded (each must hold as many sectors as the original). Empty:
-    /// reopen the recorded paths.
-    pub disks: Vec<PathBuf>,
-    /// The host directory for each of the snapshot's virtio-fs shares, by
-    /// tag; a share not named here has none (the guest cannot mount it).
-    pub shares: Vec<(String, PathBuf)>,
-    /// The VMM threads' seccomp filters, exactly (the environment is not
-    /// read here: the binary resolves `HUSK_SECCOMP` at its edge, see
-    /// `husk_seccomp::SeccompMode::from_env`).
-    pub seccomp: SeccompMode,
 }
 
 /// Boots a VM in this process and returns its handle.
@@ -237,6 +212,7 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
 
 fn build_restored(config: RestoreConfig) -> Result<VmmHandle, VmmError> {
     let started = Instant::now();
+    config.validate()?;
     let dir = &config.snapshot_dir;
     let snap = Snapshot::read(dir)?;
     snap.expect_shape(dir, config.mem_mib, config.vcpus)?;
