@@ -5,8 +5,9 @@
 //! DIR/memory.bin      guest RAM, sparse (holes for untouched pages)
 //! ```
 //!
-//! A snapshot names the husk version that wrote it; another build refuses
-//! it with a clear error instead of misreading it. Every field is checked on
+//! A snapshot names the husk build that wrote it ([`BUILD_ID`]: a hash of
+//! the sources of the crates whose state it holds, computed at build time);
+//! any other build refuses it with a clear error instead of misreading it. Every field is checked on
 //! load: the file is input like any other.
 
 pub mod cpu;
@@ -30,9 +31,15 @@ pub use cpu::{VcpuState, VmState};
 /// The format's name, first field of every snapshot.
 pub const FORMAT: &str = "husk-snapshot";
 /// Bumped on any incompatible change of the state layout.
-pub const FORMAT_VERSION: u32 = 2;
-/// The build that writes snapshots.
+pub const FORMAT_VERSION: u32 = 3;
+/// The husk version that writes snapshots.
 pub const HUSK_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// This build's identity: the version and a hash of the sources and
+/// manifests of husk-vmm and husk-devices and of the workspace's
+/// Cargo.lock (vmm/build.rs). It changes whenever the code that writes or
+/// reads snapshot state changes; a snapshot is only accepted by the build
+/// whose id it records (`husk_build`). Templates are keyed by it.
+pub const BUILD_ID: &str = env!("HUSK_BUILD_ID");
 pub const STATE_FILE: &str = "snapshot.json";
 pub const MEMORY_FILE: &str = "memory.bin";
 
@@ -75,6 +82,8 @@ pub struct Snapshot {
     pub format: String,
     pub format_version: u32,
     pub husk_version: String,
+    /// The [`BUILD_ID`] of the build that wrote it.
+    pub husk_build: String,
     pub mem_mib: u64,
     pub vcpus: u8,
     pub pvm_compat: bool,
@@ -96,10 +105,11 @@ pub enum SnapshotError {
     },
     #[error("snapshot {path} is not a husk snapshot or is corrupt: {reason}")]
     Corrupt { path: String, reason: String },
-    #[error("snapshot {path} was written by husk {found} (format {found_format}); this is husk {HUSK_VERSION} (format {FORMAT_VERSION}): make a new template with this build")]
+    #[error("snapshot {path} was written by husk {found} build {found_build} (format {found_format}); this is husk {HUSK_VERSION} build {BUILD_ID} (format {FORMAT_VERSION}): make a new template with this build")]
     Version {
         path: String,
         found: String,
+        found_build: String,
         found_format: u32,
     },
     #[error("snapshot {path} is for {found}; {wanted} was asked for")]
@@ -209,6 +219,9 @@ impl Snapshot {
             format: String,
             format_version: u32,
             husk_version: String,
+            // Absent in snapshots of format 2 and older.
+            #[serde(default)]
+            husk_build: String,
         }
         let h: Header = serde_json::from_slice(bytes).map_err(|e| SnapshotError::Corrupt {
             path: p.clone(),
@@ -220,10 +233,14 @@ impl Snapshot {
                 reason: format!("format is {:?}", h.format),
             });
         }
-        if h.format_version != FORMAT_VERSION || h.husk_version != HUSK_VERSION {
+        if h.format_version != FORMAT_VERSION
+            || h.husk_version != HUSK_VERSION
+            || h.husk_build != BUILD_ID
+        {
             return Err(SnapshotError::Version {
                 path: p,
                 found: h.husk_version,
+                found_build: h.husk_build,
                 found_format: h.format_version,
             });
         }
@@ -316,6 +333,7 @@ mod tests {
             format: FORMAT.into(),
             format_version: FORMAT_VERSION,
             husk_version: HUSK_VERSION.into(),
+            husk_build: BUILD_ID.into(),
             mem_mib: 64,
             vcpus: 1,
             pvm_compat: false,
@@ -375,6 +393,15 @@ mod tests {
     }
 
     #[test]
+    fn the_build_id_names_this_code() {
+        assert!(
+            BUILD_ID.starts_with(&format!("{HUSK_VERSION}-")),
+            "{BUILD_ID}"
+        );
+        assert_eq!(BUILD_ID.len(), HUSK_VERSION.len() + 1 + 32, "{BUILD_ID}");
+    }
+
+    #[test]
     fn round_trip_and_shape_checks() {
         let d = dir("ok");
         sample().write(&d).unwrap();
@@ -397,6 +424,23 @@ mod tests {
         let e = Snapshot::read(&d).unwrap_err();
         assert!(matches!(e, SnapshotError::Version { .. }), "{e}");
         assert!(e.to_string().contains("make a new template"));
+
+        // The same version number, another build (other code): refused.
+        let mut s = sample();
+        s.husk_build = format!("{HUSK_VERSION}-0000000000000000");
+        s.write(&d).unwrap();
+        let e = Snapshot::read(&d).unwrap_err();
+        assert!(matches!(e, SnapshotError::Version { .. }), "{e}");
+        assert!(e.to_string().contains(BUILD_ID), "{e}");
+        // A snapshot of format 2 (no build id at all): refused as such.
+        let mut v: serde_json::Value = serde_json::to_value(sample()).unwrap();
+        v["format_version"] = serde_json::json!(2);
+        v.as_object_mut().unwrap().remove("husk_build");
+        std::fs::write(state_path(&d), serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(matches!(
+            Snapshot::read(&d),
+            Err(SnapshotError::Version { .. })
+        ));
 
         let mut s = sample();
         s.format_version = FORMAT_VERSION + 1;
