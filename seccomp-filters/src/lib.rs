@@ -43,9 +43,12 @@
 //! `sig=0`): run the workload this way to find what a list lacks.
 //! [`SeccompMode::Off`]: no filter.
 //!
-//! The mode is `VmConfig::seccomp` (`husk vm run --seccomp MODE`); the
-//! environment variable [`ENV_VAR`] (`HUSK_SECCOMP=enforce|log|off`)
-//! overrides it for debugging, see [`effective_mode`].
+//! The mode is `VmConfig::seccomp`, and the VMM uses exactly that: it reads
+//! no environment. The environment variable [`ENV_VAR`]
+//! (`HUSK_SECCOMP=enforce|log|off`), a debugging knob for the whole
+//! process, is read once at the binary's edge by
+//! [`SeccompMode::from_env`] (the `husk` CLI does it where it builds a VM's
+//! configuration: it overrides `--seccomp` there).
 
 use std::fmt;
 use std::str::FromStr;
@@ -58,7 +61,8 @@ pub use seccompiler::sock_filter;
 #[allow(dead_code)] // build.rs uses what the tests do not
 mod rules;
 
-/// The environment variable that overrides the configured mode.
+/// The environment variable a binary may let override its configured mode
+/// ([`SeccompMode::from_env`]).
 pub const ENV_VAR: &str = "HUSK_SECCOMP";
 
 /// A kind of VMM thread, each with its own allowlist.
@@ -134,10 +138,21 @@ pub enum SeccompError {
     },
 }
 
-/// The mode to use: `HUSK_SECCOMP` when set (for debugging), else
-/// `configured`. An unknown value is an error, not a silent default.
-pub fn effective_mode(configured: SeccompMode) -> Result<SeccompMode, SeccompError> {
-    resolve_mode(configured, std::env::var(ENV_VAR).ok().as_deref())
+impl SeccompMode {
+    /// The mode [`ENV_VAR`] (`HUSK_SECCOMP`) names when it is set (for
+    /// debugging), else `default`. An unknown or non-UTF-8 value is an
+    /// error, not a silent default. For a binary's edge: call it once where
+    /// the configuration is built; the VMM itself never reads the
+    /// environment.
+    pub fn from_env(default: SeccompMode) -> Result<SeccompMode, SeccompError> {
+        match std::env::var(ENV_VAR) {
+            Ok(v) => resolve_mode(default, Some(&v)),
+            Err(std::env::VarError::NotPresent) => Ok(default),
+            Err(std::env::VarError::NotUnicode(v)) => {
+                Err(SeccompError::InvalidMode(v.to_string_lossy().into_owned()))
+            }
+        }
+    }
 }
 
 fn resolve_mode(configured: SeccompMode, env: Option<&str>) -> Result<SeccompMode, SeccompError> {
@@ -227,6 +242,25 @@ mod tests {
         assert_eq!(SeccompMode::default(), SeccompMode::Enforce);
         let e = "Enforce".parse::<SeccompMode>().unwrap_err().to_string();
         assert!(e.contains("\"Enforce\"") && e.contains(ENV_VAR), "{e}");
+    }
+
+    #[test]
+    fn from_env_reads_the_variable() {
+        // The only test in this binary touching the variable.
+        std::env::remove_var(ENV_VAR);
+        assert_eq!(
+            SeccompMode::from_env(SeccompMode::Log).unwrap(),
+            SeccompMode::Log
+        );
+        std::env::set_var(ENV_VAR, "off");
+        assert_eq!(
+            SeccompMode::from_env(SeccompMode::Enforce).unwrap(),
+            SeccompMode::Off
+        );
+        std::env::set_var(ENV_VAR, "permissive");
+        let e = SeccompMode::from_env(SeccompMode::Enforce).unwrap_err();
+        assert!(e.to_string().contains("permissive"), "{e}");
+        std::env::remove_var(ENV_VAR);
     }
 
     #[test]

@@ -3,14 +3,14 @@
 //! each step lives in its own module.
 
 use std::fs::File;
-use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use husk_devices::bus::{Bus, SharedDevice};
 use husk_devices::legacy::{cmos, i8042, serial, Cmos, ConsoleSink, ConsoleWatch, Serial, I8042};
 use husk_devices::virtio::block::Block;
-use husk_devices::virtio::fs::Fs;
+use husk_devices::virtio::fs::{isolate_umask, Fs};
 use husk_devices::virtio::transport::mmio::MmioTransportState;
 use husk_devices::virtio::vsock::Vsock;
 use husk_devices::virtio::VirtioDevice;
@@ -22,6 +22,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::api::VmmHandle;
 use crate::boot::{self, cmdline, kernel, mptable, paging, params};
+pub use crate::config::RestoreConfig;
 use crate::config::{ConsoleConfig, PvmCompat, SeccompMode, VmConfig, READY_MARKER};
 use crate::controller::{self, Controller, Facts, PANIC_MARKER};
 use crate::device_manager::{DeviceManager, Subscriber};
@@ -40,29 +41,6 @@ use crate::vstate::{kvm, memory, vm::Vm};
 pub struct ExtraDevices {
     pub pio: Vec<(u64, u64, String, SharedDevice)>,
     pub mmio: Vec<(u64, u64, String, SharedDevice)>,
-}
-
-/// A VM to restore from a snapshot directory.
-#[derive(Debug, Clone)]
-pub struct RestoreConfig {
-    pub name: String,
-    pub snapshot_dir: PathBuf,
-    pub console: ConsoleConfig,
-    /// The restored VM's own hybrid-vsock socket (required when the
-    /// snapshot has a vsock device).
-    pub vsock_uds: Option<PathBuf>,
-    /// When given, the snapshot must have this much memory / these vCPUs.
-    pub mem_mib: Option<u64>,
-    pub vcpus: Option<u8>,
-    /// Images for the snapshot's disks, in order, replacing the paths it
-    /// recorded (each must hold as many sectors as the original). Empty:
-    /// reopen the recorded paths.
-    pub disks: Vec<PathBuf>,
-    /// The host directory for each of the snapshot's virtio-fs shares, by
-    /// tag; a share not named here has none (the guest cannot mount it).
-    pub shares: Vec<(String, PathBuf)>,
-    /// The VMM threads' seccomp filters (`HUSK_SECCOMP` overrides it).
-    pub seccomp: SeccompMode,
 }
 
 /// Boots a VM in this process and returns its handle.
@@ -234,6 +212,7 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
 
 fn build_restored(config: RestoreConfig) -> Result<VmmHandle, VmmError> {
     let started = Instant::now();
+    config.validate()?;
     let dir = &config.snapshot_dir;
     let snap = Snapshot::read(dir)?;
     snap.expect_shape(dir, config.mem_mib, config.vcpus)?;
@@ -417,6 +396,14 @@ fn supported_cpuid(kvm: &Kvm) -> Result<kvm_bindings::CpuId, VmmError> {
 }
 
 /// Starts the vCPU threads and the controller thread.
+///
+/// No guest code runs until every step that can fail has succeeded: each
+/// vCPU thread installs its filter and then waits for a go (its channel)
+/// before its first KVM_RUN. On any failure the go senders are dropped, so
+/// the vCPU threads end without running the guest, and they are joined (as
+/// is the event loop thread) before the error is returned: a failed start
+/// leaves no thread and no running guest behind. Once the go is given,
+/// nothing fails any more.
 fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
     let Parts {
         name,
@@ -432,15 +419,23 @@ fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
         sources,
         seccomp,
     } = p;
-    let seccomp = seccomp::mode(seccomp)?;
     let (filtered_tx, filtered) = mpsc::channel();
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
-    controller::install_kick_handler().map_err(io_err("vCPU kick signal handler"))?;
+    controller::install_kick_handler()?;
     let state = Arc::new(RunState::new().map_err(io_err("exit eventfd"))?);
     let save = Arc::new(SaveCaps::probe(&kvm));
     let api_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("API eventfd"))?;
+    let ctl_api_evt = api_evt.try_clone().map_err(io_err("API eventfd"))?;
     let (req_tx, req_rx) = mpsc::channel();
     let mut threads = Vec::with_capacity(vcpus.len());
+    let mut gos = Vec::with_capacity(vcpus.len());
+    // Dropping `gos` (every error path) ends the vCPU threads before their
+    // first KVM_RUN; `threads` are then joined.
+    let fail = |state: &RunState, threads: Vec<JoinHandle<()>>, e: VmmError| {
+        state.report(crate::exit::ExitReason::HostRequest);
+        controller::stop_started(state, threads);
+        Err(e)
+    };
     for v in vcpus {
         let ctx = VcpuContext {
             pio: pio.clone(),
@@ -450,61 +445,125 @@ fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
             save: save.clone(),
         };
         let report = filtered_tx.clone();
+        let (go_tx, go) = mpsc::channel::<()>();
         let t = std::thread::Builder::new()
             .name(format!("husk-vcpu{}", v.id()))
             .spawn(move || {
                 // Before the first KVM_RUN: guest input starts there.
-                if seccomp::install(ThreadKind::Vcpu, seccomp, &report) {
+                if seccomp::install(ThreadKind::Vcpu, seccomp, &report) && go.recv().is_ok() {
                     v.run(ctx);
                 }
             })
             .map_err(io_err("spawning a vCPU thread"));
         match t {
-            Ok(t) => threads.push(t),
+            Ok(t) => {
+                threads.push(t);
+                gos.push(go_tx);
+            }
             Err(e) => {
-                // Stop what already runs before reporting.
-                state.report(crate::exit::ExitReason::HostRequest);
-                controller::stop_started(&state, threads);
-                return Err(e);
+                drop(gos);
+                return fail(&state, threads, e);
             }
         }
     }
     if let Err(e) = seccomp::wait_installed(&filtered, threads.len()) {
-        state.report(crate::exit::ExitReason::HostRequest);
-        controller::stop_started(&state, threads);
-        return Err(e);
+        drop(gos);
+        return fail(&state, threads, e);
     }
-    tracing::info!(vm = %name, vcpus = facts.vcpus, mem_mib = facts.mem_mib, pvm_compat = facts.pvm_compat, cmdline = %facts.cmdline, "VM started");
     let subscribers: Vec<Subscriber> = devices.take_subscribers();
+    let (vcpu_count, mem_mib, pvm_compat, cmdline) = (
+        facts.vcpus,
+        facts.mem_mib,
+        facts.pvm_compat,
+        facts.cmdline.clone(),
+    );
     let ctl = Controller {
         facts,
         state: state.clone(),
         reset_evt,
-        api_evt: api_evt.try_clone().map_err(io_err("API eventfd"))?,
+        api_evt: ctl_api_evt,
         requests: req_rx,
         console: console.clone(),
         started,
         sources,
         vcpu_threads: Vec::new(),
     };
+    // The vCPU threads go to the event loop only once the start cannot
+    // fail any more; until then `launch` owns (and on failure joins) them.
+    let (handover_tx, handover) = mpsc::channel::<Vec<JoinHandle<()>>>();
     // The VM (and its memory) must outlive the vCPU threads: the controller
     // owns it until they have all stopped.
     let ctl_thread = std::thread::Builder::new()
         .name("husk-vmm".into())
         .spawn(move || {
             let _kvm = kvm;
-            // Before serving any event; without its filter the loop serves
-            // none: it stops the vCPUs and ends.
-            if !seccomp::install(ThreadKind::Vmm, seccomp, &filtered_tx) {
-                ctl.state.report(crate::exit::ExitReason::HostRequest);
+            // The virtio-fs server clears the umask of the thread it runs
+            // on: this thread gets its own (unshare(CLONE_FS)), before its
+            // filter, which does not allow unshare.
+            let ready = match isolate_umask() {
+                Ok(()) => seccomp::install(ThreadKind::Vmm, seccomp, &filtered_tx),
+                Err(source) => {
+                    let e = VmmError::ThreadSetup {
+                        thread: "husk-vmm".into(),
+                        what: "unshare(CLONE_FS) for a thread-private umask",
+                        source,
+                    };
+                    // The receiver outlives the wait in `launch`.
+                    let _ = filtered_tx.send(Err(e));
+                    false
+                }
+            };
+            // Without its filter the loop serves nothing: `launch` gives
+            // up, drops `handover_tx`, and this thread ends.
+            if ready {
+                if let Ok(threads) = handover.recv() {
+                    controller::run(ctl, subscribers, threads);
+                }
             }
-            controller::run(ctl, subscribers, threads);
         })
-        .map_err(io_err("spawning the VMM thread"))?;
-    if let Err(e) = seccomp::wait_installed(&filtered, 1) {
+        .map_err(io_err("spawning the VMM thread"));
+    let ctl_thread = match ctl_thread {
+        Ok(t) => t,
+        Err(e) => {
+            drop(gos);
+            return fail(&state, threads, e);
+        }
+    };
+    let last_step = match seccomp::wait_installed(&filtered, 1) {
+        Ok(()) if crate::fault::launch_fails(&name) => Err(VmmError::Io {
+            what: "injected fault",
+            source: std::io::ErrorKind::Other.into(),
+        }),
+        r => r,
+    };
+    if let Err(e) = last_step {
+        drop(gos);
+        drop(handover_tx);
+        let r = fail(&state, threads, e);
         let _ = ctl_thread.join();
-        return Err(e);
+        return r;
     }
+    // Nothing fails from here on. The event loop thread waits for the
+    // handover, so the send succeeds unless that thread panicked.
+    if let Err(mpsc::SendError(threads)) = handover_tx.send(threads) {
+        drop(gos);
+        let r = fail(
+            &state,
+            threads,
+            VmmError::Io {
+                what: "the VMM thread ended while starting",
+                source: std::io::ErrorKind::Other.into(),
+            },
+        );
+        let _ = ctl_thread.join();
+        return r;
+    }
+    for go in gos {
+        // A vCPU thread that is gone has no guest to run; its exit is the
+        // event loop's to see.
+        let _ = go.send(());
+    }
+    tracing::info!(vm = %name, vcpus = vcpu_count, mem_mib, pvm_compat, cmdline = %cmdline, "VM started");
     Ok(VmmHandle {
         name,
         requests: req_tx,

@@ -1,9 +1,9 @@
 //! What a VM is made of, validated before anything is created.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::boot::mptable::MAX_CPUS;
-pub use husk_seccomp::SeccompMode;
+pub use husk_seccomp::{SeccompError, SeccompMode};
 
 /// A virtio-blk disk: a raw image, read-only or not, and the serial id the
 /// guest sees (`/sys/block/vdX/serial`, what the agent mounts by).
@@ -15,6 +15,10 @@ pub use husk_devices::virtio::fs::FsConfig as ShareConfig;
 
 /// The longest disk id virtio-blk can report (GET_ID answers 20 bytes).
 pub const MAX_DISK_ID: usize = 20;
+
+/// The longest vsock socket path: sun_path holds 108 bytes, with room for
+/// the `_<port>` suffix of guest-initiated connections and the NUL.
+pub const MAX_VSOCK_PATH: usize = 96;
 
 /// Smallest guest memory accepted.
 pub const MIN_MEM_MIB: u64 = 16;
@@ -78,7 +82,9 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-fs shares, attached after the disks.
     pub shares: Vec<ShareConfig>,
-    /// The VMM threads' seccomp filters (`HUSK_SECCOMP` overrides it).
+    /// The VMM threads' seccomp filters, exactly (the VMM reads no
+    /// environment; a binary resolves `HUSK_SECCOMP` at its edge with
+    /// `SeccompMode::from_env`).
     pub seccomp: SeccompMode,
 }
 
@@ -103,6 +109,31 @@ impl Default for VmConfig {
     }
 }
 
+/// A VM to restore from a snapshot directory.
+#[derive(Debug, Clone)]
+pub struct RestoreConfig {
+    pub name: String,
+    pub snapshot_dir: PathBuf,
+    pub console: ConsoleConfig,
+    /// The restored VM's own hybrid-vsock socket (required when the
+    /// snapshot has a vsock device).
+    pub vsock_uds: Option<PathBuf>,
+    /// When given, the snapshot must have this much memory / these vCPUs.
+    pub mem_mib: Option<u64>,
+    pub vcpus: Option<u8>,
+    /// Images for the snapshot's disks, in order, replacing the paths it
+    /// recorded (each must hold as many sectors as the original). Empty:
+    /// reopen the recorded paths.
+    pub disks: Vec<PathBuf>,
+    /// The host directory for each of the snapshot's virtio-fs shares, by
+    /// tag; a share not named here has none (the guest cannot mount it).
+    pub shares: Vec<(String, PathBuf)>,
+    /// The VMM threads' seccomp filters, exactly (the environment is not
+    /// read here: the binary resolves `HUSK_SECCOMP` at its edge, see
+    /// `husk_seccomp::SeccompMode::from_env`).
+    pub seccomp: SeccompMode,
+}
+
 /// Invalid configuration.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -122,23 +153,97 @@ pub enum ConfigError {
     Share { tag: String, reason: &'static str },
     #[error("the VM name must be 1..=64 characters without '/' or control characters: {0:?}")]
     Name(String),
+    #[error("no snapshot directory given")]
+    NoSnapshotDir,
+}
+
+fn validate_name(name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c == '/' || c.is_control()) {
+        return Err(ConfigError::Name(name.to_string()));
+    }
+    Ok(())
+}
+
+fn validate_mem(mib: u64) -> Result<(), ConfigError> {
+    if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&mib) {
+        return Err(ConfigError::Memory { mib });
+    }
+    Ok(())
+}
+
+fn validate_vcpus(n: u8) -> Result<(), ConfigError> {
+    if n == 0 || n > MAX_CPUS {
+        return Err(ConfigError::Vcpus(n));
+    }
+    Ok(())
+}
+
+/// sun_path holds 108 bytes; leave room for "_<port>" and the NUL.
+fn validate_vsock_path(p: &Path) -> Result<(), ConfigError> {
+    if p.as_os_str().is_empty() || p.as_os_str().len() > MAX_VSOCK_PATH {
+        return Err(ConfigError::VsockPath(p.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Share tags: each one once.
+fn validate_tags<'a>(tags: impl Iterator<Item = &'a str>) -> Result<(), ConfigError> {
+    let mut seen = Vec::new();
+    for tag in tags {
+        if seen.contains(&tag) {
+            return Err(ConfigError::Share {
+                tag: tag.to_string(),
+                reason: "two shares have this tag",
+            });
+        }
+        seen.push(tag);
+    }
+    Ok(())
+}
+
+impl RestoreConfig {
+    /// Checks the configuration without touching the host (the snapshot's
+    /// own contents are checked when it is read).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_name(&self.name)?;
+        if self.snapshot_dir.as_os_str().is_empty() {
+            return Err(ConfigError::NoSnapshotDir);
+        }
+        if let Some(p) = &self.vsock_uds {
+            validate_vsock_path(p)?;
+        }
+        if let Some(m) = self.mem_mib {
+            validate_mem(m)?;
+        }
+        if let Some(n) = self.vcpus {
+            validate_vcpus(n)?;
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            if d.as_os_str().is_empty() {
+                return Err(ConfigError::Disk {
+                    id: format!("#{i}"),
+                    reason: "no image path",
+                });
+            }
+        }
+        for (tag, dir) in &self.shares {
+            if dir.as_os_str().is_empty() {
+                return Err(ConfigError::Share {
+                    tag: tag.clone(),
+                    reason: "no directory",
+                });
+            }
+        }
+        validate_tags(self.shares.iter().map(|(t, _)| t.as_str()))
+    }
 }
 
 impl VmConfig {
     /// Checks the configuration without touching the host.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.name.is_empty()
-            || self.name.len() > 64
-            || self.name.chars().any(|c| c == '/' || c.is_control())
-        {
-            return Err(ConfigError::Name(self.name.clone()));
-        }
-        if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
-            return Err(ConfigError::Memory { mib: self.mem_mib });
-        }
-        if self.vcpus == 0 || self.vcpus > MAX_CPUS {
-            return Err(ConfigError::Vcpus(self.vcpus));
-        }
+        validate_name(&self.name)?;
+        validate_mem(self.mem_mib)?;
+        validate_vcpus(self.vcpus)?;
         if self.kernel.as_os_str().is_empty() {
             return Err(ConfigError::NoKernel);
         }
@@ -146,10 +251,7 @@ impl VmConfig {
             if v.guest_cid < 3 {
                 return Err(ConfigError::GuestCid(v.guest_cid));
             }
-            // sun_path holds 108 bytes; leave room for "_<port>" and the NUL.
-            if v.uds_path.as_os_str().is_empty() || v.uds_path.as_os_str().len() > 96 {
-                return Err(ConfigError::VsockPath(v.uds_path.clone()));
-            }
+            validate_vsock_path(&v.uds_path)?;
         }
         for (i, d) in self.disks.iter().enumerate() {
             let bad = |reason| {
@@ -171,14 +273,7 @@ impl VmConfig {
                 return bad("two disks have this id");
             }
         }
-        for (i, sh) in self.shares.iter().enumerate() {
-            if self.shares[..i].iter().any(|o| o.tag == sh.tag) {
-                return Err(ConfigError::Share {
-                    tag: sh.tag.clone(),
-                    reason: "two shares have this tag",
-                });
-            }
-        }
+        validate_tags(self.shares.iter().map(|s| s.tag.as_str()))?;
         Ok(())
     }
 
@@ -231,5 +326,93 @@ mod tests {
             c.disks = bad_disks;
             assert!(matches!(c.validate(), Err(ConfigError::Disk { .. })));
         }
+    }
+
+    #[test]
+    fn restore_validation() {
+        let ok = RestoreConfig {
+            name: "pod-1".into(),
+            snapshot_dir: "/templates/t".into(),
+            console: ConsoleConfig::default(),
+            vsock_uds: Some("/run/husk/pod-1.sock".into()),
+            mem_mib: Some(128),
+            vcpus: Some(1),
+            disks: vec!["/img/a".into()],
+            shares: vec![
+                ("data".into(), "/srv/data".into()),
+                ("logs".into(), "/srv/logs".into()),
+            ],
+            seccomp: SeccompMode::Enforce,
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let none = RestoreConfig {
+            vsock_uds: None,
+            mem_mib: None,
+            vcpus: None,
+            disks: vec![],
+            shares: vec![],
+            ..ok.clone()
+        };
+        assert_eq!(none.validate(), Ok(()));
+        let bad = |f: fn(&mut RestoreConfig)| {
+            let mut c = ok.clone();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(matches!(
+            bad(|c| c.name = String::new()),
+            ConfigError::Name(_)
+        ));
+        assert!(matches!(
+            bad(|c| c.name = "a/b".into()),
+            ConfigError::Name(_)
+        ));
+        assert!(matches!(
+            bad(|c| c.name = "x".repeat(65)),
+            ConfigError::Name(_)
+        ));
+        assert_eq!(
+            bad(|c| c.snapshot_dir = "".into()),
+            ConfigError::NoSnapshotDir
+        );
+        let long = PathBuf::from(format!("/{}", "s".repeat(MAX_VSOCK_PATH)));
+        let e = {
+            let mut c = ok.clone();
+            c.vsock_uds = Some(long.clone());
+            c.validate().unwrap_err()
+        };
+        assert_eq!(e, ConfigError::VsockPath(long));
+        assert!(matches!(
+            bad(|c| c.vsock_uds = Some("".into())),
+            ConfigError::VsockPath(_)
+        ));
+        assert_eq!(bad(|c| c.mem_mib = Some(8)), ConfigError::Memory { mib: 8 });
+        assert_eq!(bad(|c| c.vcpus = Some(0)), ConfigError::Vcpus(0));
+        assert!(matches!(
+            bad(|c| c.disks = vec!["".into()]),
+            ConfigError::Disk { .. }
+        ));
+        assert!(matches!(
+            bad(|c| c.shares.push(("data".into(), "/other".into()))),
+            ConfigError::Share {
+                reason: "two shares have this tag",
+                ..
+            }
+        ));
+        // `restore` checks it first, before reading the snapshot.
+        let mut c = ok.clone();
+        c.name = "a/b".into();
+        let e = crate::builder::restore(c).err().unwrap();
+        assert!(
+            matches!(e.source, crate::VmmError::Config(ConfigError::Name(_))),
+            "{e}"
+        );
+        assert!(matches!(
+            bad(|c| c.shares = vec![("data".into(), "".into())]),
+            ConfigError::Share {
+                reason: "no directory",
+                ..
+            }
+        ));
     }
 }

@@ -5,7 +5,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -29,16 +29,49 @@ fn kick_signal() -> i32 {
 
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
+/// The vCPU kick signal's handler is missing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KickHandlerError {
+    #[error("cannot install the handler of signal {signal} (vCPU kicks): errno {errno}")]
+    Install { signal: i32, errno: i32 },
+    #[error("the handler of signal {signal} (vCPU kicks) was replaced by other code in this process; a kick would kill the process")]
+    Replaced { signal: i32 },
+}
+
 /// Installs the (empty) kick handler once per process, so the signal
-/// interrupts KVM_RUN with EINTR instead of killing the process.
-pub(crate) fn install_kick_handler() -> std::io::Result<()> {
-    static ONCE: Once = Once::new();
-    let mut result = Ok(());
-    ONCE.call_once(|| {
-        result = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()));
-    });
-    result
+/// interrupts KVM_RUN with EINTR instead of killing the process. Every
+/// caller gets the outcome of that one installation, and then a check that
+/// the handler is still the one in place (something else in the process
+/// may have reset it since: a kick would then kill the process).
+pub(crate) fn install_kick_handler() -> Result<(), KickHandlerError> {
+    static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
+    let signal = kick_signal();
+    once(&INSTALLED, || {
+        vmm_sys_util::signal::register_signal_handler(signal, on_kick).map_err(|e| e.errno())
+    })
+    .map_err(|errno| KickHandlerError::Install { signal, errno })?;
+    if !kick_handler_in_place() {
+        return Err(KickHandlerError::Replaced { signal });
+    }
+    Ok(())
+}
+
+/// The result of the first `install` through `cell`, for every caller.
+fn once(
+    cell: &OnceLock<Result<(), i32>>,
+    install: impl FnOnce() -> Result<(), i32>,
+) -> Result<(), i32> {
+    *cell.get_or_init(install)
+}
+
+/// Whether the kick signal's current disposition is `on_kick`.
+fn kick_handler_in_place() -> bool {
+    // SAFETY: a zeroed sigaction is a valid out value for the query.
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a query only (no new action); `current` is a valid out pointer.
+    let rc = unsafe { libc::sigaction(kick_signal(), std::ptr::null(), &mut current) };
+    let ours = on_kick as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+    rc == 0 && current.sa_flags & libc::SA_SIGINFO != 0 && current.sa_sigaction == ours as usize
 }
 
 /// Static facts the controller reports.
@@ -267,5 +300,46 @@ fn stop_vcpus(state: &RunState, vcpus: Vec<JoinHandle<()>>, name: &str) {
         if t.is_finished() && t.join().is_err() {
             tracing::error!(vm = %name, vcpu = i, "vCPU thread panicked");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_installation_fails_every_caller() {
+        let cell = OnceLock::new();
+        assert_eq!(once(&cell, || Err(libc::EINVAL)), Err(libc::EINVAL));
+        // Later callers get the first outcome, not a silent Ok.
+        assert_eq!(once(&cell, || Ok(())), Err(libc::EINVAL));
+        assert_eq!(once(&cell, || Ok(())), Err(libc::EINVAL));
+        let ok = OnceLock::new();
+        assert_eq!(once(&ok, || Ok(())), Ok(()));
+        assert_eq!(once(&ok, || Err(libc::EINVAL)), Ok(()));
+    }
+
+    #[test]
+    fn a_replaced_handler_is_detected() {
+        install_kick_handler().unwrap();
+        install_kick_handler().unwrap();
+        // Someone else in the process resets the signal (no VM runs in
+        // this test binary, so nothing kicks meanwhile).
+        // SAFETY: a query only; `saved` is a valid out pointer.
+        let mut saved: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        unsafe { libc::sigaction(kick_signal(), std::ptr::null(), &mut saved) };
+        // SAFETY: resets the disposition of a signal nothing sends here.
+        unsafe { libc::signal(kick_signal(), libc::SIG_DFL) };
+        let replaced = install_kick_handler();
+        // SAFETY: puts back the handler saved above (valid sigaction).
+        unsafe { libc::sigaction(kick_signal(), &saved, std::ptr::null_mut()) };
+        assert_eq!(
+            replaced,
+            Err(KickHandlerError::Replaced {
+                signal: kick_signal()
+            })
+        );
+        install_kick_handler().unwrap();
     }
 }

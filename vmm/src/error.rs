@@ -58,8 +58,15 @@ pub enum VmmError {
         #[source]
         source: husk_seccomp::SeccompError,
     },
+    #[error("thread {thread}: {what}: {source}")]
+    ThreadSetup {
+        thread: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
-    SeccompMode(husk_seccomp::SeccompError),
+    KickHandler(#[from] crate::controller::KickHandlerError),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,

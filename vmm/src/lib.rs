@@ -16,6 +16,8 @@ pub(crate) mod controller;
 pub mod device_manager;
 pub mod error;
 pub mod exit;
+#[doc(hidden)]
+pub mod fault;
 pub mod host;
 pub mod runstate;
 pub(crate) mod seccomp;
@@ -26,8 +28,8 @@ pub mod vstate;
 pub use api::{ApiError, VmInfo, VmmHandle, VmmRequest, VmmResponse};
 pub use builder::{restore, start, start_with, ExtraDevices, RestoreConfig};
 pub use config::{
-    ConsoleConfig, DiskConfig, PvmCompat, SeccompMode, ShareConfig, VmConfig, VsockConfig,
-    DEFAULT_GUEST_CID, READY_MARKER,
+    ConsoleConfig, DiskConfig, PvmCompat, SeccompError, SeccompMode, ShareConfig, VmConfig,
+    VsockConfig, DEFAULT_GUEST_CID, READY_MARKER,
 };
 pub use controller::PANIC_MARKER;
 pub use error::{StartError, VmmError};

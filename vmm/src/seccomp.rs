@@ -5,30 +5,27 @@
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::Duration;
 
-use husk_seccomp::{SeccompError, SeccompMode, ThreadKind};
+use husk_seccomp::{SeccompMode, ThreadKind};
 
 use crate::error::VmmError;
 
-/// What a starting thread reports: its name, and the install result.
-pub(crate) type Installed = (String, Result<(), SeccompError>);
-
-/// The mode every thread of this VM uses: `configured`, unless
-/// `HUSK_SECCOMP` says otherwise.
-pub(crate) fn mode(configured: SeccompMode) -> Result<SeccompMode, VmmError> {
-    husk_seccomp::effective_mode(configured).map_err(VmmError::SeccompMode)
-}
+/// What a starting thread reports: whether its setup (its filter first of
+/// all) worked; the error names the thread.
+pub(crate) type Installed = Result<(), VmmError>;
 
 /// Installs `kind`'s filter on the calling thread, first thing, and reports
 /// the result. Returns whether the thread may go on.
 pub(crate) fn install(kind: ThreadKind, mode: SeccompMode, report: &Sender<Installed>) -> bool {
-    let r = husk_seccomp::install(kind, mode);
+    let r = husk_seccomp::install(kind, mode).map_err(|source| VmmError::Seccomp {
+        thread: std::thread::current()
+            .name()
+            .unwrap_or("(unnamed)")
+            .to_string(),
+        source,
+    });
     let ok = r.is_ok();
-    let name = std::thread::current()
-        .name()
-        .unwrap_or("(unnamed)")
-        .to_string();
     // The receiver outlives the wait in `launch`; after that nobody asks.
-    let _ = report.send((name, r));
+    let _ = report.send(r);
     ok
 }
 
@@ -40,9 +37,9 @@ pub(crate) fn wait_installed(reports: &Receiver<Installed>, count: usize) -> Res
     let mut first_err = None;
     for _ in 0..count {
         match reports.recv_timeout(REPORT_TIMEOUT) {
-            Ok((_, Ok(()))) => {}
-            Ok((thread, Err(source))) => {
-                first_err.get_or_insert(VmmError::Seccomp { thread, source });
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
             }
             Err(_) => {
                 first_err.get_or_insert(VmmError::Io {
@@ -59,25 +56,26 @@ pub(crate) fn wait_installed(reports: &Receiver<Installed>, count: usize) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use husk_seccomp::SeccompError;
     use std::sync::mpsc;
 
     #[test]
     fn the_first_failing_thread_is_named() {
         let (tx, rx) = mpsc::channel();
-        tx.send(("husk-vcpu0".into(), Ok(()))).unwrap();
-        tx.send((
-            "husk-vcpu1".into(),
-            Err(SeccompError::InvalidMode("x".into())),
-        ))
+        tx.send(Ok(())).unwrap();
+        tx.send(Err(VmmError::Seccomp {
+            thread: "husk-vcpu1".into(),
+            source: SeccompError::InvalidMode("x".into()),
+        }))
         .unwrap();
-        tx.send(("husk-vcpu2".into(), Ok(()))).unwrap();
+        tx.send(Ok(())).unwrap();
         let e = wait_installed(&rx, 3).unwrap_err();
         assert!(
             matches!(&e, VmmError::Seccomp { thread, .. } if thread == "husk-vcpu1"),
             "{e}"
         );
         assert!(e.to_string().starts_with("thread husk-vcpu1: "), "{e}");
-        tx.send(("husk-vmm".into(), Ok(()))).unwrap();
+        tx.send(Ok(())).unwrap();
         wait_installed(&rx, 1).unwrap();
     }
 

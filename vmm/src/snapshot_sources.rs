@@ -112,6 +112,7 @@ impl SnapshotSources {
             format: snapshot::FORMAT.into(),
             format_version: snapshot::FORMAT_VERSION,
             husk_version: snapshot::HUSK_VERSION.into(),
+            husk_build: snapshot::BUILD_ID.into(),
             mem_mib: facts.mem_mib,
             vcpus: facts.vcpus,
             pvm_compat: facts.pvm_compat,

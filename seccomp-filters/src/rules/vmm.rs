@@ -41,10 +41,11 @@ pub fn rules() -> Vec<Rule> {
         ioctls(&[libc::FIONBIO]),
         // Snapshot (VmState::save): the in-kernel irqchips, PIT and clock.
         ioctls(&[KVM_GET_IRQCHIP, KVM_GET_PIT2, KVM_GET_CLOCK]),
-        // Snapshot: create_dir_all(dir) (mkdir; stat when it exists),
-        // snapshot.json.tmp and memory.bin (open/create), memory.bin's size
+        // Snapshot: create_dir_all(dir) (mkdir; stat when it exists), each
+        // file written as a new temporary (open O_EXCL), memory.bin's size
         // (set_len = ftruncate), its non-zero pages (write_all_at =
-        // pwrite64), fsync (sync_all), then rename of the state file.
+        // pwrite64), fsync (sync_all, also of the directory), rename into
+        // place, and unlink of the temporary when writing it failed.
         allow(sys!(SYS_mkdir)),
         allow(sys!(SYS_statx)),
         allow(sys!(SYS_openat)),
@@ -52,6 +53,7 @@ pub fn rules() -> Vec<Rule> {
         allow(sys!(SYS_pwrite64)),
         allow(sys!(SYS_fsync)),
         allow(sys!(SYS_rename)),
+        allow(sys!(SYS_unlink)),
         // Stopping the VM: stop_vcpus sleeps 2 ms between kicks
         // (thread::sleep = clock_nanosleep).
         allow(sys!(SYS_clock_nanosleep)),

@@ -52,7 +52,8 @@ pub struct CreateArgs {
     /// PVM compatibility command line: auto (when the host is PVM), on, off.
     #[arg(long, default_value = "auto", value_parser = super::parse_pvm_compat)]
     pub pvm_compat: PvmCompat,
-    /// Seccomp filters of the template VM's threads.
+    /// Seccomp filters of the template VM's threads (HUSK_SECCOMP, when
+    /// set, wins).
     #[arg(long, default_value = "enforce")]
     pub seccomp: SeccompMode,
 }
@@ -89,9 +90,17 @@ pub fn run_create(args: &CreateArgs) -> i32 {
             return exit_code::ERROR;
         }
     };
+    // The process's debugging knob, read here only.
+    let seccomp = match SeccompMode::from_env(args.seccomp) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("husk: {e}");
+            return exit_code::ERROR;
+        }
+    };
     let builder = VmTemplateBuilder {
         boot_timeout: args.timeout,
-        seccomp: args.seccomp,
+        seccomp,
     };
     let made = match &args.out {
         Some(out) => store::create_at(out, &spec, &builder, build_id()),

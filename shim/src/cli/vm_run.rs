@@ -95,7 +95,9 @@ pub struct RunArgs {
     #[arg(long = "share", value_name = "TAG=DIR[,ro]", value_parser = parse_share)]
     pub shares: Vec<ShareArg>,
     /// Seccomp filters of the VMM threads: enforce, log (allow and have
-    /// the kernel log what is not listed) or off. HUSK_SECCOMP overrides.
+    /// the kernel log what is not listed) or off. The environment variable
+    /// HUSK_SECCOMP, read once when the VM's configuration is built,
+    /// overrides it.
     #[arg(long, default_value = "enforce")]
     pub seccomp: SeccompMode,
 }
@@ -114,6 +116,11 @@ impl RunArgs {
             file: self.console.clone(),
             log: self.console.is_none(),
         }
+    }
+
+    /// `--seccomp`, unless HUSK_SECCOMP says otherwise (read here only).
+    fn seccomp(&self) -> Result<SeccompMode, String> {
+        SeccompMode::from_env(self.seccomp).map_err(|e| e.to_string())
     }
 
     /// `--from-template`: a directory, or a key in the store.
@@ -155,7 +162,7 @@ impl RunArgs {
             .collect();
         cfg.shares = self.shares.iter().map(ShareArg::config).collect();
         cfg.console = self.console();
-        cfg.seccomp = self.seccomp;
+        cfg.seccomp = self.seccomp()?;
         cfg.vsock_socket = self.vsock_uds.clone();
         cfg.agent_timeout = self.timeout;
         Ok(cfg)
@@ -189,7 +196,7 @@ impl RunArgs {
                 .map(|(i, d)| d.config(i))
                 .collect(),
             shares: self.shares.iter().map(ShareArg::config).collect(),
-            seccomp: self.seccomp,
+            seccomp: self.seccomp()?,
             ..VmConfig::default()
         })
     }

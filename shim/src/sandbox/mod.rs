@@ -46,7 +46,7 @@ pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 /// The identity of this husk build: what templates are keyed by (a
 /// snapshot from another build is refused).
 pub fn build_id() -> &'static str {
-    husk_vmm::snapshot::HUSK_VERSION
+    husk_vmm::snapshot::BUILD_ID
 }
 
 /// The guest to boot: kernel, initramfs, command line and size.

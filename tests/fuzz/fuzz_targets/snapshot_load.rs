@@ -7,7 +7,9 @@
 //! Checks: nothing panics; what is accepted is within the documented
 //! limits; a restored transport re-saves to the state it was given.
 //!
-//! Input: the state file's bytes (JSON).
+//! Input: the state file's bytes (JSON). The build id a snapshot must carry
+//! changes with every code change, so the corpus writes `"husk_build":"FUZZ"`
+//! and the target puts this build's id there before parsing.
 //!
 //! run.sh: -max_len=65536 -dict=dict/snapshot_load.dict
 #![no_main]
@@ -34,8 +36,26 @@ const BLOCK_FEATURES: u64 = (1 << 2) | (1 << 5) | (1 << 6) | (1 << 9) | (1 << 13
 /// A memory file of the smallest guest.
 const MEM_FILE_BYTES: u64 = MIN_MEM_MIB << 20;
 
+/// The corpus's stand-in for this build's id.
+const BUILD_PLACEHOLDER: &[u8] = b"\"husk_build\":\"FUZZ\"";
+
+/// `data` with the first build placeholder replaced by this build's id.
+fn with_build_id(data: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let Some(at) = data
+        .windows(BUILD_PLACEHOLDER.len())
+        .position(|w| w == BUILD_PLACEHOLDER)
+    else {
+        return data.into();
+    };
+    let mut v = data[..at].to_vec();
+    v.extend_from_slice(format!("\"husk_build\":\"{}\"", husk_vmm::snapshot::BUILD_ID).as_bytes());
+    v.extend_from_slice(&data[at + BUILD_PLACEHOLDER.len()..]);
+    v.into()
+}
+
 fuzz_target!(|data: &[u8]| {
-    let Ok(snap) = Snapshot::from_bytes(data, "fuzz/snapshot.json") else {
+    let data = with_build_id(data);
+    let Ok(snap) = Snapshot::from_bytes(&data, "fuzz/snapshot.json") else {
         return;
     };
     assert!((MIN_MEM_MIB..=MAX_MEM_MIB).contains(&snap.mem_mib));

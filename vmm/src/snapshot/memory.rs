@@ -37,41 +37,44 @@ pub enum MemoryFileError {
     Map { path: String, reason: String },
 }
 
-/// Writes all guest RAM into `path` (regions back to back); zero pages
-/// become holes. Returns the number of bytes actually written.
+/// Writes all guest RAM into a new file at `path` (regions back to back;
+/// zero pages become holes), renamed over any file already there, which is
+/// never truncated. Returns the number of bytes actually written.
 pub fn dump(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, MemoryFileError> {
     let p = path.display().to_string();
     let io = |source| MemoryFileError::Io {
         path: p.clone(),
         source,
     };
-    let file = File::create(path).map_err(io)?;
+    // A new file renamed into place: a `memory.bin` already there may be
+    // mapped by VMs restored from it, and must not change under them.
+    super::replace_file(path, |file| write_pages(mem, file)).map_err(io)
+}
+
+/// Writes every non-zero page of `mem` into `file` (sized to hold all of
+/// it); returns the bytes written.
+fn write_pages(mem: &GuestMemoryMmap, file: &mut File) -> io::Result<u64> {
     let total: u64 = mem.iter().map(|r| r.len()).sum();
-    file.set_len(total).map_err(io)?;
+    file.set_len(total)?;
     let mut offset = 0u64;
     let mut written = 0u64;
     let zero = [0u8; PAGE];
     for region in mem.iter() {
         let host = region
             .get_host_address(MemoryRegionAddress(0))
-            .map_err(|e| MemoryFileError::Map {
-                path: p.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| io::Error::other(format!("guest memory region: {e}")))?;
         let len = region.len() as usize;
         // SAFETY: `host` maps `len` bytes of guest memory that live as long as
         // `mem`; the VM is paused, so nothing writes them while we read.
         let bytes = unsafe { std::slice::from_raw_parts(host.cast_const(), len) };
         for (i, page) in bytes.chunks(PAGE).enumerate() {
             if page != &zero[..page.len()] {
-                file.write_all_at(page, offset + (i * PAGE) as u64)
-                    .map_err(io)?;
+                file.write_all_at(page, offset + (i * PAGE) as u64)?;
                 written += page.len() as u64;
             }
         }
         offset += len as u64;
     }
-    file.sync_all().map_err(io)?;
     Ok(written)
 }
 
@@ -168,5 +171,50 @@ mod tests {
             Err(MemoryFileError::Size { .. })
         ));
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_new_dump_leaves_mapped_memory_intact() {
+        let size = 8u64 << 20;
+        let dir = std::env::temp_dir().join(format!("husk-mem-remap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(crate::snapshot::MEMORY_FILE);
+        let old = crate::vstate::memory::create(size).unwrap();
+        old.write_obj(0xaaaa_aaaa_u32, GuestAddress(0x1000))
+            .unwrap();
+        old.write_obj(0x5555_u16, GuestAddress(size - 2)).unwrap();
+        dump(&old, &path).unwrap();
+        // A VM restored from it: its pages are read from the file lazily.
+        let restored = map_private(&path, size).unwrap();
+
+        // A new snapshot into the same directory.
+        let new = crate::vstate::memory::create(size).unwrap();
+        new.write_obj(0xbbbb_bbbb_u32, GuestAddress(0x1000))
+            .unwrap();
+        dump(&new, &path).unwrap();
+
+        // The restored VM still sees the memory it was restored from (an
+        // in-place truncation showed it zeros or the new contents, or, for
+        // a smaller file, SIGBUS).
+        assert_eq!(
+            restored.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xaaaa_aaaa
+        );
+        assert_eq!(
+            restored.read_obj::<u16>(GuestAddress(size - 2)).unwrap(),
+            0x5555
+        );
+        let fresh = map_private(&path, size).unwrap();
+        assert_eq!(
+            fresh.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xbbbb_bbbb
+        );
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [crate::snapshot::MEMORY_FILE]);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

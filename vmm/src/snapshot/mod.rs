@@ -5,14 +5,18 @@
 //! DIR/memory.bin      guest RAM, sparse (holes for untouched pages)
 //! ```
 //!
-//! A snapshot names the husk version that wrote it; another build refuses
-//! it with a clear error instead of misreading it. Every field is checked on
+//! A snapshot names the husk build that wrote it ([`BUILD_ID`]: a hash of
+//! the sources of the crates whose state it holds, computed at build time);
+//! any other build refuses it with a clear error instead of misreading it. Every field is checked on
 //! load: the file is input like any other.
 
 pub mod cpu;
 pub mod memory;
 
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use husk_devices::legacy::cmos::CmosState;
 use husk_devices::legacy::serial::SerialDeviceState;
@@ -27,9 +31,15 @@ pub use cpu::{VcpuState, VmState};
 /// The format's name, first field of every snapshot.
 pub const FORMAT: &str = "husk-snapshot";
 /// Bumped on any incompatible change of the state layout.
-pub const FORMAT_VERSION: u32 = 2;
-/// The build that writes snapshots.
+pub const FORMAT_VERSION: u32 = 3;
+/// The husk version that writes snapshots.
 pub const HUSK_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// This build's identity: the version and a hash of the sources and
+/// manifests of husk-vmm and husk-devices and of the workspace's
+/// Cargo.lock (vmm/build.rs). It changes whenever the code that writes or
+/// reads snapshot state changes; a snapshot is only accepted by the build
+/// whose id it records (`husk_build`). Templates are keyed by it.
+pub const BUILD_ID: &str = env!("HUSK_BUILD_ID");
 pub const STATE_FILE: &str = "snapshot.json";
 pub const MEMORY_FILE: &str = "memory.bin";
 
@@ -72,6 +82,8 @@ pub struct Snapshot {
     pub format: String,
     pub format_version: u32,
     pub husk_version: String,
+    /// The [`BUILD_ID`] of the build that wrote it.
+    pub husk_build: String,
     pub mem_mib: u64,
     pub vcpus: u8,
     pub pvm_compat: bool,
@@ -93,10 +105,11 @@ pub enum SnapshotError {
     },
     #[error("snapshot {path} is not a husk snapshot or is corrupt: {reason}")]
     Corrupt { path: String, reason: String },
-    #[error("snapshot {path} was written by husk {found} (format {found_format}); this is husk {HUSK_VERSION} (format {FORMAT_VERSION}): make a new template with this build")]
+    #[error("snapshot {path} was written by husk {found} build {found_build} (format {found_format}); this is husk {HUSK_VERSION} build {BUILD_ID} (format {FORMAT_VERSION}): make a new template with this build")]
     Version {
         path: String,
         found: String,
+        found_build: String,
         found_format: u32,
     },
     #[error("snapshot {path} is for {found}; {wanted} was asked for")]
@@ -124,8 +137,54 @@ pub fn memory_path(dir: &Path) -> PathBuf {
     dir.join(MEMORY_FILE)
 }
 
+/// Writes `path` as a new file: `write` fills a temporary file (unique
+/// name, created exclusively, in the same directory), which is synced and
+/// renamed over `path`, and the directory is synced. An existing file at
+/// `path` is never truncated or rewritten: a VM restored from it keeps its
+/// mapping of the old inode (an in-place rewrite of a mapped `memory.bin`
+/// changes the memory of every VM restored from it, or SIGBUSes them when
+/// it shrinks). On failure the temporary file is removed and `path` is
+/// untouched. Two files renamed one after the other are not one atomic
+/// change: publish whole snapshot directories for that (the template
+/// store does).
+pub(crate) fn replace_file<T>(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<T>,
+) -> io::Result<T> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    let written = write(&mut file)
+        .and_then(|t| file.sync_all().map(|()| t))
+        .and_then(|t| std::fs::rename(&tmp, path).map(|()| t));
+    match written {
+        Ok(t) => {
+            // The rename is durable once the directory is synced.
+            File::open(dir)?.sync_all()?;
+            Ok(t)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
 impl Snapshot {
-    /// Writes the state file (atomically: a temporary then rename).
+    /// Writes the state file: a new file renamed over the old one
+    /// ([`replace_file`]), never an in-place rewrite.
     pub fn write(&self, dir: &Path) -> Result<(), SnapshotError> {
         let path = state_path(dir);
         let p = path.display().to_string();
@@ -133,9 +192,7 @@ impl Snapshot {
             path: p.clone(),
             reason: e.to_string(),
         })?;
-        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-        std::fs::write(&tmp, json)
-            .and_then(|_| std::fs::rename(&tmp, &path))
+        replace_file(&path, |f| f.write_all(&json))
             .map_err(|source| SnapshotError::Io { path: p, source })
     }
 
@@ -162,6 +219,9 @@ impl Snapshot {
             format: String,
             format_version: u32,
             husk_version: String,
+            // Absent in snapshots of format 2 and older.
+            #[serde(default)]
+            husk_build: String,
         }
         let h: Header = serde_json::from_slice(bytes).map_err(|e| SnapshotError::Corrupt {
             path: p.clone(),
@@ -173,10 +233,14 @@ impl Snapshot {
                 reason: format!("format is {:?}", h.format),
             });
         }
-        if h.format_version != FORMAT_VERSION || h.husk_version != HUSK_VERSION {
+        if h.format_version != FORMAT_VERSION
+            || h.husk_version != HUSK_VERSION
+            || h.husk_build != BUILD_ID
+        {
             return Err(SnapshotError::Version {
                 path: p,
                 found: h.husk_version,
+                found_build: h.husk_build,
                 found_format: h.format_version,
             });
         }
@@ -269,6 +333,7 @@ mod tests {
             format: FORMAT.into(),
             format_version: FORMAT_VERSION,
             husk_version: HUSK_VERSION.into(),
+            husk_build: BUILD_ID.into(),
             mem_mib: 64,
             vcpus: 1,
             pvm_compat: false,
@@ -328,6 +393,15 @@ mod tests {
     }
 
     #[test]
+    fn the_build_id_names_this_code() {
+        assert!(
+            BUILD_ID.starts_with(&format!("{HUSK_VERSION}-")),
+            "{BUILD_ID}"
+        );
+        assert_eq!(BUILD_ID.len(), HUSK_VERSION.len() + 1 + 32, "{BUILD_ID}");
+    }
+
+    #[test]
     fn round_trip_and_shape_checks() {
         let d = dir("ok");
         sample().write(&d).unwrap();
@@ -350,6 +424,23 @@ mod tests {
         let e = Snapshot::read(&d).unwrap_err();
         assert!(matches!(e, SnapshotError::Version { .. }), "{e}");
         assert!(e.to_string().contains("make a new template"));
+
+        // The same version number, another build (other code): refused.
+        let mut s = sample();
+        s.husk_build = format!("{HUSK_VERSION}-0000000000000000");
+        s.write(&d).unwrap();
+        let e = Snapshot::read(&d).unwrap_err();
+        assert!(matches!(e, SnapshotError::Version { .. }), "{e}");
+        assert!(e.to_string().contains(BUILD_ID), "{e}");
+        // A snapshot of format 2 (no build id at all): refused as such.
+        let mut v: serde_json::Value = serde_json::to_value(sample()).unwrap();
+        v["format_version"] = serde_json::json!(2);
+        v.as_object_mut().unwrap().remove("husk_build");
+        std::fs::write(state_path(&d), serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(matches!(
+            Snapshot::read(&d),
+            Err(SnapshotError::Version { .. })
+        ));
 
         let mut s = sample();
         s.format_version = FORMAT_VERSION + 1;
@@ -390,6 +481,28 @@ mod tests {
 
         std::fs::remove_dir_all(&d).unwrap();
         assert!(matches!(Snapshot::read(&d), Err(SnapshotError::Io { .. })));
+    }
+
+    #[test]
+    fn a_new_state_file_replaces_the_old_one_without_rewriting_it() {
+        let d = dir("replace");
+        sample().write(&d).unwrap();
+        let before = std::fs::read(state_path(&d)).unwrap();
+        // A reader holding the old file keeps reading the old contents.
+        let mut held = File::open(state_path(&d)).unwrap();
+        let mut s = sample();
+        s.cmdline = "console=ttyS0 changed".into();
+        s.write(&d).unwrap();
+        let mut old = Vec::new();
+        io::Read::read_to_end(&mut held, &mut old).unwrap();
+        assert_eq!(old, before);
+        assert_eq!(Snapshot::read(&d).unwrap().cmdline, "console=ttyS0 changed");
+        let names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [STATE_FILE]);
+        std::fs::remove_dir_all(d).unwrap();
     }
 
     #[test]

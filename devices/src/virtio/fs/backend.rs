@@ -27,10 +27,13 @@
 //! fuse-backend-rs, whose `Opcode::from` transmutes them); the read-only
 //! policy; no device nodes (MKNOD of one gets EPERM); the `relay` (the
 //! header the policy checked is the one the server reads); the process
-//! umask (`import` sets it to 0 for the whole process; it is put back); and
+//! umask (`import` sets it to 0; it is only ever done on a thread with its
+//! own fs_struct, see [`isolate_umask`], and that thread's umask is put
+//! back, so the process umask never changes under guest control); and
 //! a panic in the server answers the request with EIO instead of taking
 //! down the VMM thread.
 
+use std::cell::Cell;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::time::Duration;
@@ -55,6 +58,8 @@ pub(super) enum ServeError {
     Server(fuse_backend_rs::Error),
     #[error("the FUSE server panicked")]
     Panic,
+    #[error("cannot give the serving thread its own umask (unshare(CLONE_FS)): {0}")]
+    Umask(io::Error),
 }
 
 impl ServeError {
@@ -98,25 +103,73 @@ fn passthrough_config(root_dir: &str) -> Config {
     }
 }
 
-/// Puts the process umask back when dropped.
-struct UmaskGuard(libc::mode_t);
-
-impl UmaskGuard {
-    fn save() -> Self {
-        // SAFETY: umask only swaps the process's file creation mask; the
-        // value read is put back at drop.
-        let old = unsafe { libc::umask(0o077) };
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
-        UmaskGuard(old)
-    }
+thread_local! {
+    /// This thread has its own fs_struct (see [`isolate_umask`]).
+    static PRIVATE_FS: Cell<bool> = const { Cell::new(false) };
 }
 
-impl Drop for UmaskGuard {
-    fn drop(&mut self) {
-        // SAFETY: as in `save`.
-        unsafe { libc::umask(self.0) };
+/// Gives the calling thread its own fs_struct (`unshare(CLONE_FS)`: its
+/// own umask, working directory and root, copies of the process's), once
+/// per thread; later calls do nothing.
+///
+/// PassthroughFs sets the umask to 0 whenever it imports its root (at
+/// creation, and on every FUSE INIT and DESTROY the guest sends). The umask
+/// lives in the fs_struct, which every thread of a process shares unless it
+/// unshared it: without this, a guest could clear the umask of the whole
+/// process (the shim's other threads, other pods' VMs and their sockets).
+/// The backend calls it itself before serving INIT/DESTROY; a thread that
+/// serves virtio-fs under a seccomp filter must call it before installing
+/// the filter (the VMM event loop does). Afterwards a `chdir` elsewhere in
+/// the process no longer moves this thread's working directory.
+pub fn isolate_umask() -> io::Result<()> {
+    if PRIVATE_FS.with(Cell::get) {
+        return Ok(());
     }
+    // SAFETY: unshare only changes the calling thread's kernel context
+    // (its fs_struct becomes a private copy); no memory is involved.
+    if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    PRIVATE_FS.with(|p| p.set(true));
+    Ok(())
+}
+
+/// Runs `f`, which may change the umask, on this thread and puts the
+/// thread's umask back afterwards. The thread must have a private
+/// fs_struct ([`isolate_umask`]): then nobody else sees the change and the
+/// save/restore cannot race.
+fn with_thread_umask<R>(f: impl FnOnce() -> R) -> io::Result<R> {
+    isolate_umask()?;
+    // SAFETY: umask swaps this thread's (private) file creation mask; the
+    // value read is put back below.
+    let old = unsafe { libc::umask(0o077) };
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let r = f();
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    Ok(r)
+}
+
+/// Imports `fs`'s root without changing the umask of any thread but a
+/// private one: inline on a thread that already has its own fs_struct,
+/// else on a short-lived helper thread that unshares it first (the caller's
+/// thread, a shim thread, is left as it is).
+fn import(fs: &PassthroughFs) -> io::Result<()> {
+    if PRIVATE_FS.with(Cell::get) {
+        return with_thread_umask(|| fs.import())?;
+    }
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("husk-fs-import".into())
+            .spawn_scoped(s, || with_thread_umask(|| fs.import())?)?
+            .join()
+            .unwrap_or_else(|_| {
+                Err(io::Error::other(
+                    "the FUSE server panicked importing its root",
+                ))
+            })
+    })
 }
 
 /// A FUSE server over one directory.
@@ -128,10 +181,7 @@ impl Backend {
     /// Serves `root_dir` (canonical, UTF-8) and imports its root.
     pub fn new(root_dir: &str) -> io::Result<Backend> {
         let fs = PassthroughFs::new(passthrough_config(root_dir))?;
-        {
-            let _umask = UmaskGuard::save();
-            fs.import()?;
-        }
+        import(&fs)?;
         Ok(Backend {
             server: Server::new(fs),
         })
@@ -148,12 +198,19 @@ impl Backend {
         let reader =
             Reader::from_descriptor_chain(mem, chain.clone()).map_err(ServeError::Transport)?;
         let writer = VirtioFsWriter::new(mem, chain).map_err(ServeError::Transport)?;
-        // INIT and DESTROY re-import the root, which clears the umask.
-        let _umask = matches!(op, opcode::INIT | opcode::DESTROY).then(UmaskGuard::save);
-        let served = panic::catch_unwind(AssertUnwindSafe(|| {
-            self.server
-                .handle_message(reader, Writer::VirtioFs(writer), None, None)
-        }));
+        let handle = || {
+            panic::catch_unwind(AssertUnwindSafe(|| {
+                self.server
+                    .handle_message(reader, Writer::VirtioFs(writer), None, None)
+            }))
+        };
+        // INIT and DESTROY re-import the root, which clears the umask: only
+        // this thread's, and only for the request.
+        let served = if matches!(op, opcode::INIT | opcode::DESTROY) {
+            with_thread_umask(handle).map_err(ServeError::Umask)?
+        } else {
+            handle()
+        };
         match served {
             // The writer is bounded by MAX_REPLY_BYTES.
             Ok(Ok(n)) => Ok(u32::try_from(n).unwrap_or(u32::MAX)),

@@ -25,11 +25,16 @@
 //! creations by a non-root guest user the server switches that thread's
 //! effective uid/gid to the caller's (raw setresuid/setresgid, per thread)
 //! and back; a VMM not running as root can only create files as guest
-//! root. Files are created with the guest's mode less the guest's umask
-//! and, since the device puts back the process umask fuse-backend-rs clears,
-//! less the VMM's umask too (a VMM wanting exact modes runs the event loop
-//! on a thread that did `unshare(CLONE_FS)` and `umask(0)`). fuse-backend-rs
-//! logs through the `log` crate.
+//! root. fuse-backend-rs clears the umask whenever it imports its root (at
+//! creation and on each INIT and DESTROY): the device lets it do so only on
+//! a thread with its own fs_struct ([`isolate_umask`]; creation runs on a
+//! helper thread when the caller's is shared) and puts that thread's umask
+//! back after the request, so no guest request changes the process umask.
+//! Files the guest creates in its share get the guest's mode less the
+//! guest's umask, less the serving thread's umask (the VMM's, copied when
+//! the thread unshared it): the guest chooses the modes of its own files
+//! within that, including making them readable or executable by everyone
+//! in the share. fuse-backend-rs logs through the `log` crate.
 //!
 //! Layout: [`request`] (chain and header parsing, policy, error replies),
 //! `relay` (the device-owned descriptor table), `backend` (the
@@ -50,6 +55,7 @@ mod tests;
 
 use std::path::PathBuf;
 
+pub use backend::isolate_umask;
 pub use device::{Fs, FsState};
 
 /// The hiprio queue's index.

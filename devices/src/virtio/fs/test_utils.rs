@@ -295,6 +295,11 @@ impl Rig {
         self.call(opcode::INIT, 0, arg.as_slice(), REPLY_ROOM).ok()
     }
 
+    /// DESTROY (the guest unmounts).
+    pub fn destroy(&mut self) -> Result<(), i32> {
+        self.call(opcode::DESTROY, 0, &[], REPLY_ROOM).unit()
+    }
+
     pub fn lookup(&mut self, parent: u64, name: &[u8]) -> Result<EntryOut, i32> {
         self.call(opcode::LOOKUP, parent, &cname(name), REPLY_ROOM)
             .ok()

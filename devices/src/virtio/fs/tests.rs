@@ -865,3 +865,44 @@ fn a_broken_ring_stops_the_device_until_a_reset() {
         libc::S_IFDIR
     );
 }
+
+/// The `Umask:` line of `/proc/self/task/<tid>/status`.
+fn umask_of(tid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("Umask:"))
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn guest_init_and_destroy_never_change_the_process_umask() {
+    // The main thread shares the process's fs_struct with every thread
+    // that did not unshare it (the shim's other threads, other pods' VMs).
+    let main = std::process::id();
+    let before = umask_of(main);
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(|| {
+                // Each worker stands for the event loop of its own VM.
+                for _ in 0..10 {
+                    let mut rig = Rig::new(false);
+                    for _ in 0..20 {
+                        rig.init().unwrap();
+                        rig.destroy().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut checks = 0u32;
+    while !workers.iter().all(|w| w.is_finished()) {
+        assert_eq!(umask_of(main), before, "after {checks} checks");
+        checks += 1;
+    }
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(umask_of(main), before);
+}

@@ -85,8 +85,15 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Errors creating the device.
 #[derive(Debug, thiserror::Error)]
 pub enum VsockError {
-    #[error("vsock: {path}: not a Unix socket, refusing to replace it")]
+    #[error("vsock: {}: not a Unix socket, refusing to replace it", path.display())]
     NotASocket { path: PathBuf },
+    #[error("vsock: {path}: in use by a live VM (something accepts connections there); refusing to take it over")]
+    InUse { path: PathBuf },
+    #[error("vsock: {path}: cannot tell whether the socket there is in use: {source}")]
+    Probe {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("vsock: removing stale socket {path}: {source}")]
     RemoveStale {
         path: PathBuf,

@@ -55,22 +55,67 @@ pub(super) struct Muxer {
     warn: WarnLimiter,
 }
 
-impl Muxer {
-    pub fn new(guest_cid: u64, uds_path: PathBuf) -> Result<Self, VsockError> {
-        match std::fs::symlink_metadata(&uds_path) {
-            Ok(meta) if meta.file_type().is_socket() => {
-                std::fs::remove_file(&uds_path).map_err(|source| VsockError::RemoveStale {
-                    path: uds_path.clone(),
-                    source,
-                })?
-            }
-            Ok(_) => return Err(VsockError::NotASocket { path: uds_path }),
-            Err(_) => {}
+/// Removes the socket at `path` if it is stale; refuses a live socket and
+/// anything else. (Between the probe and the new bind another process may
+/// bind the path: that bind or ours then fails, nothing is taken over.)
+fn remove_stale(path: &Path) -> Result<(), VsockError> {
+    let probe = |source| VsockError::Probe {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {}
+        Ok(_) => {
+            return Err(VsockError::NotASocket {
+                path: path.to_path_buf(),
+            })
         }
-        let listener = UnixListener::bind(&uds_path).map_err(|source| VsockError::Bind {
-            path: uds_path.clone(),
-            source,
-        })?;
+        // Gone meanwhile: the path is free.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(probe(e)),
+    }
+    match connect_nonblocking(path) {
+        // Accepted, or a full backlog (EAGAIN): someone listens there.
+        Ok(_) => Err(VsockError::InUse {
+            path: path.to_path_buf(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(VsockError::InUse {
+            path: path.to_path_buf(),
+        }),
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => std::fs::remove_file(path)
+            .or_else(|e| match e.kind() {
+                io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(|source| VsockError::RemoveStale {
+                path: path.to_path_buf(),
+                source,
+            }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(probe(e)),
+    }
+}
+
+impl Muxer {
+    /// Listens on `uds_path`. A socket already there is replaced only when
+    /// it is stale (nobody accepts on it: ECONNREFUSED); a live one (a VM's
+    /// that still runs) is refused with [`VsockError::InUse`], and anything
+    /// that is not a socket with [`VsockError::NotASocket`].
+    pub fn new(guest_cid: u64, uds_path: PathBuf) -> Result<Self, VsockError> {
+        let bind = |path: &PathBuf| {
+            UnixListener::bind(path).map_err(|source| VsockError::Bind {
+                path: path.clone(),
+                source,
+            })
+        };
+        let listener = match bind(&uds_path) {
+            Ok(l) => l,
+            Err(VsockError::Bind { source, .. }) if source.kind() == io::ErrorKind::AddrInUse => {
+                remove_stale(&uds_path)?;
+                bind(&uds_path)?
+            }
+            Err(e) => return Err(e),
+        };
         listener
             .set_nonblocking(true)
             .map_err(|source| VsockError::Bind {

@@ -62,6 +62,12 @@ fn restored_vsock_resets_transport_and_accepts_new_connections() {
     // The old VMM goes away: its streams close.
     drop(transport);
     rig.em = EventManager::<Subscriber>::new().unwrap();
+    // The old device must be gone before the restored one binds the same
+    // path (a live socket is not taken over): `rig.dev` holds the last
+    // reference, so park a device elsewhere in the field first.
+    rig.dev = Arc::new(Mutex::new(
+        Vsock::new(vstate.guest_cid, rig.dir.join("parked.sock")).unwrap(),
+    ));
     rig.dev = Arc::new(Mutex::new(
         Vsock::new(vstate.guest_cid, rig.dir.join("v.sock")).unwrap(),
     ));

@@ -834,3 +834,33 @@ fn broken_rings_set_device_needs_reset() {
         assert_eq!(rig.guest.recv()[0].1, b"again");
     }
 }
+
+#[test]
+fn a_live_socket_is_not_taken_over() {
+    let path = std::env::temp_dir().join(format!("husk-vsock-live-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    // A live VM's socket (anything that accepts connections).
+    let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let err = Vsock::new(3, path.clone()).err().expect("refused");
+    assert!(
+        matches!(&err, VsockError::InUse { path: p } if *p == path),
+        "{err}"
+    );
+    assert!(err.to_string().contains("in use by a live VM"), "{err}");
+    // It still owns its path: a client reaches it.
+    std::os::unix::net::UnixStream::connect(&path).unwrap();
+    live.accept().unwrap();
+    // Once it is gone (a socket file nobody listens on), it is stale.
+    drop(live);
+    let dev = Vsock::new(3, path.clone()).unwrap();
+    drop(dev);
+    // A directory is refused, not deleted.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    assert!(matches!(
+        Vsock::new(3, path.clone()),
+        Err(VsockError::NotASocket { .. })
+    ));
+    assert!(path.is_dir());
+    std::fs::remove_dir(&path).unwrap();
+}
