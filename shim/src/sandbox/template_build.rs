@@ -70,7 +70,12 @@ impl VmTemplateBuilder {
                 id: d.id.clone(),
             });
         }
-        let uds = dir.join("template.vsock");
+        // The boot's vsock socket lives in a short private directory of its
+        // own: a Unix socket path is at most 108 bytes, a store path may be
+        // long.
+        let sock_dir =
+            SocketDir::create().map_err(io("socket directory", &std::env::temp_dir()))?;
+        let uds = sock_dir.0.join("v.sock");
         let console = dir.join(CONSOLE_FILE);
         let cfg = VmConfig {
             name: "template".into(),
@@ -128,7 +133,6 @@ impl VmTemplateBuilder {
         };
         handle.stop()?;
         drop(handle);
-        let _ = std::fs::remove_file(&uds);
         for i in 0..spec.disks.len() {
             let _ = std::fs::remove_file(dir.join(format!("disk{i}.img")));
         }
@@ -144,5 +148,27 @@ impl TemplateBuilder for VmTemplateBuilder {
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         self.make(spec, dir)?;
         Ok(())
+    }
+}
+
+/// A private temporary directory, removed on drop.
+struct SocketDir(PathBuf);
+
+impl SocketDir {
+    fn create() -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("husk-tb-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
