@@ -110,7 +110,7 @@ def main():
         cold = cold_oneshot(a.husk, tmp, a.mem_mib)
         t0 = time.perf_counter()
         subprocess.run([a.husk, "template", "create", "--kernel", KERNEL, "--initrd", INITRD,
-                        "--mem-mib", str(a.mem_mib), "--out", tpl, "--console", "/dev/null"],
+                        "--mem-mib", str(a.mem_mib), "--out", tpl],
                        check=True, capture_output=True, env=ENV)
         create = time.perf_counter() - t0
         restores = [restore_oneshot(a.husk, tpl, tmp, i) for i in range(a.starts)]

@@ -333,7 +333,24 @@ fn launch(cfg: &SandboxConfig, vsock: &std::path::Path) -> Result<Launched, Sand
     match &cfg.source {
         Source::Boot(guest) => boot(cfg, guest, vsock),
         Source::TemplateDir(dir) => Ok(Launched {
-            vm: husk_vmm::restore(restore_config(cfg, dir, vsock))?,
+            vm: {
+                // A template's disks are layout only: each VM brings its
+                // images (the template's stand-ins are gone).
+                let snap = husk_vmm::snapshot::Snapshot::read(dir)
+                    .map_err(|e| husk_vmm::StartError {
+                        vm: cfg.id.clone(),
+                        source: e.into(),
+                    })?;
+                let want = snap.devices.disks.len();
+                if cfg.disks.len() != want {
+                    return Err(SandboxErrorKind::InvalidConfig(format!(
+                        "template {} has {want} disk(s); {} image(s) given (one per disk, in order)",
+                        dir.display(),
+                        cfg.disks.len()
+                    )));
+                }
+                husk_vmm::restore(restore_config(cfg, dir, vsock))?
+            },
             restored: true,
             template_key: None,
             template_created: false,
