@@ -27,7 +27,15 @@ pub const LOG_VSOCK_PORT: u32 = 1025;
 ///
 /// 2: `Reidentify`, `GuestInfoResponse.instance_id`.
 /// 3: `Mount`, `Unmount`, `Exec`.
+/// 4 (when the agent serves them; until then they answer "not
+///    supported"): containers (`CreateContainer` ... `WaitEvent`) and their
+///    stdio streams on [`STDIO_VSOCK_PORT`].
 pub const API_VERSION: u32 = 3;
+/// The vsock port the agent takes containers' stdio streams on (one
+/// connection per stream, opened by the host; see `agent.proto`).
+pub const STDIO_VSOCK_PORT: u32 = 1027;
+/// The exec id that names a container's own process in a stdio header.
+pub const INIT_EXEC_ID: &str = "-";
 /// What `Health` answers while the agent serves requests.
 pub const HEALTH_SERVING: &str = "SERVING";
 /// The most bytes of stdout, and of stderr, an `ExecResponse` carries. Both
