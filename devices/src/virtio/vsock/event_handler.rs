@@ -17,8 +17,11 @@ use super::device::Vsock;
 /// Handshake timer period.
 const TICK: Duration = Duration::from_millis(500);
 /// How long host connections wait for the guest to finish a transport reset
-/// before they are accepted anyway.
-const RESET_HOLD: Duration = Duration::from_secs(10);
+/// before they are accepted anyway. A restored guest on a loaded nested
+/// host (its kernel emulated, other VMs restoring beside it) has taken over
+/// 10 s to get to the reset; a connection accepted before it would be
+/// killed by it.
+const RESET_HOLD: Duration = Duration::from_secs(60);
 
 impl Vsock {
     /// Takes the graveyard's fds out of epoll and closes them.
