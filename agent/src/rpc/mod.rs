@@ -27,6 +27,8 @@ pub mod listen;
 
 mod conn;
 mod pool;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 use std::io;

@@ -113,6 +113,8 @@ pub fn create(args: &CreateArgs) -> Result<u64, TemplateError> {
         // before the snapshot (connections never survive a restore).
         let client = AgentClient::connect(&uds, Duration::from_secs_f64(args.timeout))?;
         client.version()?;
+        // What every restored VM's first requests would pay, paid once here.
+        client.warm_up()?;
     }
     handle.request(VmmRequest::Pause)?;
     let written = match handle.request(VmmRequest::Snapshot {
