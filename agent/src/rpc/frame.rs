@@ -14,6 +14,9 @@ use ttrpc::proto::{MessageHeader, MESSAGE_HEADER_LENGTH, MESSAGE_LENGTH_MAX};
 /// was read into it) is given back once it is empty, so a 2 MiB `Exec`
 /// stdin does not stay resident in the guest.
 pub const KEEP_CAPACITY: usize = 16 * 1024;
+/// The most room one [`FrameReader::spare`] offers: the buffer of a large
+/// frame grows as its bytes arrive, not all at once on its header's word.
+pub const READ_MAX: usize = 256 * 1024;
 
 /// One item from the stream.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,12 +45,15 @@ impl FrameReader {
     /// [`filled`](Self::filled) with how many were written.
     pub fn spare(&mut self, min: usize) -> &mut [u8] {
         let len = self.buf.len();
-        // What the frame being read still needs, if more than `min`: one
-        // read can then take a whole large request (not while skipping).
+        // What the frame being read still needs, if more than `min` (up
+        // to READ_MAX): few reads take a large request (not while skipping).
         let want = if self.skip > 0 {
             min
         } else {
-            self.pending_len().saturating_sub(len).max(min)
+            self.pending_len()
+                .saturating_sub(len)
+                .min(READ_MAX)
+                .max(min)
         };
         self.buf.resize(len + want, 0);
         &mut self.buf[len..]
@@ -214,10 +220,51 @@ mod tests {
         let spare = r.spare(4096).len();
         assert_eq!(spare, 100_000, "one read can take the whole payload");
         r.filled(spare, 0);
+        // A larger one grows as it arrives.
+        let mut r = FrameReader::new();
+        r.push(&header_bytes(MessageHeader::new_request(1, 3 << 20)));
+        assert_eq!(r.spare(4096).len(), READ_MAX);
         // A header claiming more than the limit is skipped, not buffered.
         let mut r = FrameReader::new();
         r.push(&header_bytes(MessageHeader::new_request(1, u32::MAX)));
         assert_eq!(r.spare(1).len(), 1);
+    }
+
+    #[test]
+    fn garbage_streams_never_yield_more_than_came_in() {
+        // A fixed pseudo-random byte stream (LCG), small lengths mostly.
+        let mut x: u32 = 0x1234_5678;
+        let mut next = move || {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (x >> 24) as u8
+        };
+        for round in 0..200 {
+            let bytes: Vec<u8> = (0..512)
+                .map(|i| {
+                    if i % 10 < 3 && round % 2 == 0 {
+                        0
+                    } else {
+                        next()
+                    }
+                })
+                .collect();
+            let mut r = FrameReader::new();
+            let mut taken = 0;
+            for c in bytes.chunks(1 + round % 37) {
+                r.push(c);
+                while let Some(f) = r.next_frame() {
+                    taken += MESSAGE_HEADER_LENGTH
+                        + match f {
+                            Frame::Message(h, p) => {
+                                assert_eq!(p.len(), h.length as usize);
+                                p.len()
+                            }
+                            Frame::Oversize(_) => 0,
+                        };
+                }
+            }
+            assert!(taken <= bytes.len());
+        }
     }
 
     #[test]
