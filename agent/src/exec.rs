@@ -24,6 +24,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use husk_agent_protocol::agent::ExecRequest;
@@ -267,6 +268,8 @@ struct ChildSetup<'a> {
     stderr: RawFd,
     report: RawFd,
     empty_mask: libc::sigset_t,
+    /// The signals whose disposition the child resets.
+    reset: &'static SignalSet,
 }
 
 /// The kernel's `struct sigaction` (x86_64 and aarch64 layout: handler,
@@ -277,6 +280,72 @@ struct KernelSigaction {
     flags: libc::c_ulong,
     restorer: usize,
     mask: u64,
+}
+
+/// Signal numbers, at most 64.
+pub struct SignalSet {
+    sigs: [libc::c_int; 64],
+    len: usize,
+}
+
+impl SignalSet {
+    pub fn as_slice(&self) -> &[libc::c_int] {
+        &self.sigs[..self.len]
+    }
+}
+
+static NOT_DEFAULT: OnceLock<SignalSet> = OnceLock::new();
+
+/// The signals whose disposition in this process is not `SIG_DFL` (std
+/// ignores SIGPIPE and catches SIGSEGV/SIGBUS; glibc keeps handlers for 32
+/// and 33): the ones a child must reset before exec, since an ignored
+/// signal stays ignored across exec and a handler of ours must not run in
+/// the child that shares our memory. Asked once (64 rt_sigaction calls,
+/// ~0.3 ms each where the guest kernel is emulated) rather than resetting
+/// all 64 in every child; the agent installs no handler after start-up.
+/// [`prepare`] asks before the agent reports ready.
+pub fn not_default_signals() -> &'static SignalSet {
+    NOT_DEFAULT.get_or_init(|| {
+        let mut set = SignalSet {
+            sigs: [0; 64],
+            len: 0,
+        };
+        for sig in 1..=64 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let mut old = KernelSigaction {
+                handler: libc::SIG_DFL,
+                flags: 0,
+                restorer: 0,
+                mask: 0,
+            };
+            // SAFETY: a query: no new action; `old` is a valid, writable
+            // kernel sigaction for the call. The raw call also reaches the
+            // signals glibc reserves (32, 33).
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    std::ptr::null::<KernelSigaction>(),
+                    &mut old,
+                    8usize,
+                )
+            };
+            // A signal we cannot ask about: reset it to be safe.
+            if rc != 0 || old.handler != libc::SIG_DFL {
+                set.sigs[set.len] = sig;
+                set.len += 1;
+            }
+        }
+        set
+    })
+}
+
+/// Does once, before the agent reports ready, what the first `Exec` would
+/// otherwise do (see [`not_default_signals`]).
+pub fn prepare() {
+    not_default_signals();
 }
 
 /// `fd` moved above 0..=2 (so that placing the child's stdio cannot clobber
@@ -442,7 +511,8 @@ unsafe fn child_after_fork(s: &ChildSetup<'_>) -> ! {
             fail(STEP_STDIO);
         }
         // The agent blocks SIGCHLD, SIGTERM, ... and std ignores SIGPIPE;
-        // both would outlive exec. The raw call also reaches the signals
+        // both would outlive exec. Every signal not at its default is reset
+        // (see not_default_signals). The raw call also reaches the signals
         // glibc keeps for itself (32, 33), which its sigaction refuses.
         let default = KernelSigaction {
             handler: libc::SIG_DFL,
@@ -450,16 +520,14 @@ unsafe fn child_after_fork(s: &ChildSetup<'_>) -> ! {
             restorer: 0,
             mask: 0,
         };
-        for sig in 1..=64 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    &default,
-                    std::ptr::null_mut::<KernelSigaction>(),
-                    8usize,
-                );
-            }
+        for &sig in s.reset.as_slice() {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &default,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            );
         }
         if libc::sigprocmask(libc::SIG_SETMASK, &s.empty_mask, std::ptr::null_mut()) != 0 {
             fail(STEP_SIGMASK);
@@ -527,6 +595,7 @@ fn start(reaper: &Reaper, spec: &ExecSpec) -> Result<(ExitWatch, ParentEnds), Ex
         stderr: stderr_w.as_raw_fd(),
         report: report_w.as_raw_fd(),
         empty_mask,
+        reset: not_default_signals(),
     };
     // The child made its own process group before clone_vfork returns.
     let (_, mut watch) = reaper
@@ -1020,6 +1089,16 @@ mod tests {
             s.message
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_signals_to_reset_are_the_ones_not_at_default() {
+        let sigs = not_default_signals().as_slice();
+        // std ignores SIGPIPE in every Rust program.
+        assert!(sigs.contains(&libc::SIGPIPE), "{sigs:?}");
+        for never in [libc::SIGKILL, libc::SIGSTOP, libc::SIGUSR2] {
+            assert!(!sigs.contains(&never), "{never} in {sigs:?}");
+        }
     }
 
     #[test]

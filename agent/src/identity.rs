@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::OnceLock;
 
 use thiserror::Error;
 
@@ -195,13 +196,24 @@ fn realtime_ns() -> io::Result<i64> {
         .saturating_add(i64::from(ts.tv_nsec)))
 }
 
+/// `/dev/urandom`, opened once: on the restore path every syscall and path
+/// walk counts (each open+close is several emulated ms on nested PVM hosts).
+fn urandom() -> io::Result<&'static File> {
+    static URANDOM: OnceLock<File> = OnceLock::new();
+    if let Some(f) = URANDOM.get() {
+        return Ok(f);
+    }
+    let f = File::open("/dev/urandom")?;
+    Ok(URANDOM.get_or_init(|| f))
+}
+
 /// The running system: changes the real kernel state (run only in the guest).
 impl GuestControl for ProcFacts {
     fn reseed_rng(&self, seed: &[u8]) -> io::Result<()> {
         let info = rand_pool_info(seed)?;
-        let urandom = File::open("/dev/urandom")?;
-        ioctl(&urandom, RNDADDENTROPY, info.as_ptr().cast())?;
-        ioctl(&urandom, RNDRESEEDCRNG, std::ptr::null())
+        let urandom = urandom()?;
+        ioctl(urandom, RNDADDENTROPY, info.as_ptr().cast())?;
+        ioctl(urandom, RNDRESEEDCRNG, std::ptr::null())
     }
 
     fn set_hostname(&self, name: &str) -> io::Result<()> {

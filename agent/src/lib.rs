@@ -3,7 +3,8 @@
 //! What runs (and is unit-tested) on any Linux host lives here: the ttrpc
 //! `Agent` service ([`service`]) over injectable guest facts ([`facts`]),
 //! identity changes ([`identity`]) and mounts ([`mount`]), command execution
-//! ([`exec`]) with its child reaping ([`reaper`]), the console + vsock
+//! ([`exec`]) with its child reaping ([`reaper`]), the ttrpc server
+//! ([`rpc`]), the console + vsock
 //! logger ([`log`]), the vsock connect helper ([`vsock`]) and the kernel
 //! command line ([`cmdline`]). `main.rs` is the PID 1 binary.
 
@@ -15,6 +16,7 @@ pub mod identity;
 pub mod log;
 pub mod mount;
 pub mod reaper;
+pub mod rpc;
 pub mod service;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

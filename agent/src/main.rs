@@ -28,6 +28,7 @@ fn main() {
     }
     // First, while this is the only thread: every thread inherits the mask.
     let signals = init::block_signals();
+    init::one_malloc_arena();
     init::mount_basics();
     init::console_stdio();
     log::connect_host_stream();
@@ -37,6 +38,11 @@ fn main() {
     let release = ProcFacts
         .kernel_release()
         .unwrap_or_else(|_| "unknown".into());
+    // Before ready, so a template snapshot holds it done: what the first
+    // requests would otherwise read or ask the kernel (see their docs).
+    let _ = ProcFacts.boot_id();
+    let _ = ProcFacts.meminfo();
+    husk_agent::exec::prepare();
 
     // Tests and benchmarks ask for an echo port on the command line.
     if let Some(port) = cmdline::cmdline_value(&cmdline, "husk.echo_port") {

@@ -24,6 +24,7 @@ use crate::identity::{GuestControl, NewIdentity};
 use crate::log::log;
 use crate::mount::{self, GuestMounts, MountSource, MountSpec};
 use crate::reaper::{ExitStatus, Reaper};
+use crate::rpc::{RpcServer, ServerConfig};
 use crate::AGENT_VERSION;
 
 /// Asked to power the guest off. It must return at once (the reply to
@@ -281,37 +282,48 @@ pub fn vsock_address(port: u32) -> String {
 /// Why the server could not start.
 #[derive(Debug, Error)]
 pub enum ServeError {
-    #[error("bind {addr}: {source}")]
-    Bind { addr: String, source: ttrpc::Error },
-    #[error("start the ttrpc server on {addr}: {source}")]
-    Start { addr: String, source: ttrpc::Error },
+    #[error("serve the agent API on {addr}: {source}")]
+    Server {
+        addr: String,
+        source: crate::rpc::ServerError,
+    },
+}
+
+/// The methods answered on the server's I/O thread: each returns within a
+/// few syscalls and never waits on anything. Everything else (`Exec` runs
+/// a command, `Mount`/`Unmount` wait on the kernel's file systems) goes to
+/// a worker, so it cannot hold up other calls.
+pub const INLINE_METHODS: [&str; 5] = ["Version", "Health", "GuestInfo", "Reidentify", "Shutdown"];
+
+/// The ttrpc service name of the `Agent` API.
+const SERVICE: &str = "husk.agent.v1.Agent";
+
+/// The agent's server configuration (see [`crate::rpc`]).
+pub fn server_config() -> ServerConfig {
+    ServerConfig {
+        inline: INLINE_METHODS
+            .iter()
+            .map(|m| format!("/{SERVICE}/{m}"))
+            .collect(),
+        ..ServerConfig::default()
+    }
 }
 
 /// Binds `addr` (a ttrpc address: `vsock://CID:PORT`, `unix://PATH`) and
-/// serves `service` on background threads. Listening when it returns; keep
-/// the returned server alive for as long as it should serve.
+/// serves `service` on background threads, all made before it returns.
+/// Listening when it returns; keep the returned server alive for as long as
+/// it should serve.
 pub fn serve<F: Guest + 'static>(
     addr: &str,
     service: AgentService<F>,
-) -> Result<ttrpc::Server, ServeError> {
+) -> Result<RpcServer, ServeError> {
     let service: Arc<dyn Agent + Send + Sync> = Arc::new(service);
-    let mut server = ttrpc::Server::new()
-        .bind(addr)
-        .map_err(|source| ServeError::Bind {
+    RpcServer::start(addr, create_agent(service), server_config()).map_err(|source| {
+        ServeError::Server {
             addr: addr.into(),
             source,
-        })?
-        .register_service(create_agent(service))
-        // Per connection: one call at a time is the common case; a few idle
-        // workers are plenty in a small guest.
-        .set_thread_count_min(1)
-        .set_thread_count_default(2)
-        .set_thread_count_max(4);
-    server.start().map_err(|source| ServeError::Start {
-        addr: addr.into(),
-        source,
-    })?;
-    Ok(server)
+        }
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use crate::facts::{FactsError, GuestFacts, MemInfo};
 use crate::identity::GuestControl;
 use crate::mount::{GuestMounts, MountCall};
 use crate::reaper::{ReapMode, Reaper};
+use crate::rpc::RpcServer;
 use crate::service::{serve, AgentService, ServeError};
 
 /// What [`FakeFacts`] was asked to change (shared by its clones).
@@ -225,7 +226,7 @@ impl Drop for FakeSysfs {
 pub struct UnixAgent {
     pub path: PathBuf,
     pub shutdowns: Arc<AtomicUsize>,
-    server: Option<ttrpc::Server>,
+    server: Option<RpcServer>,
 }
 
 impl UnixAgent {
@@ -271,9 +272,7 @@ impl UnixAgent {
 
 impl Drop for UnixAgent {
     fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.shutdown();
-        }
+        drop(self.server.take());
         let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -337,3 +337,16 @@ fn mount_and_unmount() {
         other => panic!("unexpected error {other}"),
     }
 }
+
+#[test]
+fn warm_up_runs_and_leaves_the_connection_usable() {
+    let mux = FakeMuxer::start("warm", Mode::Agent);
+    let c = AgentClient::connect(&mux.uds_path, Duration::from_secs(5)).unwrap();
+    c.warm_up().unwrap();
+    assert_eq!(c.health().unwrap(), "SERVING");
+    // Its Reidentify changed nothing visible.
+    let facts = FakeFacts::default();
+    let i = c.guest_info().unwrap();
+    assert_eq!(i.instance_id, facts.boot_id);
+    assert_eq!(i.hostname, facts.hostname);
+}

@@ -95,6 +95,17 @@ impl From<ReidentifyResponse> for ReidentifyOutcome {
 
 /// Fills `buf` from getrandom(2) (the kernel CRNG; blocks only until it is
 /// first seeded).
+/// Whether the agent takes `name` as a hostname: 1 to 64 characters of
+/// `[a-zA-Z0-9-.]`, not starting with `-` (the agent's own check).
+pub(crate) fn is_valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
 fn getrandom(buf: &mut [u8]) -> io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
@@ -133,6 +144,21 @@ pub fn uuid_v4(mut bytes: [u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostnames_as_the_agent_checks_them() {
+        let long = "h".repeat(64);
+        let too_long = "h".repeat(65);
+        for name in [
+            "a", "pod-1", "x.y", &long, "", "(none)", "-a", "a_b", &too_long, "é", "a b",
+        ] {
+            assert_eq!(
+                is_valid_hostname(name),
+                husk_agent::identity::validate_hostname(name).is_ok(),
+                "{name:?}"
+            );
+        }
+    }
 
     #[test]
     fn uuid_v4_format() {

@@ -120,6 +120,9 @@ impl VmTemplateBuilder {
             // before the snapshot (connections never survive a restore).
             let client = AgentClient::connect(&uds, self.boot_timeout).map_err(agent_err)?;
             client.version().map_err(agent_err)?;
+            // Every request path once, so VMs restored from the template
+            // find the agent's threads, stacks and buffers resident.
+            client.warm_up().map_err(agent_err)?;
         }
         if let Some(o) = handle.outcome() {
             return Err(TemplateBuildError::Stopped(o.reason.to_string()));

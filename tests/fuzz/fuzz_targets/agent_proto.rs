@@ -7,6 +7,8 @@
 //! decode to an encoding of the same size; what validation accepts is within the
 //! documented limits.
 //!
+//! Frames (10, 11) also go through the agent's own stream splitter.
+//!
 //! Input: a selector byte, then either a message (selectors 0..=9 and
 //! 12..=17) or a ttrpc frame (10, 11): 10-byte header, then the payload.
 //!
@@ -16,6 +18,7 @@
 use husk_agent::exec::ExecSpec;
 use husk_agent::identity::{NewIdentity, HOSTNAME_MAX, INSTANCE_ID_MAX, SEED_LEN};
 use husk_agent::mount::MountSpec;
+use husk_agent::rpc::frame::{Frame, FrameReader};
 use husk_agent_protocol::agent::{
     ExecRequest, ExecResponse, GuestInfoRequest, GuestInfoResponse, HealthRequest, HealthResponse,
     MountRequest, MountResponse, ReidentifyRequest, ReidentifyResponse, ShutdownRequest,
@@ -122,7 +125,37 @@ fn validate_exec(r: &ExecRequest) {
 
 /// A ttrpc frame: the header's length is checked before any payload is
 /// trusted; requests dispatch on the method name as the server does.
+/// The agent's own frame splitter (`husk_agent::rpc::frame`) over the same
+/// bytes as a stream, fed in chunks of a size the first byte picks: each
+/// whole frame's payload is as long as its header says, and frames never
+/// account for more bytes than came in.
+fn stream(bytes: &[u8]) {
+    let Some((&chunk, rest)) = bytes.split_first() else {
+        return;
+    };
+    let chunk = usize::from(chunk).max(1);
+    let mut reader = FrameReader::new();
+    let mut taken = 0usize;
+    for piece in rest.chunks(chunk) {
+        reader.push(piece);
+        while let Some(f) = reader.next_frame() {
+            match f {
+                Frame::Message(h, payload) => {
+                    assert_eq!(payload.len(), h.length as usize);
+                    taken += MESSAGE_HEADER_LENGTH + payload.len();
+                }
+                Frame::Oversize(h) => {
+                    assert!(h.length as usize > MESSAGE_LENGTH_MAX);
+                    taken += MESSAGE_HEADER_LENGTH;
+                }
+            }
+        }
+    }
+    assert!(taken <= rest.len());
+}
+
 fn frame(bytes: &[u8]) {
+    stream(bytes);
     if bytes.len() < MESSAGE_HEADER_LENGTH {
         return;
     }
