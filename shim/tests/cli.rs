@@ -248,3 +248,39 @@ fn missing_or_corrupt_template() {
     assert_eq!(o.status.code(), Some(2));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn timeouts_too_large_for_a_duration_are_errors_not_panics() {
+    for args in [
+        &["vm", "run", "--kernel", "/k", "--timeout", "1e20"][..],
+        &["vm", "run", "--kernel", "/k", "--timeout", "inf"][..],
+        &["vm", "run", "--kernel", "/k", "--timeout=-1"][..],
+        &[
+            "template",
+            "create",
+            "--kernel",
+            "/k",
+            "--initrd",
+            "/i",
+            "--timeout",
+            "1e20",
+        ][..],
+    ] {
+        let o = husk(args);
+        // clap's usage error: exit 2 with the reason, never a panic (101).
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--timeout"), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    }
+    // A huge deadline that a Duration holds is no deadline at all.
+    let o = husk(&[
+        "vm",
+        "run",
+        "--kernel",
+        "/nonexistent/k",
+        "--timeout",
+        "1e18",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("/nonexistent/k"), "{}", stderr(&o));
+}
