@@ -569,3 +569,10 @@ fn cgroup_pause_resume_stats_and_cleanup() {
     assert_eq!(mountinfo(), before, "the test's mounts are untouched");
     let _ = std::fs::remove_dir(root.join(&c.config().cgroup_parent));
 }
+
+#[test]
+fn the_registry_can_be_shared_by_rpc_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Containers>();
+    send_sync::<Plan>();
+}
