@@ -30,11 +30,17 @@ macro_rules! need_root {
     };
 }
 
-/// A busybox rootfs shared by the tests (read-only use, plus mount points).
+/// A busybox rootfs shared by the tests (read-only use, plus mount
+/// points), built once into a temporary directory and renamed into place,
+/// so runs share one copy instead of leaving one each.
 fn rootfs() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("husk-ctr-rootfs-{}", std::process::id()));
+        let done = std::env::temp_dir().join("husk-ctr-rootfs");
+        if done.join("etc/secret").exists() {
+            return done;
+        }
+        let dir = std::env::temp_dir().join(format!("husk-ctr-rootfs.{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "ro"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
@@ -50,7 +56,11 @@ fn rootfs() -> &'static Path {
             }
         }
         std::fs::write(dir.join("etc/secret"), "secret\n").unwrap();
-        dir
+        if std::fs::rename(&dir, &done).is_err() {
+            // Another run got there first.
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        done
     })
 }
 
@@ -63,12 +73,32 @@ fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
-fn registry() -> Containers {
+/// A registry whose pod cgroup (`husk-test-<pid>`, shared by this process's
+/// tests) is removed by whichever test drops it last (rmdir fails while
+/// another still has containers in it).
+struct TestRegistry(Containers);
+
+impl std::ops::Deref for TestRegistry {
+    type Target = Containers;
+    fn deref(&self) -> &Containers {
+        &self.0
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        if let Some(root) = &self.0.config().cgroup_root {
+            let _ = std::fs::remove_dir(root.join(&self.0.config().cgroup_parent));
+        }
+    }
+}
+
+fn registry() -> TestRegistry {
     let config = Config {
         cgroup_root: cgroup2_root(),
         cgroup_parent: format!("husk-test-{}", std::process::id()),
     };
-    Containers::new(Arc::new(Reaper::new(ReapMode::PerChild)), config).unwrap()
+    TestRegistry(Containers::new(Arc::new(Reaper::new(ReapMode::PerChild)), config).unwrap())
 }
 
 /// A containerd-like spec running `args`.
@@ -567,7 +597,6 @@ fn cgroup_pause_resume_stats_and_cleanup() {
     c.remove(&id).unwrap();
     assert!(!dir.exists());
     assert_eq!(mountinfo(), before, "the test's mounts are untouched");
-    let _ = std::fs::remove_dir(root.join(&c.config().cgroup_parent));
 }
 
 #[test]
