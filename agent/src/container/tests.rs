@@ -300,11 +300,13 @@ fn exec_joins_the_container() {
     need_root!("exec_joins_the_container");
     let c = registry();
     let id = id("exec");
+    // A stale marker of an earlier run (the rootfs is shared) must not count.
+    let _ = std::fs::remove_file(rootfs().join("tmp").join(&id));
     let events = c.events();
     let plan = c
         .validate(
             &id,
-            sh("echo ready > /tmp/ready; exec sleep 30")
+            sh(&format!("echo ready > /tmp/{id}; exec sleep 30"))
                 .to_string()
                 .as_bytes(),
             rootfs(),
@@ -315,7 +317,9 @@ fn exec_joins_the_container() {
     assert_eq!(c.state(&id).unwrap().state, State::Running);
     // The exec sees the init as PID 1, its /tmp, and its hostname.
     let process = json!({
-        "args": ["sh", "-c", "cat /proc/1/comm; [ -e /tmp/ready ] || sleep 1; cat /tmp/ready; hostname; echo $$"],
+        "args": ["sh", "-c", format!(
+            "i=0; while [ \"$(cat /proc/1/comm)\" != sleep ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \
+             cat /proc/1/comm; cat /tmp/{id}; hostname; echo $$")],
         "env": ["PATH=/bin"], "cwd": "/tmp", "user": {"uid": 0, "gid": 0}
     });
     let (stdio, mut out, _err) = pipes();
