@@ -275,11 +275,11 @@ struct ChildSetup<'a> {
 /// The kernel's `struct sigaction` (x86_64 and aarch64 layout: handler,
 /// flags, restorer, a 64-bit mask), for a raw rt_sigaction(2).
 #[repr(C)]
-struct KernelSigaction {
-    handler: libc::sighandler_t,
-    flags: libc::c_ulong,
-    restorer: usize,
-    mask: u64,
+pub(crate) struct KernelSigaction {
+    pub(crate) handler: libc::sighandler_t,
+    pub(crate) flags: libc::c_ulong,
+    pub(crate) restorer: usize,
+    pub(crate) mask: u64,
 }
 
 /// Signal numbers, at most 64.
@@ -378,7 +378,7 @@ fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
 
 /// The child's stack: mapped memory with an inaccessible guard page below
 /// it, unmapped on drop.
-struct ChildStack {
+pub(crate) struct ChildStack {
     base: *mut libc::c_void,
     len: usize,
 }
@@ -389,7 +389,7 @@ impl ChildStack {
     const SIZE: usize = 64 * 1024;
     const GUARD: usize = 4096;
 
-    fn new() -> io::Result<Self> {
+    pub(crate) fn new() -> io::Result<Self> {
         let len = Self::SIZE + Self::GUARD;
         // SAFETY: a fresh anonymous private mapping; no existing memory is
         // touched. The result is checked.
@@ -417,7 +417,7 @@ impl ChildStack {
 
     /// The initial stack pointer: the mapping's end (page-aligned, so
     /// 16-byte aligned).
-    fn top(&self) -> *mut libc::c_void {
+    pub(crate) fn top(&self) -> *mut libc::c_void {
         // SAFETY: one past the end of the mapping, which is how clone(2)
         // takes a downward-growing stack.
         unsafe { self.base.cast::<u8>().add(self.len).cast() }

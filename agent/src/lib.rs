@@ -9,6 +9,7 @@
 //! command line ([`cmdline`]). `main.rs` is the PID 1 binary.
 
 pub mod cmdline;
+pub mod container;
 pub mod echo;
 pub mod exec;
 pub mod facts;

@@ -1,0 +1,838 @@
+//! Starting a container's process: clone(CLONE_VM | CLONE_VFORK | new
+//! namespaces) on a stack of our own, like `exec.rs`, and in the child only
+//! raw, async-signal-safe calls on data built before the clone (the
+//! [`Plan`](super::Plan) and the [`Launch`] below). The agent's thread is
+//! suspended until the child has exec'd or failed; a failure is reported as
+//! (step, index, errno) on a close-on-exec pipe.
+//!
+//! Order in the child (runc's, minus what the VM makes moot):
+//! signals to default, umask 0, setsid, stdio (+ controlling tty), join the
+//! cgroup (write "0" to its cgroup.procs), oom_score_adj, setns into joined
+//! namespaces, unshare the cgroup namespace, then for a new container: `/`
+//! rslave (or per rootfsPropagation), bind the rootfs on itself, each mount
+//! in order (mkdir/create the target, mount, remount for ro binds,
+//! propagation), device nodes (mknod, bind from the guest's /dev where mknod
+//! is refused) and /dev symlinks, pivot_root(".", ".") + detach the old
+//! root, sysctls, masked paths, read-only paths, read-only root, hostname;
+//! then rlimits, chdir, [seccomp here if no_new_privs is off, as runc],
+//! bounding set, KEEPCAPS + setgroups/setresgid/setresuid, capset, ambient,
+//! no_new_privs, umask, seccomp (last before exec), signal mask, execve of
+//! each PATH candidate in turn.
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use super::caps::{CapHeader, CapSets, LINUX_CAPABILITY_VERSION_3};
+use super::mounts::RootfsPlan;
+use super::seccomp::Filters;
+use super::spec::ProcessPlan;
+use crate::exec::{ChildStack, KernelSigaction};
+use crate::reaper::{cloexec_pipe, ExitWatch, Reaper};
+
+/// Steps the child reports (the byte on the report pipe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum Step {
+    Stdio,
+    Setsid,
+    Ctty,
+    Cgroup,
+    OomScoreAdj,
+    Setns,
+    UnshareCgroup,
+    RootPropagation,
+    RootfsBind,
+    Mkdir,
+    CreateFile,
+    Mount,
+    Remount,
+    Propagation,
+    Device,
+    Symlink,
+    PivotRoot,
+    PostPropagation,
+    Sysctl,
+    Masked,
+    Readonly,
+    RootReadonly,
+    Hostname,
+    Domainname,
+    Rlimit,
+    Chdir,
+    Bounding,
+    Setgroups,
+    Setresgid,
+    Setresuid,
+    Capset,
+    Ambient,
+    NoNewPrivs,
+    Seccomp,
+    SigMask,
+    Exec,
+}
+
+const ALL_STEPS: [Step; 36] = [
+    Step::Stdio,
+    Step::Setsid,
+    Step::Ctty,
+    Step::Cgroup,
+    Step::OomScoreAdj,
+    Step::Setns,
+    Step::UnshareCgroup,
+    Step::RootPropagation,
+    Step::RootfsBind,
+    Step::Mkdir,
+    Step::CreateFile,
+    Step::Mount,
+    Step::Remount,
+    Step::Propagation,
+    Step::Device,
+    Step::Symlink,
+    Step::PivotRoot,
+    Step::PostPropagation,
+    Step::Sysctl,
+    Step::Masked,
+    Step::Readonly,
+    Step::RootReadonly,
+    Step::Hostname,
+    Step::Domainname,
+    Step::Rlimit,
+    Step::Chdir,
+    Step::Bounding,
+    Step::Setgroups,
+    Step::Setresgid,
+    Step::Setresuid,
+    Step::Capset,
+    Step::Ambient,
+    Step::NoNewPrivs,
+    Step::Seccomp,
+    Step::SigMask,
+    Step::Exec,
+];
+
+/// The process's stdio as raw descriptors above 2 (owned by the caller of
+/// [`launch`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StdioFds {
+    pub stdin: RawFd,
+    pub stdout: RawFd,
+    pub stderr: RawFd,
+    /// stdin is a pty slave to make the controlling terminal.
+    pub ctty: bool,
+}
+
+/// What a launch needs besides the process plan.
+pub(super) struct Launch<'a> {
+    pub process: &'a ProcessPlan,
+    pub seccomp: &'a Filters,
+    /// CLONE_NEW* flags of new namespaces.
+    pub clone_flags: libc::c_int,
+    /// Namespaces to setns into in the child: (fd, type).
+    pub setns: &'a [(OwnedFd, libc::c_int)],
+    /// A pid namespace for the cloning thread's children.
+    pub join_pid: Option<&'a OwnedFd>,
+    pub unshare_cgroup: bool,
+    /// The container cgroup's cgroup.procs, open for writing.
+    pub cgroup_procs: Option<&'a File>,
+    /// A new container's root filesystem (None for an exec).
+    pub root: Option<&'a RootfsPlan>,
+    pub hostname: Option<&'a CStr>,
+    pub domainname: Option<&'a CStr>,
+    pub sysctl: &'a [(CString, CString)],
+    pub stdio: StdioFds,
+}
+
+/// Everything the child reads, with the pointer arrays built.
+struct Setup<'a> {
+    l: &'a Launch<'a>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    progs: Vec<libc::sock_fprog>,
+    cap_header: CapHeader,
+    cap_data: [super::caps::CapData; 2],
+    report: RawFd,
+    empty_mask: libc::sigset_t,
+}
+
+fn nul_terminated(v: &[CString]) -> Vec<*const libc::c_char> {
+    v.iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// A failure in the child: the step, which entry of its list, errno.
+#[derive(Debug)]
+pub(super) struct ChildFailure {
+    pub step: Step,
+    pub index: u32,
+    pub error: io::Error,
+}
+
+pub(super) enum LaunchError {
+    /// Before or around the clone, in the agent.
+    Agent(&'static str, io::Error),
+    Child(ChildFailure),
+}
+
+/// Restores the cloning thread's pid namespace on drop.
+struct PidNsGuard {
+    own: OwnedFd,
+}
+
+impl Drop for PidNsGuard {
+    fn drop(&mut self) {
+        // SAFETY: setns on an open namespace descriptor.
+        if unsafe { libc::setns(self.own.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
+            crate::log::log(&format!(
+                "container: restoring this thread's pid namespace failed: {}; its later children land in a container's",
+                io::Error::last_os_error()
+            ));
+        }
+    }
+}
+
+fn open_own_pid_ns() -> io::Result<OwnedFd> {
+    Ok(File::open("/proc/thread-self/ns/pid")?.into())
+}
+
+/// Starts the process; returns its pid and exit watch once it has exec'd.
+pub(super) fn launch(
+    reaper: &Reaper,
+    l: &Launch<'_>,
+) -> Result<(libc::pid_t, ExitWatch), LaunchError> {
+    let (report_r, report_w) = cloexec_pipe().map_err(|e| LaunchError::Agent("pipe", e))?;
+    let progs = l
+        .seccomp
+        .programs
+        .iter()
+        .map(|p| libc::sock_fprog {
+            len: p.len() as libc::c_ushort,
+            filter: p.as_ptr().cast_mut().cast(),
+        })
+        .collect();
+    // SAFETY: sigset_t is plain data that sigemptyset initialises.
+    let empty_mask = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        set
+    };
+    let setup = Setup {
+        l,
+        argv: nul_terminated(&l.process.args),
+        envp: nul_terminated(&l.process.env),
+        progs,
+        cap_header: CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        },
+        cap_data: l.process.caps.as_ref().map(CapSets::capset_data).unwrap_or(
+            [super::caps::CapData {
+                effective: 0,
+                permitted: 0,
+                inheritable: 0,
+            }; 2],
+        ),
+        report: report_w.as_raw_fd(),
+        empty_mask,
+    };
+    let own_pid_ns = match l.join_pid {
+        Some(_) => {
+            Some(open_own_pid_ns().map_err(|e| LaunchError::Agent("open our pid namespace", e))?)
+        }
+        None => None,
+    };
+    let stack = ChildStack::new().map_err(|e| LaunchError::Agent("map the child stack", e))?;
+    let spawned = reaper.spawn(|| {
+        let _guard = match (l.join_pid, own_pid_ns) {
+            (Some(ns), Some(own)) => {
+                // SAFETY: setns on an open namespace descriptor; this
+                // thread's later children only (restored by the guard).
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Some(PidNsGuard { own })
+            }
+            _ => None,
+        };
+        clone_vfork(&stack, &setup)
+    });
+    let (pid, mut watch) = spawned.map_err(|e| LaunchError::Agent("clone", e))?;
+    drop(report_w);
+    let mut report = [0u8; 9];
+    let mut got = 0;
+    let mut report_r = File::from(report_r);
+    while got < report.len() {
+        match report_r.read(&mut report[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(LaunchError::Agent("read the child's report", e)),
+        }
+    }
+    if got == report.len() {
+        // It exits 127 at once: collect it so nothing is left over.
+        let _ = watch.read_status();
+        let step = ALL_STEPS
+            .get(usize::from(report[0]))
+            .copied()
+            .unwrap_or(Step::Exec);
+        let index = u32::from_ne_bytes([report[1], report[2], report[3], report[4]]);
+        let errno = i32::from_ne_bytes([report[5], report[6], report[7], report[8]]);
+        return Err(LaunchError::Child(ChildFailure {
+            step,
+            index,
+            error: io::Error::from_raw_os_error(errno),
+        }));
+    }
+    Ok((pid, watch))
+}
+
+/// Blocks every signal around clone(CLONE_VM | CLONE_VFORK) (no handler of
+/// ours may run in the child while it shares our memory).
+fn clone_vfork(stack: &ChildStack, setup: &Setup<'_>) -> io::Result<libc::pid_t> {
+    // SAFETY: sigset_t is plain data that sigfillset initialises.
+    let (all, mut old) = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        (all, std::mem::zeroed::<libc::sigset_t>())
+    };
+    // SAFETY: valid sets.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD | setup.l.clone_flags;
+    // SAFETY: child_entry only runs child_main on `setup`, which outlives
+    // the call (CLONE_VFORK: we are suspended until it exec'd or exited);
+    // the stack is ours and unused by anything else.
+    let pid = unsafe {
+        libc::clone(
+            child_entry,
+            stack.top(),
+            flags,
+            std::ptr::from_ref(setup).cast_mut().cast(),
+        )
+    };
+    let clone_error = io::Error::last_os_error();
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    if pid < 0 {
+        return Err(clone_error);
+    }
+    Ok(pid)
+}
+
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: clone_vfork passes a Setup that stays alive and unchanged
+    // until clone returns, i.e. past our exec or exit.
+    unsafe { child_main(&*arg.cast::<Setup<'_>>()) }
+}
+
+/// errno of the last failed call (read from this thread's slot: the parent
+/// thread is suspended, so nothing else writes it).
+fn errno() -> i32 {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Reports (step, index, errno) and exits 127.
+fn fail(report: RawFd, step: Step, index: usize, err: i32) -> ! {
+    let mut msg = [0u8; 9];
+    msg[0] = step as u8;
+    msg[1..5].copy_from_slice(&(index as u32).to_ne_bytes());
+    msg[5..9].copy_from_slice(&err.to_ne_bytes());
+    // SAFETY: write and _exit are async-signal-safe; `msg` is on our stack.
+    unsafe {
+        libc::write(report, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+}
+
+/// Writes `value` to the file at `path` (open, write, close).
+///
+/// # Safety
+/// Only raw calls; for the child.
+unsafe fn write_path(path: &CStr, value: &[u8]) -> Result<(), i32> {
+    // SAFETY: a NUL-terminated path; the descriptor is ours.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(errno());
+        }
+        let n = libc::write(fd, value.as_ptr().cast(), value.len());
+        let e = errno();
+        libc::close(fd);
+        if n < 0 {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn ptr(c: &Option<CString>) -> *const libc::c_char {
+    c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())
+}
+
+/// The child. See the module docs for the order.
+///
+/// # Safety
+/// Runs in a clone(CLONE_VM | CLONE_VFORK) child: only raw calls on the
+/// prepared `s`.
+unsafe fn child_main(s: &Setup<'_>) -> libc::c_int {
+    let l = s.l;
+    let p = l.process;
+    let r = s.report;
+    let check = |rc: libc::c_int, step: Step, index: usize| {
+        if rc < 0 {
+            fail(r, step, index, errno());
+        }
+    };
+    // SAFETY: (whole block) raw system calls on descriptors, pointers and
+    // NUL-terminated strings prepared before the clone; nothing allocates.
+    unsafe {
+        let default = KernelSigaction {
+            handler: libc::SIG_DFL,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &default,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8usize,
+                );
+            }
+        }
+        libc::umask(0);
+        check(libc::setsid(), Step::Setsid, 0);
+        let io = l.stdio;
+        if libc::dup2(io.stdin, 0) < 0
+            || libc::dup2(io.stdout, 1) < 0
+            || libc::dup2(io.stderr, 2) < 0
+        {
+            fail(r, Step::Stdio, 0, errno());
+        }
+        if io.ctty {
+            check(libc::ioctl(0, libc::TIOCSCTTY, 0), Step::Ctty, 0);
+        }
+        if let Some(procs) = l.cgroup_procs {
+            if libc::write(procs.as_raw_fd(), c"0".as_ptr().cast(), 1) < 0 {
+                fail(r, Step::Cgroup, 0, errno());
+            }
+        }
+        if let Some(adj) = &p.oom_score_adj {
+            if let Err(e) = write_path(c"/proc/self/oom_score_adj", adj.as_bytes()) {
+                fail(r, Step::OomScoreAdj, 0, e);
+            }
+        }
+        for (i, (fd, kind)) in l.setns.iter().enumerate() {
+            check(libc::setns(fd.as_raw_fd(), *kind), Step::Setns, i);
+        }
+        if l.unshare_cgroup {
+            check(libc::unshare(libc::CLONE_NEWCGROUP), Step::UnshareCgroup, 0);
+        }
+        if let Some(root) = l.root {
+            setup_root(r, root);
+            for (i, (path, value)) in l.sysctl.iter().enumerate() {
+                if let Err(e) = write_path(path, value.as_bytes()) {
+                    fail(r, Step::Sysctl, i, e);
+                }
+            }
+            finish_root(r, root);
+        }
+        if let Some(h) = l.hostname {
+            check(
+                libc::sethostname(h.as_ptr(), h.to_bytes().len()),
+                Step::Hostname,
+                0,
+            );
+        }
+        if let Some(d) = l.domainname {
+            check(
+                libc::setdomainname(d.as_ptr(), d.to_bytes().len()),
+                Step::Domainname,
+                0,
+            );
+        }
+        for (i, (res, lim)) in p.rlimits.iter().enumerate() {
+            check(libc::setrlimit(*res as _, lim), Step::Rlimit, i);
+        }
+        check(libc::chdir(p.cwd.as_ptr()), Step::Chdir, 0);
+        let early_seccomp = !p.no_new_privs;
+        if early_seccomp {
+            install_seccomp(s);
+        }
+        if let Some(caps) = &p.caps {
+            for cap in &caps.drop_bounding {
+                let rc = libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(*cap), 0, 0, 0);
+                // EINVAL: not a capability of this kernel.
+                if rc < 0 && errno() != libc::EINVAL {
+                    fail(r, Step::Bounding, *cap as usize, errno());
+                }
+            }
+            libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
+        }
+        check(
+            libc::setgroups(p.additional_gids.len(), p.additional_gids.as_ptr()),
+            Step::Setgroups,
+            0,
+        );
+        check(libc::setresgid(p.gid, p.gid, p.gid), Step::Setresgid, 0);
+        check(libc::setresuid(p.uid, p.uid, p.uid), Step::Setresuid, 0);
+        if let Some(caps) = &p.caps {
+            libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
+            let rc = libc::syscall(libc::SYS_capset, &s.cap_header, s.cap_data.as_ptr());
+            if rc < 0 {
+                fail(r, Step::Capset, 0, errno());
+            }
+            for cap in &caps.ambient {
+                let rc = libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                    libc::c_ulong::from(*cap),
+                    0,
+                    0,
+                );
+                check(rc, Step::Ambient, *cap as usize);
+            }
+        }
+        if p.no_new_privs {
+            check(
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
+                Step::NoNewPrivs,
+                0,
+            );
+        }
+        libc::umask(p.umask);
+        if !early_seccomp {
+            install_seccomp(s);
+        }
+        if libc::sigprocmask(libc::SIG_SETMASK, &s.empty_mask, std::ptr::null_mut()) != 0 {
+            fail(r, Step::SigMask, 0, errno());
+        }
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+        // execvpe without allocating: each prepared candidate in turn; a
+        // missing one is skipped, a refused one remembered (as execvp).
+        let mut saved = libc::ENOENT;
+        for (i, cand) in p.candidates.iter().enumerate() {
+            libc::execve(cand.as_ptr(), s.argv.as_ptr(), s.envp.as_ptr());
+            match errno() {
+                libc::ENOENT | libc::ENOTDIR => {}
+                libc::EACCES => saved = libc::EACCES,
+                e => fail(r, Step::Exec, i, e),
+            }
+        }
+        fail(r, Step::Exec, 0, saved)
+    }
+}
+
+/// Installs the seccomp programs, in order.
+///
+/// # Safety
+/// For the child: raw calls on prepared programs.
+unsafe fn install_seccomp(s: &Setup<'_>) {
+    for (i, prog) in s.progs.iter().enumerate() {
+        // SAFETY: a sock_fprog pointing into a BPF program that outlives
+        // the child's use of it.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                s.l.seccomp.flags,
+                prog as *const libc::sock_fprog,
+            )
+        };
+        if rc < 0 {
+            fail(s.report, Step::Seccomp, i, errno());
+        }
+    }
+}
+
+/// mkdir, EEXIST being fine.
+///
+/// # Safety
+/// For the child.
+unsafe fn mkdir_ok(path: &CStr) -> Result<(), i32> {
+    // SAFETY: a NUL-terminated path.
+    if unsafe { libc::mkdir(path.as_ptr(), 0o755) } < 0 && errno() != libc::EEXIST {
+        return Err(errno());
+    }
+    Ok(())
+}
+
+/// Up to and including pivot_root.
+///
+/// # Safety
+/// For the child.
+unsafe fn setup_root(r: RawFd, root: &RootfsPlan) {
+    let null = std::ptr::null::<libc::c_char>();
+    // SAFETY: (whole block) raw calls on prepared strings.
+    unsafe {
+        if libc::mount(
+            null,
+            c"/".as_ptr(),
+            null,
+            root.root_propagation,
+            std::ptr::null(),
+        ) < 0
+        {
+            fail(r, Step::RootPropagation, 0, errno());
+        }
+        let rootfs = root.rootfs.as_ptr();
+        if libc::mount(
+            rootfs,
+            rootfs,
+            null,
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        ) < 0
+        {
+            fail(r, Step::RootfsBind, 0, errno());
+        }
+        for (i, m) in root.mounts.iter().enumerate() {
+            for d in &m.mkdirs {
+                if let Err(e) = mkdir_ok(d) {
+                    fail(r, Step::Mkdir, i, e);
+                }
+            }
+            if m.create_file {
+                let fd = libc::open(
+                    m.target.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                    0o644,
+                );
+                if fd < 0 {
+                    fail(r, Step::CreateFile, i, errno());
+                }
+                libc::close(fd);
+            }
+            let data = m
+                .data
+                .as_ref()
+                .map_or(std::ptr::null(), |d| d.as_ptr().cast());
+            if libc::mount(
+                ptr(&m.source),
+                m.target.as_ptr(),
+                ptr(&m.fstype),
+                m.flags,
+                data,
+            ) < 0
+            {
+                fail(r, Step::Mount, i, errno());
+            }
+            if let Some(flags) = m.remount {
+                if libc::mount(null, m.target.as_ptr(), null, flags, std::ptr::null()) < 0 {
+                    fail(r, Step::Remount, i, errno());
+                }
+            }
+            if let Some(flags) = m.propagation {
+                if libc::mount(null, m.target.as_ptr(), null, flags, std::ptr::null()) < 0 {
+                    fail(r, Step::Propagation, i, errno());
+                }
+            }
+        }
+        for (i, d) in root.devices.iter().enumerate() {
+            if libc::mknod(d.path.as_ptr(), d.mode, d.dev) < 0 {
+                match (errno(), &d.bind_from) {
+                    (libc::EEXIST, _) => {}
+                    (libc::EPERM, Some(from)) => {
+                        let fd = libc::open(
+                            d.path.as_ptr(),
+                            libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                            0o666,
+                        );
+                        if fd < 0 {
+                            fail(r, Step::Device, i, errno());
+                        }
+                        libc::close(fd);
+                        if libc::mount(
+                            from.as_ptr(),
+                            d.path.as_ptr(),
+                            null,
+                            libc::MS_BIND,
+                            std::ptr::null(),
+                        ) < 0
+                        {
+                            fail(r, Step::Device, i, errno());
+                        }
+                        continue;
+                    }
+                    (e, _) => fail(r, Step::Device, i, e),
+                }
+            }
+            if (d.uid != 0 || d.gid != 0) && libc::chown(d.path.as_ptr(), d.uid, d.gid) < 0 {
+                fail(r, Step::Device, i, errno());
+            }
+        }
+        for (i, (target, link)) in root.symlinks.iter().enumerate() {
+            if libc::symlink(target.as_ptr(), link.as_ptr()) < 0 && errno() != libc::EEXIST {
+                fail(r, Step::Symlink, i, errno());
+            }
+        }
+        // pivot_root(".", "."): the old root ends up on top of the new one
+        // and is detached at once (no put_old directory needed).
+        if libc::chdir(rootfs) < 0
+            || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) < 0
+            || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) < 0
+            || libc::chdir(c"/".as_ptr()) < 0
+        {
+            fail(r, Step::PivotRoot, 0, errno());
+        }
+        if let Some(flags) = root.post_propagation {
+            if libc::mount(null, c"/".as_ptr(), null, flags, std::ptr::null()) < 0 {
+                fail(r, Step::PostPropagation, 0, errno());
+            }
+        }
+    }
+}
+
+/// After pivot_root (and sysctls): masked and read-only paths, read-only
+/// root.
+///
+/// # Safety
+/// For the child.
+unsafe fn finish_root(r: RawFd, root: &RootfsPlan) {
+    let null = std::ptr::null::<libc::c_char>();
+    // SAFETY: (whole block) raw calls on prepared strings.
+    unsafe {
+        for (i, path) in root.masked.iter().enumerate() {
+            if libc::mount(
+                c"/dev/null".as_ptr(),
+                path.as_ptr(),
+                null,
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) < 0
+            {
+                match errno() {
+                    libc::ENOENT => {}
+                    // A directory: an empty read-only tmpfs over it.
+                    libc::ENOTDIR => {
+                        if libc::mount(
+                            c"tmpfs".as_ptr(),
+                            path.as_ptr(),
+                            c"tmpfs".as_ptr(),
+                            libc::MS_RDONLY,
+                            std::ptr::null(),
+                        ) < 0
+                        {
+                            fail(r, Step::Masked, i, errno());
+                        }
+                    }
+                    e => fail(r, Step::Masked, i, e),
+                }
+            }
+        }
+        for (i, path) in root.readonly.iter().enumerate() {
+            if libc::mount(
+                path.as_ptr(),
+                path.as_ptr(),
+                null,
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ) < 0
+            {
+                match errno() {
+                    libc::ENOENT => continue,
+                    e => fail(r, Step::Readonly, i, e),
+                }
+            }
+            let flags = libc::MS_BIND
+                | libc::MS_REMOUNT
+                | libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | libc::MS_NOEXEC;
+            if libc::mount(null, path.as_ptr(), null, flags, std::ptr::null()) < 0 {
+                fail(r, Step::Readonly, i, errno());
+            }
+        }
+        if root.root_readonly {
+            let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+            if libc::mount(null, c"/".as_ptr(), null, flags, std::ptr::null()) < 0 {
+                fail(r, Step::RootReadonly, 0, errno());
+            }
+        }
+    }
+}
+
+/// Opens a pty pair: the master (for the caller) and the slave (the
+/// process's stdio and controlling terminal), both close-on-exec.
+pub(super) fn open_pty(size: Option<(u16, u16)>) -> io::Result<(OwnedFd, OwnedFd)> {
+    // SAFETY: open of a constant path; the result is checked.
+    let m = unsafe {
+        libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if m < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    let master = unsafe { OwnedFd::from_raw_fd(m) };
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int.
+    if unsafe { libc::ioctl(m, libc::TIOCSPTLCK, &unlock) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: TIOCGPTPEER opens the slave and returns its descriptor.
+    let s = unsafe {
+        libc::ioctl(
+            m,
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if s < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    let slave = unsafe { OwnedFd::from_raw_fd(s) };
+    if let Some((rows, cols)) = size {
+        resize(&master, rows, cols)?;
+    }
+    Ok((master, slave))
+}
+
+/// TIOCSWINSZ on a pty master.
+pub(super) fn resize(master: &OwnedFd, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `fd` duplicated above 2, close-on-exec (so placing stdio cannot clobber
+/// it).
+pub(super) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: fcntl on an open descriptor; the result is checked.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}

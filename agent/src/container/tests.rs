@@ -1,0 +1,611 @@
+//! Host tests: real containers from a busybox rootfs (root only; a SKIP
+//! line otherwise). Children are reaped with [`ReapMode::PerChild`], so the
+//! tests share one process. cgroup parts run where a cgroup2 mount exists
+//! (this host is v1 hybrid: `/sys/fs/cgroup/unified` has no controllers, so
+//! limits and memory/pids stats are not exercised here; membership,
+//! freeze, kill and removal are).
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::reaper::ReapMode;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no failure mode.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! need_root {
+    ($name:expr) => {
+        if !is_root() {
+            eprintln!("SKIP container::{}: needs root", $name);
+            return;
+        }
+    };
+}
+
+/// A busybox rootfs shared by the tests (read-only use, plus mount
+/// points), built once into a temporary directory and renamed into place,
+/// so runs share one copy instead of leaving one each.
+fn rootfs() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let done = std::env::temp_dir().join("husk-ctr-rootfs");
+        if done.join("etc/secret").exists() {
+            return done;
+        }
+        let dir = std::env::temp_dir().join(format!("husk-ctr-rootfs.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "ro"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
+        let list = std::process::Command::new("/bin/busybox")
+            .arg("--list")
+            .output()
+            .unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" {
+                let _ = std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet));
+            }
+        }
+        std::fs::write(dir.join("etc/secret"), "secret\n").unwrap();
+        if std::fs::rename(&dir, &done).is_err() {
+            // Another run got there first.
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        done
+    })
+}
+
+/// The cgroup2 mount of this host, if any.
+fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+    })
+}
+
+/// A registry whose pod cgroup (`husk-test-<pid>`, shared by this process's
+/// tests) is removed by whichever test drops it last (rmdir fails while
+/// another still has containers in it).
+struct TestRegistry(Containers);
+
+impl std::ops::Deref for TestRegistry {
+    type Target = Containers;
+    fn deref(&self) -> &Containers {
+        &self.0
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        if let Some(root) = &self.0.config().cgroup_root {
+            let _ = std::fs::remove_dir(root.join(&self.0.config().cgroup_parent));
+        }
+    }
+}
+
+fn registry() -> TestRegistry {
+    let config = Config {
+        cgroup_root: cgroup2_root(),
+        cgroup_parent: format!("husk-test-{}", std::process::id()),
+    };
+    TestRegistry(Containers::new(Arc::new(Reaper::new(ReapMode::PerChild)), config).unwrap())
+}
+
+/// A containerd-like spec running `args`.
+fn spec(args: &[&str]) -> Value {
+    json!({
+        "ociVersion": "1.1.0",
+        "root": {"path": "rootfs"},
+        "hostname": "ctr",
+        "process": {
+            "args": args,
+            "env": ["PATH=/bin", "HOME=/"],
+            "cwd": "/",
+            "user": {"uid": 0, "gid": 0},
+            "capabilities": {
+                "bounding": CAPS, "effective": CAPS, "permitted": CAPS
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1024}],
+            "noNewPrivileges": true
+        },
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
+            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                            "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/etc/secret"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+        }
+    })
+}
+
+/// Docker's default capabilities.
+const CAPS: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+fn id(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+struct Output {
+    code: u32,
+    stdout: String,
+    stderr: String,
+}
+
+fn pipes() -> (Stdio, File, File) {
+    let (out_r, out_w) = cloexec_pipe().unwrap();
+    let (err_r, err_w) = cloexec_pipe().unwrap();
+    (
+        Stdio::Pipes {
+            stdin: None,
+            stdout: out_w,
+            stderr: err_w,
+        },
+        File::from(out_r),
+        File::from(err_r),
+    )
+}
+
+/// Creates, starts, collects output and exit, removes.
+fn run(c: &Containers, name: &str, spec: &Value) -> Output {
+    let id = id(name);
+    let plan = c
+        .validate(&id, spec.to_string().as_bytes(), rootfs())
+        .unwrap();
+    let (stdio, mut out, mut err) = pipes();
+    c.create(plan, stdio).unwrap();
+    c.start(&id, None).unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        err.read_to_string(&mut s).unwrap();
+        s
+    });
+    let mut stdout = String::new();
+    out.read_to_string(&mut stdout).unwrap();
+    let stderr = reader.join().unwrap();
+    let info = c
+        .wait(&id, None, Some(Duration::from_secs(30)))
+        .unwrap()
+        .expect("exited");
+    c.remove(&id).unwrap();
+    Output {
+        code: info.exit_code(),
+        stdout,
+        stderr,
+    }
+}
+
+fn sh(script: &str) -> Value {
+    spec(&["sh", "-c", script])
+}
+
+#[test]
+fn echo_exit_code_and_pid_1() {
+    need_root!("echo_exit_code_and_pid_1");
+    let c = registry();
+    let o = run(&c, "echo", &spec(&["echo", "hello"]));
+    assert_eq!((o.code, o.stdout.as_str()), (0, "hello\n"), "{}", o.stderr);
+    assert_eq!(run(&c, "exit3", &sh("exit 3")).code, 3);
+    let o = run(&c, "pid1", &sh("echo $$; hostname"));
+    assert_eq!(o.stdout, "1\nctr\n", "{}", o.stderr);
+}
+
+#[test]
+fn readonly_root_user_and_rlimit() {
+    need_root!("readonly_root_user_and_rlimit");
+    let c = registry();
+    let mut s = sh("touch /newfile 2>/dev/null && echo writable || echo readonly; id; ulimit -n");
+    s["root"]["readonly"] = json!(true);
+    s["process"]["user"] =
+        json!({"uid": 1000, "gid": 1001, "additionalGids": [10, 20], "umask": 63});
+    s["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 123, "hard": 456}]);
+    let o = run(&c, "ro-user", &s);
+    assert_eq!(
+        o.stdout, "readonly\nuid=1000 gid=1001 groups=10,20\n123\n",
+        "{}",
+        o.stderr
+    );
+}
+
+#[test]
+fn capabilities_and_seccomp() {
+    need_root!("capabilities_and_seccomp");
+    let c = registry();
+    let caps: Vec<&str> = CAPS
+        .iter()
+        .copied()
+        .filter(|c| *c != "CAP_NET_RAW")
+        .collect();
+    let mut s = sh("grep CapEff /proc/self/status; mkdir /tmp/d && echo made || echo refused");
+    s["process"]["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps});
+    s["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    });
+    let o = run(&c, "caps", &s);
+    let eff = o
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let eff = u64::from_str_radix(&eff, 16).unwrap();
+    assert_eq!(eff & (1 << 13), 0, "CAP_NET_RAW dropped: {eff:x}");
+    assert_ne!(eff & 1, 0, "CAP_CHOWN kept: {eff:x}");
+    assert!(o.stdout.ends_with("refused\n"), "{} {}", o.stdout, o.stderr);
+    assert!(o.stderr.contains("Operation not permitted"), "{}", o.stderr);
+}
+
+#[test]
+fn masked_readonly_and_isolation() {
+    need_root!("masked_readonly_and_isolation");
+    let c = registry();
+    let marker = std::env::temp_dir().join(format!("husk-host-marker-{}", std::process::id()));
+    std::fs::write(&marker, "host").unwrap();
+    let script = format!(
+        "cat /etc/secret; echo masked; echo 1 > /proc/sys/kernel/ns_last_pid 2>/dev/null && echo rw || echo ro; \
+         [ -e {} ] && echo visible || echo hidden; ls /",
+        marker.display()
+    );
+    let o = run(&c, "masked", &sh(&script));
+    std::fs::remove_file(&marker).unwrap();
+    let mut lines = o.stdout.lines();
+    assert_eq!(lines.next(), Some("masked"), "{} {}", o.stdout, o.stderr);
+    assert_eq!(lines.next(), Some("ro"));
+    assert_eq!(lines.next(), Some("hidden"));
+    let ls: Vec<&str> = lines.collect();
+    assert_eq!(
+        ls,
+        ["bin", "dev", "etc", "proc", "ro", "sys", "tmp"],
+        "only the rootfs"
+    );
+}
+
+#[test]
+fn exec_joins_the_container() {
+    need_root!("exec_joins_the_container");
+    let c = registry();
+    let id = id("exec");
+    // A stale marker of an earlier run (the rootfs is shared) must not count.
+    let _ = std::fs::remove_file(rootfs().join("tmp").join(&id));
+    let events = c.events();
+    let plan = c
+        .validate(
+            &id,
+            sh(&format!("echo ready > /tmp/{id}; exec sleep 30"))
+                .to_string()
+                .as_bytes(),
+            rootfs(),
+        )
+        .unwrap();
+    c.create(plan, Stdio::Null).unwrap();
+    let init = c.start(&id, None).unwrap();
+    assert_eq!(c.state(&id).unwrap().state, State::Running);
+    // The exec sees the init as PID 1, its /tmp, and its hostname.
+    let process = json!({
+        "args": ["sh", "-c", format!(
+            "i=0; while [ \"$(cat /proc/1/comm)\" != sleep ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \
+             cat /proc/1/comm; cat /tmp/{id}; hostname; echo $$")],
+        "env": ["PATH=/bin"], "cwd": "/tmp", "user": {"uid": 0, "gid": 0}
+    });
+    let (stdio, mut out, _err) = pipes();
+    c.exec(&id, "e1", process.to_string().as_bytes(), stdio)
+        .unwrap();
+    let e = c
+        .exec(&id, "e1", process.to_string().as_bytes(), Stdio::Null)
+        .unwrap_err();
+    assert_eq!(e.code(), ttrpc::Code::ALREADY_EXISTS);
+    let pid = c.start(&id, Some("e1")).unwrap();
+    assert_ne!(pid, init);
+    let mut s = String::new();
+    out.read_to_string(&mut s).unwrap();
+    let info = c
+        .wait(&id, Some("e1"), Some(Duration::from_secs(30)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.exit_code(), 0, "{s}");
+    let lines: Vec<&str> = s.lines().collect();
+    assert_eq!(&lines[..3], ["sleep", "ready", "ctr"], "{s}");
+    assert!(lines[3].parse::<u32>().unwrap() > 1, "{s}");
+    if c.config().cgroup_root.is_some() {
+        let pids = c.pids(&id).unwrap();
+        assert_eq!(
+            pids,
+            [ProcessInfo {
+                pid: init,
+                exec_id: None
+            }]
+        );
+    }
+    // The exit watch fires once the init is killed.
+    let notify = c.exit_notify(&id, None).unwrap();
+    c.signal(&id, None, libc::SIGKILL, false).unwrap();
+    let mut pfd = libc::pollfd {
+        fd: notify.fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    assert_eq!(unsafe { libc::poll(&mut pfd, 1, 10_000) }, 1);
+    let info = c.wait(&id, None, None).unwrap().unwrap();
+    assert_eq!(info.status, ExitStatus::Signaled(libc::SIGKILL));
+    assert_eq!(info.exit_code(), 137);
+    assert_eq!(c.state(&id).unwrap().state, State::Stopped);
+    let got: Vec<Event> = events.try_iter().collect();
+    assert!(
+        got.iter()
+            .any(|e| matches!(e, Event::Exited { exec_id: Some(x), .. } if x == "e1")),
+        "{got:?}"
+    );
+    let e = c
+        .exec(&id, "e2", process.to_string().as_bytes(), Stdio::Null)
+        .unwrap_err();
+    assert_eq!(e.code(), ttrpc::Code::FAILED_PRECONDITION, "{e}");
+    c.remove(&id).unwrap();
+}
+
+#[test]
+fn terminal() {
+    need_root!("terminal");
+    let c = registry();
+    let id = id("tty");
+    let mut s = sh("[ -t 0 ] && echo tty; stty size");
+    s["process"]["terminal"] = json!(true);
+    s["process"]["consoleSize"] = json!({"height": 30, "width": 100});
+    let plan = c.validate(&id, s.to_string().as_bytes(), rootfs()).unwrap();
+    let master = c.create(plan, Stdio::Terminal).unwrap().unwrap();
+    c.start(&id, None).unwrap();
+    let mut out = Vec::new();
+    let mut f = File::from(master);
+    // EIO once the slave side is gone.
+    let _ = f.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).replace('\r', "");
+    assert_eq!(out, "tty\n30 100\n");
+    assert_eq!(c.wait(&id, None, None).unwrap().unwrap().exit_code(), 0);
+    c.remove(&id).unwrap();
+}
+
+#[test]
+fn bad_specs_name_the_field() {
+    let c = registry();
+    let check = |s: &Value, field: &str, code: ttrpc::Code| {
+        let e = c
+            .validate("bad", s.to_string().as_bytes(), rootfs())
+            .unwrap_err();
+        assert_eq!((e.field.as_str(), e.code()), (field, code), "{e}");
+    };
+    let mut s = spec(&[]);
+    check(&s, "process.args", ttrpc::Code::INVALID_ARGUMENT);
+    s = spec(&["true"]);
+    s["linux"]["namespaces"][2] = json!({"type": "nope"});
+    check(
+        &s,
+        "linux.namespaces[2].type",
+        ttrpc::Code::INVALID_ARGUMENT,
+    );
+    s = spec(&["true"]);
+    s["linux"]["namespaces"][2] = json!({"type": "user"});
+    check(
+        &s,
+        "linux.namespaces[2].type",
+        ttrpc::Code::INVALID_ARGUMENT,
+    );
+    s = spec(&["true"]);
+    s["process"]["capabilities"]["bounding"][1] = json!("CAP_NOPE");
+    let e = c
+        .validate("bad", s.to_string().as_bytes(), rootfs())
+        .unwrap_err();
+    assert!(e.field.starts_with("process.capabilities.bounding"), "{e}");
+    s = spec(&["true"]);
+    s["mounts"][3]["options"] = json!(["idmap"]);
+    check(&s, "mounts[3].options[0]", ttrpc::Code::INVALID_ARGUMENT);
+    s = spec(&["true"]);
+    s["mounts"][1] = json!({"destination": "/etc/x", "type": "bind", "source": "/no/such/source"});
+    check(&s, "mounts[1].source", ttrpc::Code::NOT_FOUND);
+    s = spec(&["true"]);
+    s["hooks"] = json!({"prestart": [{"path": "/bin/true"}]});
+    check(&s, "hooks", ttrpc::Code::INVALID_ARGUMENT);
+    s = spec(&["true"]);
+    s["linux"]["sysctl"] = json!({"kernel.panic": "1"});
+    check(
+        &s,
+        "linux.sysctl.kernel.panic",
+        ttrpc::Code::INVALID_ARGUMENT,
+    );
+    s = spec(&["true"]);
+    s["process"]["rlimits"][0]["soft"] = json!(2048);
+    check(&s, "process.rlimits[0]", ttrpc::Code::INVALID_ARGUMENT);
+    let e = c
+        .validate(
+            "bad",
+            spec(&["true"]).to_string().as_bytes(),
+            Path::new("/no/such/rootfs"),
+        )
+        .unwrap_err();
+    assert_eq!(
+        (e.field.as_str(), e.code()),
+        ("root.path", ttrpc::Code::NOT_FOUND)
+    );
+    let e = c
+        .validate("../x", spec(&["true"]).to_string().as_bytes(), rootfs())
+        .unwrap_err();
+    assert_eq!(e.field, "id");
+    let e = c
+        .validate("bad", b"{\"process\": 3}", rootfs())
+        .unwrap_err();
+    assert_eq!(e.field, "process");
+}
+
+#[test]
+fn unknown_duplicate_and_wrong_state() {
+    need_root!("unknown_duplicate_and_wrong_state");
+    let c = registry();
+    for e in [
+        c.start("nope", None).unwrap_err(),
+        c.remove("nope").unwrap_err(),
+        c.signal("nope", None, 9, false).unwrap_err(),
+        c.state("nope").unwrap_err(),
+    ] {
+        assert_eq!(e.code(), ttrpc::Code::NOT_FOUND, "{e}");
+    }
+    let id = id("dup");
+    let plan = c
+        .validate(&id, spec(&["true"]).to_string().as_bytes(), rootfs())
+        .unwrap();
+    c.create(plan.clone(), Stdio::Null).unwrap();
+    assert_eq!(
+        c.create(plan, Stdio::Null).unwrap_err().code(),
+        ttrpc::Code::ALREADY_EXISTS
+    );
+    assert_eq!(
+        c.pause(&id).unwrap_err().code(),
+        ttrpc::Code::FAILED_PRECONDITION
+    );
+    assert_eq!(
+        c.exec(
+            &id,
+            "x",
+            b"{\"args\":[\"true\"],\"cwd\":\"/\",\"user\":{\"uid\":0,\"gid\":0}}",
+            Stdio::Null
+        )
+        .unwrap_err()
+        .code(),
+        ttrpc::Code::FAILED_PRECONDITION
+    );
+    // Removing a created (never started) container.
+    c.remove(&id).unwrap();
+    assert!(c.ids().is_empty());
+}
+
+#[test]
+fn a_failing_start_names_the_step() {
+    need_root!("a_failing_start_names_the_step");
+    let c = registry();
+    let id = id("fail");
+    let plan = c
+        .validate(
+            &id,
+            spec(&["no-such-program"]).to_string().as_bytes(),
+            rootfs(),
+        )
+        .unwrap();
+    c.create(plan, Stdio::Null).unwrap();
+    let e = c.start(&id, None).unwrap_err();
+    assert_eq!(e.code(), ttrpc::Code::NOT_FOUND, "{e}");
+    assert!(e.to_string().contains("exec"), "{e}");
+    c.remove(&id).unwrap();
+    let mut s = spec(&["true"]);
+    s["process"]["cwd"] = json!("/no/such/dir");
+    let plan = c.validate(&id, s.to_string().as_bytes(), rootfs()).unwrap();
+    c.create(plan, Stdio::Null).unwrap();
+    let e = c.start(&id, None).unwrap_err();
+    assert!(e.to_string().contains("process.cwd /no/such/dir"), "{e}");
+    c.remove(&id).unwrap();
+}
+
+#[test]
+fn cgroup_pause_resume_stats_and_cleanup() {
+    need_root!("cgroup_pause_resume_stats_and_cleanup");
+    let Some(root) = cgroup2_root() else {
+        eprintln!(
+            "SKIP container::cgroup_pause_resume_stats_and_cleanup: no cgroup2 mount on this host"
+        );
+        return;
+    };
+    if !root.join("cgroup.controllers").exists() {
+        eprintln!(
+            "SKIP container::cgroup_pause_resume_stats_and_cleanup: {} has no cgroup.controllers",
+            root.display()
+        );
+        return;
+    }
+    let mountinfo = || std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let before = mountinfo();
+    let c = registry();
+    let id = id("cg");
+    let mut s = sh("exec sleep 30");
+    s["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}]);
+    s["mounts"].as_array_mut().unwrap().push(json!(
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}));
+    let plan = c.validate(&id, s.to_string().as_bytes(), rootfs()).unwrap();
+    c.create(plan, Stdio::Null).unwrap();
+    let dir = root.join(&c.config().cgroup_parent).join(&id);
+    assert!(dir.is_dir());
+    let pid = c.start(&id, None).unwrap();
+    assert_eq!(c.pids(&id).unwrap(), [ProcessInfo { pid, exec_id: None }]);
+    c.pause(&id).unwrap();
+    assert_eq!(c.state(&id).unwrap().state, State::Paused);
+    assert_eq!(
+        cgroup::keyed(
+            &std::fs::read_to_string(dir.join("cgroup.events")).unwrap(),
+            "frozen"
+        ),
+        Some(1)
+    );
+    c.resume(&id).unwrap();
+    assert_eq!(c.state(&id).unwrap().state, State::Running);
+    let stats = c.stats(&id).unwrap();
+    eprintln!("stats here: {stats:?}");
+    // Limits need controllers this host's cgroup2 does not have.
+    let e = c.update(&id, br#"{"pids":{"limit":10}}"#);
+    if cgroup::available(&root)
+        .unwrap()
+        .iter()
+        .any(|x| x == "pids")
+    {
+        e.unwrap();
+    } else {
+        let e = e.unwrap_err();
+        assert_eq!(e.code(), ttrpc::Code::INVALID_ARGUMENT, "{e}");
+        eprintln!(
+            "SKIP container::cgroup limits: no pids controller in {}: {e}",
+            root.display()
+        );
+    }
+    c.pause(&id).unwrap();
+    // remove thaws, kills, waits, removes the directory.
+    c.remove(&id).unwrap();
+    assert!(!dir.exists());
+    assert_eq!(mountinfo(), before, "the test's mounts are untouched");
+}
+
+#[test]
+fn the_registry_can_be_shared_by_rpc_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Containers>();
+    send_sync::<Plan>();
+}
