@@ -317,7 +317,10 @@ impl EventLoop {
             let p = &mut st.procs[i];
             for f in &mut p.flows {
                 if let Err(e) = f.settle() {
-                    log(&format!("stdio: {}: shutting a stream down: {e}", p.entry_key));
+                    log(&format!(
+                        "stdio: {}: shutting a stream down: {e}",
+                        p.entry_key
+                    ));
                 }
             }
             let Some(how) = p.finished(now) else {

@@ -154,8 +154,8 @@ pub fn parse_header(line: &[u8]) -> Result<StreamKey, HeaderError> {
     };
     check_id("container id", cid)?;
     check_id("exec id", eid)?;
-    let stream = StreamKind::from_name(stream)
-        .ok_or_else(|| HeaderError::UnknownStream(quote(stream)))?;
+    let stream =
+        StreamKind::from_name(stream).ok_or_else(|| HeaderError::UnknownStream(quote(stream)))?;
     // Checked above: ASCII only.
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     Ok(StreamKey {
@@ -341,7 +341,10 @@ mod tests {
                 assert!(line.len() < HEADER_MAX);
                 assert!(check_id("c", k.process.container_id.as_bytes()).is_ok());
                 assert!(check_id("e", k.process.exec_id.as_bytes()).is_ok());
-                let again = format!("{} {} {}", k.process.container_id, k.process.exec_id, k.stream);
+                let again = format!(
+                    "{} {} {}",
+                    k.process.container_id, k.process.exec_id, k.stream
+                );
                 assert_eq!(again.as_bytes(), &line[..]);
             }
         }

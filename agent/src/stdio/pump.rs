@@ -269,6 +269,15 @@ impl Pump {
     }
 }
 
+impl std::fmt::Debug for DrainHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DrainHandle")
+            .field("id", &self.id)
+            .field("drained", &self.is_drained())
+            .finish()
+    }
+}
+
 impl DrainHandle {
     /// Whether the process's streams are all closed, without waiting.
     pub fn is_drained(&self) -> Option<Drained> {
