@@ -4,7 +4,7 @@
 //! `Agent` service ([`service`]) over injectable guest facts ([`facts`]),
 //! identity changes ([`identity`]) and mounts ([`mount`]), command execution
 //! ([`exec`]) with its child reaping ([`reaper`]), the ttrpc server
-//! ([`rpc`]), the console + vsock
+//! ([`rpc`]), containers' stdio streams ([`stdio`]), the console + vsock
 //! logger ([`log`]), the vsock connect helper ([`vsock`]) and the kernel
 //! command line ([`cmdline`]). `main.rs` is the PID 1 binary.
 
@@ -19,6 +19,7 @@ pub mod mount;
 pub mod reaper;
 pub mod rpc;
 pub mod service;
+pub mod stdio;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod vsock;

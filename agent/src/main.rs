@@ -2,7 +2,8 @@
 //!
 //! Blocks the signals it handles (before any thread starts), mounts /proc,
 //! /sys, /dev, /run, /tmp and cgroup2, puts stdio on /dev/console, starts the
-//! log stream to the host, serves the ttrpc `Agent` API on vsock port 1024,
+//! log stream to the host, takes containers' stdio streams on vsock port
+//! 1027, serves the ttrpc `Agent` API on vsock port 1024,
 //! and only then prints `husk-agent ready (version X, kernel Y)`. Then it
 //! reaps every child (handing `Exec`'s their statuses) and powers off on SIGTERM/SIGINT/SIGPWR or a `Shutdown`
 //! request (at once after ready when the command line has `husk.oneshot=1`).
@@ -16,6 +17,7 @@ use husk_agent::facts::{GuestFacts, ProcFacts};
 use husk_agent::log::{self, log};
 use husk_agent::reaper::{ReapMode, Reaper};
 use husk_agent::service::{self, AgentService};
+use husk_agent::stdio::{StdioConfig, StdioServer};
 use husk_agent::{cmdline, echo, AGENT_VERSION, READY_MARKER};
 use husk_agent_protocol::AGENT_VSOCK_PORT;
 
@@ -54,6 +56,17 @@ fn main() {
             Err(_) => log(&format!("husk.echo_port={port}: not a port number")),
         }
     }
+    // Containers' stdio streams (vsock port 1027): the listener and the
+    // one thread that copies every stream, made before ready so a template
+    // snapshot holds them warm. Kept for the life of PID 1. Without it the
+    // agent still serves everything but containers' stdio.
+    let _stdio = match StdioServer::start(StdioConfig::guest()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log(&format!("containers' stdio unavailable: {e}"));
+            None
+        }
+    };
     let addr = service::vsock_address(AGENT_VSOCK_PORT);
     // As PID 1 this process alone reaps every child: supervise drives it.
     let reaper = Arc::new(Reaper::new(ReapMode::AllChildren));
