@@ -336,8 +336,8 @@ fn launch(cfg: &SandboxConfig, vsock: &std::path::Path) -> Result<Launched, Sand
             vm: {
                 // A template's disks are layout only: each VM brings its
                 // images (the template's stand-ins are gone).
-                let snap = husk_vmm::snapshot::Snapshot::read(dir)
-                    .map_err(|e| husk_vmm::StartError {
+                let snap =
+                    husk_vmm::snapshot::Snapshot::read(dir).map_err(|e| husk_vmm::StartError {
                         vm: cfg.id.clone(),
                         source: e.into(),
                     })?;
