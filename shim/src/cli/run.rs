@@ -15,26 +15,23 @@
 //! The share stays read-write: `--read-only` is the spec's
 //! `root.readonly`, so read-only and read-write runs share one template.
 
+pub mod attach;
 pub mod signals;
 pub mod spec;
 pub mod term;
 
-use std::io::{self, Read, Write};
-use std::net::Shutdown;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use husk_vmm::{ConsoleConfig, PvmCompat, SeccompMode, ShareConfig};
 
 use crate::agent_client::stdio::is_valid_id;
-use crate::agent_client::{
-    AgentClient, MountSource, MountSpec, ProcessStreams, SignalTarget, Stdio,
-};
+use crate::agent_client::{MountSource, MountSpec, ProcessStreams, Stdio};
 use crate::sandbox::store::TemplateStore;
 use crate::sandbox::template_build::VmTemplateBuilder;
 use crate::sandbox::{build_id, GuestSpec, Sandbox, SandboxConfig, Source};
 
+use self::attach::HostIo;
 use self::signals::Signals;
 use self::spec::{SpecError, SpecOptions};
 
@@ -51,8 +48,6 @@ pub const GUEST_ROOTFS: &str = "/run/husk/rootfs";
 pub const CONTAINER_API: u32 = 4;
 /// How long the sandbox may take to power off once the container is done.
 const STOP_DEADLINE: Duration = Duration::from_secs(20);
-/// Stdio copy buffer.
-const COPY_BUF: usize = 64 << 10;
 
 /// Options of `husk run`.
 #[derive(Debug, clap::Args)]
@@ -357,160 +352,24 @@ fn run_container(sandbox: &Sandbox, p: &Prepared, signals: &Signals) -> i32 {
         let _ = agent.remove_container(id);
         return code;
     }
-    let code = attach(agent, id, streams, p.stdio, signals);
+    let code = match attach::attach(agent, id, streams, p.stdio, signals, HostIo::husk()) {
+        Ok(exit) => {
+            if exit.oom_killed {
+                eprintln!("husk: container {id}: the OOM killer ended a process");
+            }
+            exit.shell_code()
+        }
+        Err(e) => {
+            eprintln!(
+                "husk: container {id}: waiting for its process: {}",
+                super::error_chain(&e)
+            );
+            EXIT_HUSK_ERROR
+        }
+    };
     drop(raw);
     if let Err(e) = agent.remove_container(id) {
         tracing::debug!(container = id, error = %e, "removing the container");
     }
     code
-}
-
-/// Copies the streams and forwards signals until the process has ended
-/// and its output is all out; returns its shell exit code.
-fn attach(
-    agent: &AgentClient,
-    id: &str,
-    mut streams: ProcessStreams,
-    stdio: Stdio,
-    signals: &Signals,
-) -> i32 {
-    // Husk's stdin → the process: on a thread of its own that is not
-    // joined (it may sit in read(2) on a terminal forever).
-    let input = if stdio.terminal {
-        streams.tty.as_ref().and_then(|t| t.try_clone().ok())
-    } else {
-        streams.stdin.take()
-    };
-    if let Some(to) = input.filter(|_| stdio.stdin) {
-        let spawned = std::thread::Builder::new()
-            .name("husk-run-stdin".into())
-            .spawn(move || copy_stdin(to));
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "no stdin thread: the container's stdin ends now");
-        }
-    }
-    let outputs: Vec<(UnixStream, Box<dyn Write + Send>)> = if stdio.terminal {
-        streams
-            .tty
-            .take()
-            .map(|t| (t, Box::new(io::stdout()) as Box<dyn Write + Send>))
-            .into_iter()
-            .collect()
-    } else {
-        [
-            streams
-                .stdout
-                .take()
-                .map(|s| (s, Box::new(io::stdout()) as Box<dyn Write + Send>)),
-            streams
-                .stderr
-                .take()
-                .map(|s| (s, Box::new(io::stderr()) as Box<dyn Write + Send>)),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
-    };
-    // Clones to cut the copies short when the wait fails (the process's
-    // fate unknown, its streams may never end).
-    let cutters: Vec<UnixStream> = outputs
-        .iter()
-        .filter_map(|(s, _)| s.try_clone().ok())
-        .collect();
-    std::thread::scope(|scope| {
-        let forwarder = scope.spawn(|| forward_signals(agent, id, stdio.terminal, signals));
-        let copies: Vec<_> = outputs
-            .into_iter()
-            .map(|(from, to)| scope.spawn(move || copy_out(from, to)))
-            .collect();
-        let waited = agent.wait_process(id, None, None);
-        if waited.is_err() {
-            for c in &cutters {
-                let _ = c.shutdown(Shutdown::Both);
-            }
-        }
-        for c in copies {
-            let _ = c.join();
-        }
-        signals.wake();
-        let _ = forwarder.join();
-        match waited {
-            Ok(exit) => {
-                if exit.oom_killed {
-                    eprintln!("husk: container {id}: the OOM killer ended a process");
-                }
-                exit.shell_code()
-            }
-            Err(e) => {
-                eprintln!(
-                    "husk: container {id}: waiting for its process: {}",
-                    super::error_chain(&e)
-                );
-                EXIT_HUSK_ERROR
-            }
-        }
-    })
-}
-
-/// SIGINT/SIGTERM → the container's process; SIGWINCH → its terminal's
-/// size. Until [`Signals::wake`].
-fn forward_signals(agent: &AgentClient, id: &str, terminal: bool, signals: &Signals) {
-    while let Some(sig) = signals.next() {
-        let sent = if sig == libc::SIGWINCH {
-            match term::host_size() {
-                Some(size) if terminal => agent.resize_tty(id, None, size),
-                _ => continue,
-            }
-        } else {
-            agent.signal_process(id, SignalTarget::Init, sig)
-        };
-        // The process may have just ended.
-        if let Err(e) = sent {
-            tracing::debug!(container = id, signal = sig, error = %e, "forwarding a signal");
-        }
-    }
-}
-
-/// Husk's stdin to `to` until EOF, then EOF for the process.
-fn copy_stdin(to: UnixStream) {
-    let mut buf = vec![0u8; COPY_BUF];
-    let mut stdin = io::stdin().lock();
-    loop {
-        match stdin.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if (&to).write_all(&buf[..n]).is_err() {
-                    // The process is gone.
-                    return;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "reading stdin; ending the container's");
-                break;
-            }
-        }
-    }
-    let _ = to.shutdown(Shutdown::Write);
-}
-
-/// A stream to `to` until EOF. When `to` fails (a closed pipe), the rest
-/// is drained and dropped: the process must not block on its output.
-fn copy_out(from: UnixStream, mut to: Box<dyn Write + Send>) {
-    let mut buf = vec![0u8; COPY_BUF];
-    let mut sink_ok = true;
-    loop {
-        let n = match (&from).read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
-        };
-        if sink_ok {
-            if let Err(e) = to.write_all(&buf[..n]).and_then(|()| to.flush()) {
-                tracing::debug!(error = %e, "writing the container's output; dropping the rest");
-                sink_ok = false;
-            }
-        }
-    }
 }
