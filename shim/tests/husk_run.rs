@@ -146,6 +146,10 @@ fn bad_input_is_125_and_says_what() {
             "the uid must be a number".into(),
         ),
         (
+            vec!["run", "--rootfs", d, "--memory", "0", "--", "true"],
+            "--memory <MIB>".into(),
+        ),
+        (
             vec!["run", "--rootfs", d, "--name", "a/b", "--", "true"],
             "the name \"a/b\" must be".into(),
         ),

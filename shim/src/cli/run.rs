@@ -81,10 +81,10 @@ pub struct RunArgs {
     #[arg(long, short = 'u', value_name = "UID[:GID]", value_parser = spec::parse_user)]
     pub user: Option<(u32, Option<u32>)>,
     /// The container's memory limit, MiB (memory.max).
-    #[arg(long, value_name = "MIB")]
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
     pub memory: Option<u64>,
     /// The most processes the container may have (pids.max).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
     pub pids: Option<i64>,
     /// Mount the container's root file system read-only.
     #[arg(long)]
