@@ -12,8 +12,10 @@
 //! for the [`Identity`] they send, [`Mounted`] for a [`MountSpec`] and
 //! [`ExecOutput`] for an [`ExecCommand`].
 
+mod containers;
 mod guest_ops;
 mod identity;
+pub mod stdio;
 
 use std::io::{self, Read, Write};
 use std::os::fd::IntoRawFd;
@@ -29,8 +31,10 @@ use husk_agent_protocol::{AGENT_VSOCK_PORT, EXEC_STDIN_MAX};
 use thiserror::Error;
 use ttrpc::context::{self, Context};
 
+pub use containers::{ContainerEvent, ContainerStats, ProcessExit, SignalTarget, Stdio, TtySize};
 pub use guest_ops::{ExecCommand, ExecOutput, ExecStatus, MountSource, MountSpec, Mounted};
 pub use identity::{uuid_v4, Identity, ReidentifyOutcome, FRESH_SEED_LEN};
+pub use stdio::{ProcessStreams, StdioError, StreamKind};
 
 /// The longest handshake reply line accepted, `\n` included.
 pub const HANDSHAKE_LINE_MAX: usize = 64;

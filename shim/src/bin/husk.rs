@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use husk_shim::cli::{agent, check, exit_code, template, vm_run};
+use husk_shim::cli::{agent, check, exit_code, run, template, vm_run};
 
 #[derive(Parser)]
 #[command(name = "husk", version, about = "husk microVM container runtime")]
@@ -16,6 +16,9 @@ struct Cli {
 enum Command {
     /// Check what this host offers (KVM, capabilities, virtualization kind).
     Check,
+    /// Run a command as a container in a sandbox of its own; exits with its
+    /// exit code (125: husk failed). Needs a guest agent with API 4.
+    Run(run::RunArgs),
     /// Work with VMs directly.
     Vm {
         #[command(subcommand)]
@@ -66,16 +69,30 @@ enum AgentCommand {
 
 fn main() {
     let start = Instant::now();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        // `husk run`'s own errors are 125 (its container's codes are the
+        // rest), usage errors too; help and version are not errors.
+        if e.use_stderr() && std::env::args().nth(1).as_deref() == Some("run") {
+            let _ = e.print();
+            std::process::exit(run::EXIT_HUSK_ERROR);
+        }
+        e.exit()
+    });
+    // `husk run`'s stderr is the container's: only warnings of its own.
+    let default_level = match cli.command {
+        Command::Run(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .init();
-    let cli = Cli::parse();
     let code = match cli.command {
         Command::Check => check::report(&check::run_checks()),
+        Command::Run(args) => run::run(&args),
         Command::Vm {
             command: VmCommand::Run(args),
         } => vm_run::run(&args, start),
