@@ -200,7 +200,7 @@ def main():
             vm = None
         t0 = time.perf_counter()
         r = run([a.husk, "template", "create", "--kernel", a.kernel, "--initrd", a.initrd,
-                 "--mem-mib", str(a.mem_mib), "--out", tpl, "--console", "/dev/null"])
+                 "--mem-mib", str(a.mem_mib), "--out", tpl])
         if r.returncode != 0:
             raise SystemExit(f"template create: {r.stderr}")
         rows.append(("template create (boot + snapshot)", ms(time.perf_counter() - t0)))
