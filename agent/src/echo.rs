@@ -24,33 +24,7 @@ pub fn echo<S: Read + Write>(mut s: S) -> io::Result<u64> {
 }
 
 fn listen(port: u32) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2) call; the result is checked below.
-    let raw = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: sockaddr_vm is plain data; all zeroes is valid before the
-    // fields are set.
-    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    addr.svm_cid = libc::VMADDR_CID_ANY;
-    addr.svm_port = port;
-    // SAFETY: `addr` is a valid sockaddr_vm of the given length, alive for
-    // the call; `fd` is an open socket.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_vm).cast(),
-            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
-        )
-    };
-    // SAFETY: `fd` is a bound socket; listen takes no pointers.
-    if rc != 0 || unsafe { libc::listen(fd.as_raw_fd(), 64) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
+    crate::vsock::listen(libc::VMADDR_CID_ANY, port, 64, false)
 }
 
 /// Listens on vsock `port` and echoes every connection on its own thread.

@@ -14,25 +14,8 @@ pub const HOST_CID: u32 = libc::VMADDR_CID_HOST;
 /// transport (`ENODEV`: no vsock device), refused or reset by the peer, or
 /// `TimedOut` when the peer did not answer in time.
 pub fn connect(cid: u32, port: u32, timeout: Duration) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2) call; the result is checked below.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_VSOCK,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: sockaddr_vm is plain data; all zeroes is valid before the
-    // fields are set.
-    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    addr.svm_cid = cid;
-    addr.svm_port = port;
+    let fd = socket(true)?;
+    let addr = sockaddr(cid, port);
     // SAFETY: `addr` is a valid sockaddr_vm of the length passed, alive for
     // the call; `fd` is an open socket.
     let rc = unsafe {
@@ -106,3 +89,57 @@ fn socket_error(fd: &OwnedFd) -> io::Result<libc::c_int> {
 // No host test: on a host (often itself a guest with virtio-vsock) a connect
 // to CID 2 would reach the real hypervisor host. The guest boot exercises
 // this (ENODEV without a vsock device, the stream with one).
+
+/// A new AF_VSOCK stream socket, close-on-exec (and non-blocking when
+/// asked).
+fn socket(nonblocking: bool) -> io::Result<OwnedFd> {
+    let flags = if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+    // SAFETY: plain socket(2) call; the result is checked below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_VSOCK,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// The address `cid:port`.
+fn sockaddr(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: sockaddr_vm is plain data; all zeroes is valid before the
+    // fields are set.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_cid = cid;
+    addr.svm_port = port;
+    addr
+}
+
+/// A stream socket bound to `cid:port` and listening (`backlog`),
+/// close-on-exec, non-blocking when asked.
+pub fn listen(cid: u32, port: u32, backlog: i32, nonblocking: bool) -> io::Result<OwnedFd> {
+    let fd = socket(nonblocking)?;
+    let addr = sockaddr(cid, port);
+    // SAFETY: `addr` is a valid sockaddr_vm of the length passed, alive for
+    // the call; `fd` is an open socket.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_vm).cast(),
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: listen(2) on our bound socket; no pointers.
+    if unsafe { libc::listen(fd.as_raw_fd(), backlog) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}

@@ -18,6 +18,8 @@ mod generated {
 
 pub use generated::{agent, agent_ttrpc};
 
+pub mod stdio;
+
 /// The vsock port the agent serves its ttrpc API on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// The vsock port on the host (CID 2) the agent streams its log lines to.

@@ -63,42 +63,7 @@ pub fn bind(addr: &Address) -> io::Result<OwnedFd> {
 }
 
 fn bind_vsock(cid: u32, port: u32) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2) call; the result is checked below.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_VSOCK,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: sockaddr_vm is plain data; all zeroes is valid before the
-    // fields are set.
-    let mut sa: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    sa.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    sa.svm_cid = cid;
-    sa.svm_port = port;
-    // SAFETY: `sa` is a valid sockaddr_vm of the length passed, alive for
-    // the call; `fd` is an open socket.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_vm).cast(),
-            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: listen(2) on our open socket.
-    if unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
+    crate::vsock::listen(cid, port, BACKLOG, true)
 }
 
 /// One pending connection, non-blocking and close-on-exec; `None` when

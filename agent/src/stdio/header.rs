@@ -12,44 +12,7 @@ use thiserror::Error;
 
 use super::sys;
 
-/// The most bytes a header may take, its newline included.
-pub const HEADER_MAX: usize = 200;
-/// The most bytes of a container or exec id.
-pub const ID_MAX: usize = 64;
-
-/// Which of a process's streams a connection carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum StreamKind {
-    Stdin,
-    Stdout,
-    Stderr,
-    /// A pseudo-terminal, both ways.
-    Tty,
-}
-
-impl StreamKind {
-    pub const ALL: [StreamKind; 4] = [Self::Stdin, Self::Stdout, Self::Stderr, Self::Tty];
-
-    /// The name in a header.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Stdin => "stdin",
-            Self::Stdout => "stdout",
-            Self::Stderr => "stderr",
-            Self::Tty => "tty",
-        }
-    }
-
-    fn from_name(s: &[u8]) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name().as_bytes() == s)
-    }
-}
-
-impl fmt::Display for StreamKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use husk_agent_protocol::stdio::{StreamKind, HEADER_MAX, ID_MAX};
 
 /// A process, as stdio names it: its container and exec id
 /// ([`husk_agent_protocol::INIT_EXEC_ID`] for the container's own).
@@ -134,10 +97,7 @@ pub fn check_id(field: &'static str, id: &[u8]) -> Result<(), HeaderError> {
     if id.len() > ID_MAX {
         return Err(bad("longer than 64 bytes"));
     }
-    if !id
-        .iter()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-    {
+    if !husk_agent_protocol::stdio::id_chars_ok(id) {
         return Err(bad("not all of [A-Za-z0-9_.-]"));
     }
     Ok(())

@@ -8,7 +8,6 @@
 //! EOF on stdin once the host shuts down its side (or calls
 //! [`close_stdin`](super::AgentClient::close_stdin)).
 
-use std::fmt;
 use std::io::{self, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
@@ -22,36 +21,7 @@ use super::{hybrid_vsock_connect, HandshakeError, Stdio};
 
 /// How long the agent may take to accept a stream (the handshake's reply).
 pub const STREAM_CONNECT_BOUND: Duration = Duration::from_secs(10);
-/// The longest container or exec id.
-pub const ID_MAX: usize = 64;
-
-/// One stdio stream of a process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamKind {
-    Stdin,
-    Stdout,
-    Stderr,
-    /// A pseudo-terminal, both ways.
-    Tty,
-}
-
-impl StreamKind {
-    /// The name in the header line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Stdin => "stdin",
-            Self::Stdout => "stdout",
-            Self::Stderr => "stderr",
-            Self::Tty => "tty",
-        }
-    }
-}
-
-impl fmt::Display for StreamKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use husk_agent_protocol::stdio::{StreamKind, ID_MAX};
 
 /// Why a stdio stream could not be opened.
 #[derive(Debug, Error)]
@@ -95,10 +65,7 @@ fn exec_text(exec: &Option<String>) -> String {
 /// Whether `id` is a valid container or exec id: 1..=64 of
 /// `[A-Za-z0-9_.-]`.
 pub fn is_valid_id(id: &str) -> bool {
-    (1..=ID_MAX).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    husk_agent_protocol::stdio::is_valid_id(id.as_bytes())
 }
 
 /// Checks a container id and an exec id (not [`INIT_EXEC_ID`], which names
@@ -120,10 +87,7 @@ pub fn validate_ids(container_id: &str, exec_id: Option<&str>) -> Result<(), Std
 
 /// The header line of a stream.
 pub fn header_line(container_id: &str, exec_id: Option<&str>, stream: StreamKind) -> String {
-    format!(
-        "{container_id} {} {stream}\n",
-        exec_id.unwrap_or(INIT_EXEC_ID)
-    )
+    husk_agent_protocol::stdio::header_line(container_id, exec_id.unwrap_or(INIT_EXEC_ID), stream)
 }
 
 /// Opens one stream of a process (`exec_id` `None`: the container's own)
