@@ -50,7 +50,8 @@ pub fn one_malloc_arena() {
     }
 }
 
-/// Mounts /proc, /sys, /dev, /run, /tmp and the cgroup2 hierarchy.
+/// Mounts /proc, /sys, /dev, /run, /tmp, the cgroup2 hierarchy and devpts
+/// on /dev/pts.
 pub fn mount_basics() {
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
     let nosuid_nodev_noexec = nosuid_nodev | libc::MS_NOEXEC;
@@ -65,6 +66,16 @@ pub fn mount_basics() {
         "cgroup2",
         nosuid_nodev_noexec,
         None,
+    );
+    // Containers' terminals: the library opens /dev/ptmx (devtmpfs's node
+    // finds the devpts mounted at /dev/pts). Once, before ready, so a
+    // template snapshot holds it.
+    mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     );
 }
 

@@ -3,7 +3,7 @@
 //! Blocks the signals it handles (before any thread starts), mounts /proc,
 //! /sys, /dev, /run, /tmp and cgroup2, puts stdio on /dev/console, starts the
 //! log stream to the host, takes containers' stdio streams on vsock port
-//! 1027, serves the ttrpc `Agent` API on vsock port 1024,
+//! 1027, prepares the containers' pod cgroup, serves the ttrpc `Agent` API on vsock port 1024,
 //! and only then prints `husk-agent ready (version X, kernel Y)`. Then it
 //! reaps every child (handing `Exec`'s their statuses) and powers off on SIGTERM/SIGINT/SIGPWR or a `Shutdown`
 //! request (at once after ready when the command line has `husk.oneshot=1`).
@@ -13,10 +13,11 @@ mod init;
 use std::io::Write;
 use std::sync::Arc;
 
+use husk_agent::container::{Config, Containers};
 use husk_agent::facts::{GuestFacts, ProcFacts};
 use husk_agent::log::{self, log};
 use husk_agent::reaper::{ReapMode, Reaper};
-use husk_agent::service::{self, AgentService};
+use husk_agent::service::{self, AgentService, ContainerService};
 use husk_agent::stdio::{StdioConfig, StdioServer};
 use husk_agent::{cmdline, echo, AGENT_VERSION, READY_MARKER};
 use husk_agent_protocol::AGENT_VSOCK_PORT;
@@ -60,7 +61,7 @@ fn main() {
     // one thread that copies every stream, made before ready so a template
     // snapshot holds them warm. Kept for the life of PID 1. Without it the
     // agent still serves everything but containers' stdio.
-    let _stdio = match StdioServer::start(StdioConfig::guest()) {
+    let stdio_server = match StdioServer::start(StdioConfig::guest()) {
         Ok(s) => Some(s),
         Err(e) => {
             log(&format!("containers' stdio unavailable: {e}"));
@@ -70,11 +71,20 @@ fn main() {
     let addr = service::vsock_address(AGENT_VSOCK_PORT);
     // As PID 1 this process alone reaps every child: supervise drives it.
     let reaper = Arc::new(Reaper::new(ReapMode::AllChildren));
-    let service = AgentService::new(
+    let mut service = AgentService::new(
         ProcFacts,
         Box::new(init::power_off_soon),
         Arc::clone(&reaper),
     );
+    if let Some(stdio) = &stdio_server {
+        if let Some(c) = containers(&reaper) {
+            service = service.with_containers(ContainerService::new(
+                c,
+                Arc::clone(stdio.registry()),
+                stdio.pump().clone(),
+            ));
+        }
+    }
     // Kept for the life of PID 1 (supervise never returns).
     let _server = match service::serve(&addr, service) {
         Ok(server) => {
@@ -96,4 +106,23 @@ fn main() {
         init::power_off("oneshot");
     }
     init::supervise(&signals, &reaper);
+}
+
+/// The container registry (its monitor thread) and the pod cgroup with its
+/// controllers enabled: made before ready, so a template snapshot holds
+/// them (the cgroup mkdir and subtree_control writes are not paid per
+/// container). `None` (logged): the container RPCs answer INTERNAL.
+fn containers(reaper: &Arc<Reaper>) -> Option<Containers> {
+    let c = match Containers::new(Arc::clone(reaper), Config::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            log(&format!("containers unavailable: {e}"));
+            return None;
+        }
+    };
+    if let Err(e) = c.prepare_pod_cgroup() {
+        // create retries it; log why it failed now.
+        log(&format!("pod cgroup: {e}"));
+    }
+    Some(c)
 }

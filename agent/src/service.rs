@@ -8,10 +8,20 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+mod containers;
+
+pub use containers::{ContainerRpcError, ContainerService};
+
 use husk_agent_protocol::agent::{
-    ExecRequest, ExecResponse, GuestInfoRequest, GuestInfoResponse, HealthRequest, HealthResponse,
-    MountRequest, MountResponse, ReidentifyRequest, ReidentifyResponse, ShutdownRequest,
-    ShutdownResponse, UnmountRequest, UnmountResponse, VersionRequest, VersionResponse,
+    CloseStdinRequest, ContainerStatsRequest, ContainerStatsResponse, CreateContainerRequest,
+    CreateContainerResponse, Empty, ExecProcessRequest, ExecProcessResponse, ExecRequest,
+    ExecResponse, GuestInfoRequest, GuestInfoResponse, HealthRequest, HealthResponse,
+    ListPidsRequest, ListPidsResponse, MountRequest, MountResponse, PauseContainerRequest,
+    ReidentifyRequest, ReidentifyResponse, RemoveContainerRequest, ResizeTtyRequest,
+    ResumeContainerRequest, ShutdownRequest, ShutdownResponse, SignalProcessRequest,
+    StartContainerRequest, StartContainerResponse, UnmountRequest, UnmountResponse,
+    UpdateResourcesRequest, VersionRequest, VersionResponse, WaitEventRequest, WaitEventResponse,
+    WaitProcessRequest, WaitProcessResponse,
 };
 use husk_agent_protocol::agent_ttrpc::{create_agent, Agent};
 use husk_agent_protocol::{API_VERSION, HEALTH_SERVING};
@@ -40,6 +50,9 @@ pub struct AgentService<F> {
     /// The identity `Reidentify` gave; `None` until then (the identity is
     /// the kernel's boot_id).
     instance_id: Mutex<Option<String>>,
+    /// The container RPCs; `None`: they answer INTERNAL (containers
+    /// unavailable), e.g. when the stdio server did not start.
+    containers: Option<ContainerService>,
 }
 
 /// Why `Reidentify` failed.
@@ -81,7 +94,32 @@ impl<F: Guest> AgentService<F> {
             power_off,
             reaper,
             instance_id: Mutex::new(None),
+            containers: None,
         }
+    }
+
+    /// Serves the container RPCs through `containers`.
+    pub fn with_containers(mut self, containers: ContainerService) -> Self {
+        self.containers = Some(containers);
+        self
+    }
+
+    /// Runs a container RPC: its error keeps its code, and is logged.
+    fn ctr<T>(
+        &self,
+        method: &str,
+        f: impl FnOnce(&ContainerService) -> Result<T, ContainerRpcError>,
+    ) -> ttrpc::Result<T> {
+        let result = match &self.containers {
+            Some(c) => f(c),
+            None => Err(ContainerRpcError::Unavailable(
+                "no stdio server or container registry".into(),
+            )),
+        };
+        result.map_err(|e| {
+            log(&format!("{method} failed: {e}"));
+            status(e.code(), format!("{method}: {e}"))
+        })
     }
 
     /// The identity `Reidentify` gave, if any.
@@ -272,6 +310,135 @@ impl<F: Guest> Agent for AgentService<F> {
             status(e.code(), format!("exec: {e}"))
         })
     }
+
+    fn create_container(
+        &self,
+        _: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<CreateContainerResponse> {
+        self.ctr("CreateContainer", |c| c.create(&req))?;
+        Ok(CreateContainerResponse::default())
+    }
+
+    fn start_container(
+        &self,
+        _: &TtrpcContext,
+        req: StartContainerRequest,
+    ) -> ttrpc::Result<StartContainerResponse> {
+        let pid = self.ctr("StartContainer", |c| c.start(&req.container_id))?;
+        Ok(StartContainerResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn exec_process(
+        &self,
+        _: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<ExecProcessResponse> {
+        let pid = self.ctr("ExecProcess", |c| c.exec(&req))?;
+        Ok(ExecProcessResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn signal_process(&self, _: &TtrpcContext, req: SignalProcessRequest) -> ttrpc::Result<Empty> {
+        self.ctr("SignalProcess", |c| {
+            c.signal(&req.container_id, &req.exec_id, req.signal, req.all)
+        })?;
+        Ok(Empty::default())
+    }
+
+    fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        req: WaitProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
+        self.ctr("WaitProcess", |c| c.wait(&req.container_id, &req.exec_id))
+    }
+
+    fn resize_tty(&self, _: &TtrpcContext, req: ResizeTtyRequest) -> ttrpc::Result<Empty> {
+        self.ctr("ResizeTty", |c| {
+            c.resize(&req.container_id, &req.exec_id, req.rows, req.cols)
+        })?;
+        Ok(Empty::default())
+    }
+
+    fn close_stdin(&self, _: &TtrpcContext, req: CloseStdinRequest) -> ttrpc::Result<Empty> {
+        self.ctr("CloseStdin", |c| {
+            c.close_stdin(&req.container_id, &req.exec_id)
+        })?;
+        Ok(Empty::default())
+    }
+
+    fn list_pids(&self, _: &TtrpcContext, req: ListPidsRequest) -> ttrpc::Result<ListPidsResponse> {
+        let pids = self.ctr("ListPids", |c| c.pids(&req.container_id))?;
+        Ok(ListPidsResponse {
+            pids,
+            ..Default::default()
+        })
+    }
+
+    fn container_stats(
+        &self,
+        _: &TtrpcContext,
+        req: ContainerStatsRequest,
+    ) -> ttrpc::Result<ContainerStatsResponse> {
+        self.ctr("ContainerStats", |c| c.stats(&req.container_id))
+    }
+
+    fn pause_container(
+        &self,
+        _: &TtrpcContext,
+        req: PauseContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.ctr("PauseContainer", |c| c.pause(&req.container_id))?;
+        Ok(Empty::default())
+    }
+
+    fn resume_container(
+        &self,
+        _: &TtrpcContext,
+        req: ResumeContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.ctr("ResumeContainer", |c| c.resume(&req.container_id))?;
+        Ok(Empty::default())
+    }
+
+    fn update_resources(
+        &self,
+        _: &TtrpcContext,
+        req: UpdateResourcesRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.ctr("UpdateResources", |c| {
+            c.update(&req.container_id, &req.resources_json)
+        })?;
+        Ok(Empty::default())
+    }
+
+    fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.ctr("RemoveContainer", |c| c.remove(&req.container_id))?;
+        Ok(Empty::default())
+    }
+
+    fn wait_event(
+        &self,
+        _: &TtrpcContext,
+        req: WaitEventRequest,
+    ) -> ttrpc::Result<WaitEventResponse> {
+        let oom = self.ctr("WaitEvent", |c| Ok(c.wait_event(req.timeout_ms)))?;
+        Ok(WaitEventResponse {
+            has_event: oom.is_some(),
+            oom_container_id: oom.unwrap_or_default(),
+            ..Default::default()
+        })
+    }
 }
 
 /// The ttrpc address the agent listens on in the guest: any CID, `port`.
@@ -290,10 +457,23 @@ pub enum ServeError {
 }
 
 /// The methods answered on the server's I/O thread: each returns within a
-/// few syscalls and never waits on anything. Everything else (`Exec` runs
-/// a command, `Mount`/`Unmount` wait on the kernel's file systems) goes to
-/// a worker, so it cannot hold up other calls.
-pub const INLINE_METHODS: [&str; 5] = ["Version", "Health", "GuestInfo", "Reidentify", "Shutdown"];
+/// few syscalls and never waits on anything. `SignalProcess` (kill, or a
+/// cgroup.procs read and one kill each), `ResizeTty` (one ioctl) and
+/// `CloseStdin` (an eventfd write) take only locks that no call holds
+/// across a blocking step (the container table, the pump's, the service's
+/// process map). Everything else (`Exec` runs a command, `Mount`/`Unmount`
+/// wait on the kernel's file systems, container create/start clone and
+/// mount, waits wait) goes to a worker, so it cannot hold up other calls.
+pub const INLINE_METHODS: [&str; 8] = [
+    "Version",
+    "Health",
+    "GuestInfo",
+    "Reidentify",
+    "Shutdown",
+    "SignalProcess",
+    "ResizeTty",
+    "CloseStdin",
+];
 
 /// The ttrpc service name of the `Agent` API.
 const SERVICE: &str = "husk.agent.v1.Agent";

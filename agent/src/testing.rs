@@ -13,7 +13,7 @@ use crate::identity::GuestControl;
 use crate::mount::{GuestMounts, MountCall};
 use crate::reaper::{ReapMode, Reaper};
 use crate::rpc::RpcServer;
-use crate::service::{serve, AgentService, ServeError};
+use crate::service::{serve, AgentService, ContainerService, ServeError};
 
 /// What [`FakeFacts`] was asked to change (shared by its clones).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -241,6 +241,26 @@ impl UnixAgent {
         facts: FakeFacts,
         reaper: Arc<Reaper>,
     ) -> Result<Self, ServeError> {
+        Self::start_full(name, facts, reaper, None)
+    }
+
+    /// [`start_with_reaper`](Self::start_with_reaper) serving the container
+    /// RPCs through `containers` (whose registry reaps through `reaper`).
+    pub fn start_with_containers(
+        name: &str,
+        facts: FakeFacts,
+        reaper: Arc<Reaper>,
+        containers: ContainerService,
+    ) -> Result<Self, ServeError> {
+        Self::start_full(name, facts, reaper, Some(containers))
+    }
+
+    fn start_full(
+        name: &str,
+        facts: FakeFacts,
+        reaper: Arc<Reaper>,
+        containers: Option<ContainerService>,
+    ) -> Result<Self, ServeError> {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let path =
@@ -256,6 +276,10 @@ impl UnixAgent {
             }),
             reaper,
         );
+        let service = match containers {
+            Some(c) => service.with_containers(c),
+            None => service,
+        };
         let server = serve(&format!("unix://{}", path.display()), service)?;
         Ok(Self {
             path,

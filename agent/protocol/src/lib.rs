@@ -29,10 +29,10 @@ pub const LOG_VSOCK_PORT: u32 = 1025;
 ///
 /// 2: `Reidentify`, `GuestInfoResponse.instance_id`.
 /// 3: `Mount`, `Unmount`, `Exec`.
-/// 4 (when the agent serves them; until then they answer "not
-///    supported"): containers (`CreateContainer` ... `WaitEvent`) and their
-///    stdio streams on [`STDIO_VSOCK_PORT`].
-pub const API_VERSION: u32 = 3;
+/// 4: containers (`CreateContainer` ... `WaitEvent`) and their stdio
+///    streams on [`STDIO_VSOCK_PORT`]; an older agent answers them "not
+///    supported" (ttrpc NOT_FOUND for an unknown method).
+pub const API_VERSION: u32 = 4;
 /// The vsock port the agent takes containers' stdio streams on (one
 /// connection per stream, opened by the host; see `agent.proto`).
 pub const STDIO_VSOCK_PORT: u32 = 1027;

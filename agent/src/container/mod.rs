@@ -39,7 +39,7 @@ use std::time::{Duration, SystemTime};
 
 pub use cgroup::{CpuStats, IoStats, MemoryStats, PidsStats, Stats};
 pub use error::{ContainerError, SpecError};
-pub use spec::{CgroupLayout, ContainerSpec, Plan, ProcessPlan};
+pub use spec::{validate_id, CgroupLayout, ContainerSpec, Plan, ProcessPlan};
 
 use crate::reaper::{cloexec_pipe, ExitStatus, ExitWatch, Reaper};
 use child::{Launch, LaunchError, StdioFds, Step};
