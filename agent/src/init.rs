@@ -53,6 +53,7 @@ pub fn one_malloc_arena() {
 /// Mounts /proc, /sys, /dev, /run, /tmp, the cgroup2 hierarchy and devpts
 /// on /dev/pts.
 pub fn mount_basics() {
+    leave_rootfs();
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
     let nosuid_nodev_noexec = nosuid_nodev | libc::MS_NOEXEC;
     mount("proc", "/proc", "proc", nosuid_nodev_noexec, None);
@@ -77,6 +78,56 @@ pub fn mount_basics() {
         libc::MS_NOSUID | libc::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     );
+}
+
+/// Where `/` is bind-mounted before it is moved over `/`.
+const ROOT_BIND: &str = "/.husk-root";
+
+/// Makes PID 1's root a mount with a parent, as switch_root does but
+/// without copying anything: `/` (the initramfs, the kernel's `rootfs`) is
+/// bind-mounted on a directory, that mount is moved over `/`, and PID 1
+/// chroots into it. Containers need this: the kernel refuses pivot_root
+/// (EINVAL) while the caller's root is the rootfs mount, which has no
+/// parent; runc's fallback, MS_MOVE + chroot, would leave the agent's files
+/// reachable through a chroot escape. Three mount-table calls, once per
+/// boot (a template holds the result).
+fn leave_rootfs() {
+    mount("/", ROOT_BIND, "", libc::MS_BIND, None);
+    let (Ok(bind), Ok(dot)) = (CString::new(ROOT_BIND), CString::new(".")) else {
+        return;
+    };
+    // SAFETY: chdir, mount and chroot with valid NUL-terminated paths that
+    // outlive the calls; null fstype and data are allowed for MS_MOVE.
+    let rc = unsafe {
+        if libc::chdir(bind.as_ptr()) != 0 {
+            -1
+        } else if libc::mount(
+            dot.as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_MOVE,
+            std::ptr::null(),
+        ) != 0
+        {
+            -2
+        } else if libc::chroot(dot.as_ptr()) != 0 {
+            -3
+        } else {
+            libc::chdir(c"/".as_ptr())
+        }
+    };
+    if rc != 0 {
+        let step = match rc {
+            -1 => "chdir",
+            -2 => "move",
+            -3 => "chroot",
+            _ => "chdir /",
+        };
+        log(&format!(
+            "leaving the initramfs root ({step}): {}; containers cannot pivot_root",
+            std::io::Error::last_os_error()
+        ));
+    }
 }
 
 /// Points stdin, stdout and stderr at /dev/console.

@@ -372,6 +372,15 @@ unsafe fn write_path(path: &CStr, value: &[u8]) -> Result<(), i32> {
     Ok(())
 }
 
+/// A raw `syscall`'s result as the c_int the checks take (-1 on error).
+fn raw_rc(rc: libc::c_long) -> libc::c_int {
+    if rc < 0 {
+        -1
+    } else {
+        0
+    }
+}
+
 fn ptr(c: &Option<CString>) -> *const libc::c_char {
     c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())
 }
@@ -479,13 +488,30 @@ unsafe fn child_main(s: &Setup<'_>) -> libc::c_int {
             }
             libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
         }
+        // Raw system calls, not glibc's wrappers: glibc makes credential
+        // changes process-wide by signalling every thread it knows of and
+        // waiting for each to follow (setxid broadcast). This child shares
+        // the agent's memory, so glibc still sees the agent's threads, which
+        // are in another process: the child would wait forever.
         check(
-            libc::setgroups(p.additional_gids.len(), p.additional_gids.as_ptr()),
+            raw_rc(libc::syscall(
+                libc::SYS_setgroups,
+                p.additional_gids.len(),
+                p.additional_gids.as_ptr(),
+            )),
             Step::Setgroups,
             0,
         );
-        check(libc::setresgid(p.gid, p.gid, p.gid), Step::Setresgid, 0);
-        check(libc::setresuid(p.uid, p.uid, p.uid), Step::Setresuid, 0);
+        check(
+            raw_rc(libc::syscall(libc::SYS_setresgid, p.gid, p.gid, p.gid)),
+            Step::Setresgid,
+            0,
+        );
+        check(
+            raw_rc(libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid)),
+            Step::Setresuid,
+            0,
+        );
         if let Some(caps) = &p.caps {
             libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
             let rc = libc::syscall(libc::SYS_capset, &s.cap_header, s.cap_data.as_ptr());

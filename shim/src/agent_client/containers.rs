@@ -192,6 +192,12 @@ pub enum SignalTarget<'a> {
 }
 
 /// The wire's exec id: "" is the container's own process.
+/// The least bound on the calls that build or tear down a container in the
+/// guest (namespaces, a dozen mounts, a cgroup, the exec; waiting for the
+/// stdio streams): seconds of guest-kernel work where that kernel is
+/// emulated (nested PVM hosts), far above the default call bound.
+pub const CONTAINER_SETUP_BOUND: Duration = Duration::from_secs(120);
+
 fn exec_field(exec_id: Option<&str>) -> String {
     exec_id.unwrap_or_default().to_owned()
 }
@@ -215,7 +221,11 @@ impl AgentClient {
             stdio: Some(stdio.to_msg()).into(),
             ..Default::default()
         };
-        self.call("CreateContainer", |c, ctx| c.create_container(ctx, &req))?;
+        self.call_within(
+            "CreateContainer",
+            self.call_timeout.max(CONTAINER_SETUP_BOUND),
+            |c, ctx| c.create_container(ctx, &req),
+        )?;
         Ok(())
     }
 
@@ -225,7 +235,11 @@ impl AgentClient {
             container_id: id.to_owned(),
             ..Default::default()
         };
-        let r = self.call("StartContainer", |c, ctx| c.start_container(ctx, &req))?;
+        let r = self.call_within(
+            "StartContainer",
+            self.call_timeout.max(CONTAINER_SETUP_BOUND),
+            |c, ctx| c.start_container(ctx, &req),
+        )?;
         Ok(r.pid)
     }
 
@@ -245,7 +259,11 @@ impl AgentClient {
             stdio: Some(stdio.to_msg()).into(),
             ..Default::default()
         };
-        let r = self.call("ExecProcess", |c, ctx| c.exec_process(ctx, &req))?;
+        let r = self.call_within(
+            "ExecProcess",
+            self.call_timeout.max(CONTAINER_SETUP_BOUND),
+            |c, ctx| c.exec_process(ctx, &req),
+        )?;
         Ok(r.pid)
     }
 
@@ -356,7 +374,11 @@ impl AgentClient {
             container_id: id.to_owned(),
             ..Default::default()
         };
-        self.call("PauseContainer", |c, ctx| c.pause_container(ctx, &req))?;
+        self.call_within(
+            "PauseContainer",
+            self.call_timeout.max(CONTAINER_SETUP_BOUND),
+            |c, ctx| c.pause_container(ctx, &req),
+        )?;
         Ok(())
     }
 
@@ -366,7 +388,11 @@ impl AgentClient {
             container_id: id.to_owned(),
             ..Default::default()
         };
-        self.call("ResumeContainer", |c, ctx| c.resume_container(ctx, &req))?;
+        self.call_within(
+            "ResumeContainer",
+            self.call_timeout.max(CONTAINER_SETUP_BOUND),
+            |c, ctx| c.resume_container(ctx, &req),
+        )?;
         Ok(())
     }
 
@@ -391,7 +417,11 @@ impl AgentClient {
             container_id: id.to_owned(),
             ..Default::default()
         };
-        self.call("RemoveContainer", |c, ctx| c.remove_container(ctx, &req))?;
+        self.call_within(
+            "RemoveContainer",
+            self.call_timeout.max(CONTAINER_SETUP_BOUND),
+            |c, ctx| c.remove_container(ctx, &req),
+        )?;
         Ok(())
     }
 
