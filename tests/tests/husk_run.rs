@@ -399,7 +399,7 @@ fn containers_in_one_sandbox() {
         "/run/husk/no-such-rootfs",
         Stdio::null(),
     ));
-    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+    assert_eq!(code, ttrpc::Code::NOT_FOUND, "{msg}");
     assert!(msg.contains("rootfs"), "{msg}");
     let (code, msg) = code_of(agent.create_container(
         "bad id",
