@@ -52,8 +52,10 @@ fn temp(name: &str) -> PathBuf {
 fn container_calls_reach_the_agent_and_keep_its_code() {
     let mux = FakeMuxer::start("containers", Mode::Agent);
     let c = AgentClient::connect(&mux.uds_path, Duration::from_secs(10)).unwrap();
-    // An unknown container is NOT_FOUND, as is a call the agent does not
-    // serve yet: either way the code and the method come through.
+    // This agent (the service on a Unix socket, no container runtime behind
+    // it) answers FAILED_PRECONDITION: the code and the method come
+    // through. (An unknown id on a real guest is NOT_FOUND: husk_run.rs in
+    // tests/.)
     let size = TtySize { rows: 1, cols: 1 };
     let calls: Vec<(&str, Result<(), AgentClientError>)> = vec![
         ("StartContainer", c.start_container("nope").map(drop)),
@@ -85,7 +87,7 @@ fn container_calls_reach_the_agent_and_keep_its_code() {
         match r {
             Err(AgentClientError::Rpc { method, code, .. }) => {
                 assert_eq!(method, want);
-                assert_eq!(code, ttrpc::Code::NOT_FOUND, "{want}");
+                assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{want}");
             }
             other => panic!("{want}: {other:?}"),
         }

@@ -70,7 +70,8 @@ impl ContainerRpcError {
             Self::Container(e) => e.code(),
             Self::Stdio(e) => e.code(),
             Self::Invalid { .. } => Code::INVALID_ARGUMENT,
-            Self::Io { .. } | Self::Unavailable(_) => Code::INTERNAL,
+            Self::Io { .. } => Code::INTERNAL,
+            Self::Unavailable(_) => Code::FAILED_PRECONDITION,
         }
     }
 }
