@@ -14,4 +14,16 @@ echo "setup: booting target/guest-image/vmlinux to the agent (slow on nested PVM
     --initrd target/guest-image/initramfs.cpio.gz \
     --oneshot --timeout 600 --timings --console target/guest-image/console.log
 grep -h "husk-agent ready" target/guest-image/console.log
+# A container in a VM of its own: a busybox rootfs, the first run makes the
+# template (a cold boot), the container prints hello.
+rootfs=target/busybox-rootfs
+if [ ! -x "$rootfs/bin/busybox" ]; then
+    mkdir -p "$rootfs/bin"
+    cp /bin/busybox "$rootfs/bin/busybox"
+    for app in $("$rootfs/bin/busybox" --list); do
+        [ "$app" = busybox ] || ln -sf busybox "$rootfs/bin/$app"
+    done
+fi
+echo "setup: husk run --rootfs $rootfs -- echo hello from a container"
+./target/release/husk run --rootfs "$rootfs" -- echo hello from a container
 echo "setup: done (guest console in target/guest-image/console.log)"

@@ -186,6 +186,153 @@ fn seq(n: u32) -> Vec<u8> {
     v
 }
 
+/// The default spec for `args`, changed by `edit` (JSON paths as in the
+/// OCI runtime spec).
+fn spec_edited(args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(&spec_json(args, false)).unwrap();
+    edit(&mut v);
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// Runs container `id` from `spec` to its end (no stdin); removes it.
+fn run_spec(sb: &Sandbox, id: &str, spec: &[u8]) -> Ran {
+    let agent = sb.agent();
+    let stdio = Stdio::pipes(false);
+    let mut streams = ProcessStreams::open(sb.vsock_socket(), id, None, &stdio).unwrap();
+    agent
+        .create_container(id, spec, GUEST_ROOTFS, stdio)
+        .unwrap();
+    agent.start_container(id).unwrap();
+    let out = read_all(streams.stdout.take());
+    let err = read_all(streams.stderr.take());
+    let exit = agent.wait_process(id, None, Some(WAIT)).unwrap();
+    let ran = Ran {
+        exit,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    };
+    agent.remove_container(id).unwrap();
+    ran
+}
+
+/// Isolation a user can see: the agent's files, a read-only rootfs, the
+/// spec's uid, dropped capabilities, a seccomp profile, a memory limit's
+/// OOM kill; a pids limit, stats and the freezer.
+fn isolation(sb: &Sandbox) {
+    let agent = sb.agent();
+    let text = |r: &Ran| {
+        format!(
+            "exit {:?}; out {:?}; err {:?}",
+            r.exit,
+            String::from_utf8_lossy(&r.stdout),
+            String::from_utf8_lossy(&r.stderr)
+        )
+    };
+    // The agent's files (its /init, its /run) are not in the container's
+    // view; the rootfs is.
+    let r = run_spec(
+        sb,
+        "iso-view",
+        &spec_json(
+            &[
+                "sh",
+                "-c",
+                "test -e /marker && ! test -e /init && ! test -e /run/husk && ls /",
+            ],
+            false,
+        ),
+    );
+    assert_eq!(r.exit.shell_code(), 0, "{}", text(&r));
+    // A read-only rootfs refuses writes.
+    let spec = spec_edited(&["sh", "-c", "touch /written"], |v| {
+        v["root"]["readonly"] = true.into()
+    });
+    let r = run_spec(sb, "iso-ro", &spec);
+    assert_ne!(r.exit.shell_code(), 0, "{}", text(&r));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("Read-only"),
+        "{}",
+        text(&r)
+    );
+    // The uid and gid from the spec.
+    let spec = spec_edited(&["sh", "-c", "id -u; id -g"], |v| {
+        v["process"]["user"] = serde_json::json!({"uid": 1234, "gid": 4321});
+    });
+    let r = run_spec(sb, "iso-uid", &spec);
+    assert_eq!(r.stdout, b"1234\n4321\n", "{}", text(&r));
+    // No capabilities at all: CapEff and CapBnd are empty.
+    let spec = spec_edited(
+        &["sh", "-c", "grep -E '^Cap(Eff|Bnd)' /proc/self/status"],
+        |v| {
+            let none = serde_json::json!([]);
+            v["process"]["capabilities"] = serde_json::json!({
+                "bounding": none, "effective": none, "permitted": none, "inheritable": none, "ambient": none
+            });
+        },
+    );
+    let r = run_spec(sb, "iso-caps", &spec);
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "CapEff:\t0000000000000000\nCapBnd:\t0000000000000000\n",
+        "{}",
+        text(&r)
+    );
+    // A seccomp profile that refuses mkdir.
+    let spec = spec_edited(&["mkdir", "/tmp/refused"], |v| {
+        v["linux"]["seccomp"] = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        });
+    });
+    let r = run_spec(sb, "iso-seccomp", &spec);
+    assert_ne!(r.exit.shell_code(), 0, "{}", text(&r));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("not permitted"),
+        "{}",
+        text(&r)
+    );
+    // A memory limit: the process that passes it is OOM-killed (137) and
+    // the exit says so.
+    let spec = spec_edited(
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=12M", "count=1"],
+        |v| {
+            v["linux"]["resources"]["memory"] = serde_json::json!({"limit": 4 << 20});
+        },
+    );
+    let r = run_spec(sb, "iso-oom", &spec);
+    assert_eq!(r.exit.shell_code(), 137, "{}", text(&r));
+    assert!(r.exit.oom_killed, "{}", text(&r));
+    // A pids limit, stats, the freezer and kill on a running container.
+    // (A fork bomb against the limit is not here yet: see the issue note.)
+    let long = spec_edited(&["sh", "-c", "echo running; exec sleep 600"], |v| {
+        v["linux"]["resources"]["pids"] = serde_json::json!({"limit": 16})
+    });
+    let stdio = Stdio::pipes(false);
+    let mut streams = ProcessStreams::open(sb.vsock_socket(), "iso-long", None, &stdio).unwrap();
+    agent
+        .create_container("iso-long", &long, GUEST_ROOTFS, stdio)
+        .unwrap();
+    agent.start_container("iso-long").unwrap();
+    let mut out = streams.stdout.take().unwrap();
+    let mut seen = String::new();
+    read_until(&mut out, &mut seen, "running");
+    let stats = agent.container_stats("iso-long").unwrap();
+    assert_eq!(stats.pids_limit, Some(16), "{stats:?}");
+    assert!(
+        stats.pids_current >= 1 && stats.pids_current <= 16,
+        "{stats:?}"
+    );
+    assert!(stats.memory_usage_bytes > 0, "{stats:?}");
+    agent.pause_container("iso-long").unwrap();
+    agent.resume_container("iso-long").unwrap();
+    agent
+        .signal_process("iso-long", SignalTarget::All, libc::SIGKILL)
+        .unwrap();
+    let exit = agent.wait_process("iso-long", None, Some(WAIT)).unwrap();
+    assert_eq!(exit.shell_code(), 137);
+    agent.remove_container("iso-long").unwrap();
+}
+
 #[test]
 fn containers_in_one_sandbox() {
     let test = "containers_in_one_sandbox";
@@ -388,6 +535,8 @@ fn containers_in_one_sandbox() {
     let exit = agent.wait_process("long", None, Some(WAIT)).unwrap();
     assert_eq!((exit.signal, exit.shell_code()), (Some(libc::SIGKILL), 137));
     agent.remove_container("long").unwrap();
+
+    isolation(&sb);
 
     // Bad input and its codes.
     let (code, msg) =

@@ -111,6 +111,11 @@ pub struct RunArgs {
     /// Write the guest console to this file (default: nowhere).
     #[arg(long)]
     pub console: Option<PathBuf>,
+    /// Write when each step ended (`step: seconds since husk started`) to
+    /// this file: the sandbox (VM running, agent ready), the rootfs mount,
+    /// the stdio streams, create, start, the exit, remove, stop.
+    #[arg(long, value_name = "FILE")]
+    pub timings: Option<PathBuf>,
     /// The command and its arguments (optional with --bundle).
     #[arg(last = true, value_name = "CMD", required_unless_present = "bundle")]
     pub command: Vec<String>,
@@ -273,8 +278,56 @@ fn existing_dir(what: &'static str, path: &Path) -> Result<(), RunError> {
     })
 }
 
+/// When each step of a run ended.
+struct Timings {
+    t0: std::time::Instant,
+    marks: std::cell::RefCell<Vec<(&'static str, f64)>>,
+}
+
+impl Timings {
+    fn new() -> Self {
+        Self {
+            t0: std::time::Instant::now(),
+            marks: Default::default(),
+        }
+    }
+
+    fn mark(&self, step: &'static str) {
+        self.marks
+            .borrow_mut()
+            .push((step, self.t0.elapsed().as_secs_f64()));
+    }
+
+    fn at(&self, step: &'static str, since_start: std::time::Duration) {
+        self.marks
+            .borrow_mut()
+            .push((step, since_start.as_secs_f64()));
+    }
+
+    fn write(&self, path: &Path) {
+        let text: String = self
+            .marks
+            .borrow()
+            .iter()
+            .map(|(k, v)| format!("{k}: {v:.6}\n"))
+            .collect();
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("husk: --timings {}: {e}", path.display());
+        }
+    }
+}
+
 /// Runs the container; returns husk's exit code.
 pub fn run(args: &RunArgs) -> i32 {
+    let timings = Timings::new();
+    let code = run_timed(args, &timings);
+    if let Some(path) = &args.timings {
+        timings.write(path);
+    }
+    code
+}
+
+fn run_timed(args: &RunArgs, timings: &Timings) -> i32 {
     let fail = |e: &dyn std::error::Error| {
         eprintln!("husk: {}", super::error_chain(e));
         EXIT_HUSK_ERROR
@@ -294,21 +347,26 @@ pub fn run(args: &RunArgs) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
+    let info = sandbox.start_info();
+    let started_at = timings.t0.elapsed().saturating_sub(info.agent_ready);
+    timings.at("sandbox_vm_running_s", started_at + info.vm_running);
+    timings.at("sandbox_agent_ready_s", started_at + info.agent_ready);
     let code = match signals.stop_requested() {
         Some(sig) => {
             eprintln!("husk: interrupted (signal {sig}) before the container ran");
             EXIT_INTERRUPTED
         }
-        None => run_container(&sandbox, &prepared, &signals),
+        None => run_container(&sandbox, &prepared, &signals, timings),
     };
     if let Err(e) = sandbox.stop(STOP_DEADLINE) {
         tracing::warn!(error = %super::error_chain(&e), "stopping the sandbox");
     }
+    timings.mark("sandbox_stopped_s");
     code
 }
 
 /// From the mount to the container's end; the sandbox runs.
-fn run_container(sandbox: &Sandbox, p: &Prepared, signals: &Signals) -> i32 {
+fn run_container(sandbox: &Sandbox, p: &Prepared, signals: &Signals, timings: &Timings) -> i32 {
     let agent = sandbox.agent();
     let id = p.name.as_str();
     let before = |what: &str, e: &dyn std::error::Error| {
@@ -330,13 +388,16 @@ fn run_container(sandbox: &Sandbox, p: &Prepared, signals: &Signals) -> i32 {
     if let Err(e) = agent.mount(&mount) {
         return before("mounting the rootfs share", &e);
     }
+    timings.mark("rootfs_mounted_s");
     let streams = match ProcessStreams::open(sandbox.vsock_socket(), id, None, &p.stdio) {
         Ok(s) => s,
         Err(e) => return before("opening its stdio", &e),
     };
+    timings.mark("streams_open_s");
     if let Err(e) = agent.create_container(id, &p.spec_json, GUEST_ROOTFS, p.stdio) {
         return before("create", &e);
     }
+    timings.mark("created_s");
     // Raw mode from before the process can write until its output is done.
     let raw = if p.stdio.terminal && term::is_tty(libc::STDIN_FILENO) {
         match term::RawMode::enable(libc::STDIN_FILENO) {
@@ -352,6 +413,7 @@ fn run_container(sandbox: &Sandbox, p: &Prepared, signals: &Signals) -> i32 {
         let _ = agent.remove_container(id);
         return code;
     }
+    timings.mark("started_s");
     let code = match attach::attach(agent, id, streams, p.stdio, signals, HostIo::husk()) {
         Ok(exit) => {
             if exit.oom_killed {
@@ -367,9 +429,11 @@ fn run_container(sandbox: &Sandbox, p: &Prepared, signals: &Signals) -> i32 {
             EXIT_HUSK_ERROR
         }
     };
+    timings.mark("exited_s");
     drop(raw);
     if let Err(e) = agent.remove_container(id) {
         tracing::debug!(container = id, error = %e, "removing the container");
     }
+    timings.mark("removed_s");
     code
 }

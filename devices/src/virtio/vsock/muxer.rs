@@ -132,7 +132,7 @@ impl Muxer {
             rxq: VecDeque::new(),
             ctrl: VecDeque::new(),
             graveyard: Vec::new(),
-            next_local_port: HOST_PORT_BASE,
+            next_local_port: first_local_port(),
             max_connections: MAX_CONNECTIONS,
             connect_timeout: CONNECT_TIMEOUT,
             warn: WarnLimiter::default(),
@@ -555,5 +555,43 @@ impl Muxer {
             }
         }
         None
+    }
+}
+
+/// Where a muxer's host-side ports start: a random point in the upper half
+/// of the host port range. A VM restored from a snapshot still has the
+/// template guest's sockets, some of them closing; a new host connection
+/// on the same (host port, guest port) pair as one of those would be
+/// answered by the stale socket with a reset. Every muxer counting from the
+/// same port made that happen to the first connection after a restore.
+fn first_local_port() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), libc::GRND_NONBLOCK) };
+    let r = if n == 4 {
+        u32::from_ne_bytes(b)
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    };
+    HOST_PORT_BASE + (r & ((1 << 29) - 1))
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn muxers_start_their_host_ports_at_different_places() {
+        let firsts: Vec<u32> = (0..8).map(|_| first_local_port()).collect();
+        assert!(firsts
+            .iter()
+            .all(|p| (HOST_PORT_BASE..HOST_PORT_BASE + (1 << 29)).contains(p)));
+        let mut d = firsts.clone();
+        d.sort_unstable();
+        d.dedup();
+        assert!(d.len() > 1, "{firsts:?}");
     }
 }

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""`husk run -- /bin/true` against `runc run` of the same bundle, in one run.
+
+Builds a busybox-static bundle (rootfs + config.json from `runc spec`), then:
+- runc: N runs of `runc run` (no terminal) of /bin/true, wall time each;
+- husk: one `husk run` that makes the template (cold boot, reported apart),
+  then N runs from the template, wall time each, with husk's own step
+  timings (`--timings`): sandbox restored and agent ready, rootfs share
+  mounted, stdio streams open, container created (guest: validate, claim
+  streams, cgroup), started (guest: clone, namespaces, mounts, pivot_root,
+  credentials, exec), exited (output drained), removed, sandbox stopped.
+
+Usage: perf/run.py [--runs 10] [--husk target/release/husk]
+Run from the repository root after ./setup.sh, as root, with runc
+installed (`apt-get install runc`). Prints Markdown.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, RUST_LOG="warn")
+STEPS = ["sandbox_vm_running_s", "sandbox_agent_ready_s", "rootfs_mounted_s", "streams_open_s",
+         "created_s", "started_s", "exited_s", "removed_s", "sandbox_stopped_s"]
+
+
+def bundle(tmp):
+    b = os.path.join(tmp, "bundle")
+    rootfs = os.path.join(b, "rootfs")
+    os.makedirs(os.path.join(rootfs, "bin"))
+    shutil.copy("/bin/busybox", os.path.join(rootfs, "bin", "busybox"))
+    out = subprocess.run([os.path.join(rootfs, "bin", "busybox"), "--list"], capture_output=True, text=True,
+                         check=True).stdout
+    for name in out.split():
+        if name != "busybox":
+            os.symlink("busybox", os.path.join(rootfs, "bin", name))
+    subprocess.run(["runc", "spec"], cwd=b, check=True)
+    with open(os.path.join(b, "config.json")) as f:
+        spec = json.load(f)
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = ["/bin/true"]
+    with open(os.path.join(b, "config.json"), "w") as f:
+        json.dump(spec, f)
+    return b, rootfs
+
+
+def timed(cmd, **kw):
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, **kw)
+    dt = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed ({r.returncode}): {r.stderr}")
+    return dt
+
+
+def read_timings(path):
+    t = {}
+    with open(path) as f:
+        for line in f:
+            k, _, v = line.partition(": ")
+            t[k] = float(v)
+    return t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--husk", default=os.path.join(ROOT, "target/release/husk"))
+    a = ap.parse_args()
+    if shutil.which("runc") is None:
+        raise SystemExit("runc is needed for the baseline: apt-get install runc")
+    tmp = tempfile.mkdtemp(prefix="husk-run-perf-")
+    try:
+        b, rootfs = bundle(tmp)
+        runc = [timed(["runc", "run", f"perf{i}"], cwd=b) for i in range(a.runs)]
+        store, run_dir = os.path.join(tmp, "store"), os.path.join(tmp, "run")
+        husk = [a.husk, "run", "--store", store, "--run-dir", run_dir, "--rootfs", rootfs]
+        tfile = os.path.join(tmp, "t")
+        first = timed(husk + ["--timings", tfile, "--", "/bin/true"])
+        first_t = read_timings(tfile)
+        walls, steps = [], []
+        for _ in range(a.runs):
+            walls.append(timed(husk + ["--timings", tfile, "--", "/bin/true"]))
+            steps.append(read_timings(tfile))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    check = subprocess.run([a.husk, "check"], capture_output=True, text=True).stdout
+    kind = next((l for l in check.splitlines() if l.startswith("virtualization:")), "virtualization: ?")
+    p50 = statistics.median(walls)
+    r50 = statistics.median(runc)
+    print(f"host {kind.split(': ', 1)[1]}; guest 128 MiB, 1 vCPU; busybox-static bundle\n")
+    print(f"| `/bin/true`, wall time | median of {a.runs} | min | max |")
+    print("|---|---|---|---|")
+    print(f"| runc run (host) | {r50:.3f} s | {min(runc):.3f} s | {max(runc):.3f} s |")
+    print(f"| husk run, from the template | {p50:.3f} s | {min(walls):.3f} s | {max(walls):.3f} s |")
+    print(f"| **husk / runc** | **{p50 / r50:.1f}x** | | |")
+    print(f"\nfirst husk run (makes the template: cold boot + snapshot, then the run): {first:.2f} s "
+          f"(agent ready at {first_t.get('sandbox_agent_ready_s', 0):.2f} s)\n")
+    print("husk run steps, median of each step's duration (from the previous step's end):\n")
+    print("| step | median |")
+    print("|---|---|")
+    prev = None
+    for k in STEPS:
+        durs = []
+        for s in steps:
+            if k in s:
+                durs.append(s[k] - (s[prev] if prev and prev in s else 0.0))
+        if durs:
+            print(f"| {k[:-2]} | {statistics.median(durs) * 1000:.0f} ms |")
+        prev = k
+
+
+if __name__ == "__main__":
+    main()
