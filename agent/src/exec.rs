@@ -444,8 +444,35 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
 /// SIGCHLD, so it is reaped like any child.
 fn clone_vfork(setup: &ChildSetup<'_>) -> io::Result<libc::pid_t> {
     let stack = ChildStack::new()?;
-    // While the child shares our memory no signal handler of ours may run
-    // in it: block everything; it resets dispositions, then its mask.
+    // SAFETY: child_entry only runs child_after_fork on `setup`, which
+    // outlives the call (we are suspended until the child exec'd or exited).
+    unsafe {
+        clone_vfork_with(
+            &stack,
+            0,
+            child_entry,
+            std::ptr::from_ref(setup).cast_mut().cast(),
+        )
+    }
+}
+
+/// clone(CLONE_VM | CLONE_VFORK | SIGCHLD | `extra_flags`) running
+/// `entry(arg)` on `stack`, with every signal blocked around it: while the
+/// child shares our memory no signal handler of ours may run in it (it
+/// resets dispositions with [`reset_signals`], then its mask). Returns once
+/// the child has exec'd or exited. Shared by `Exec` and the containers.
+///
+/// # Safety
+///
+/// `entry` must only make async-signal-safe calls on data behind `arg`,
+/// which must stay valid until this returns; `stack` is used by nothing
+/// else meanwhile.
+pub(crate) unsafe fn clone_vfork_with(
+    stack: &ChildStack,
+    extra_flags: libc::c_int,
+    entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> io::Result<libc::pid_t> {
     // SAFETY: sigset_t is plain data that sigfillset initialises;
     // pthread_sigmask reads one set and writes the other.
     let (all, mut old) = unsafe {
@@ -458,16 +485,14 @@ fn clone_vfork(setup: &ChildSetup<'_>) -> io::Result<libc::pid_t> {
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
     }
-    // SAFETY: child_entry only runs child_after_fork on `setup`, which
-    // outlives the call; the stack is ours and unused by anything else; the
-    // flags make the child share only memory (not files, signal handlers
-    // or TLS state beyond the errno slot of this suspended thread).
+    // SAFETY: the caller's contract: `entry` and `arg` are fit for a
+    // CLONE_VM child and outlive the call (CLONE_VFORK); the stack is ours.
     let pid = unsafe {
         libc::clone(
-            child_entry,
+            entry,
             stack.top(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            std::ptr::from_ref(setup).cast_mut().cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD | extra_flags,
+            arg,
         )
     };
     let clone_error = io::Error::last_os_error();
@@ -477,6 +502,36 @@ fn clone_vfork(setup: &ChildSetup<'_>) -> io::Result<libc::pid_t> {
         return Err(clone_error);
     }
     Ok(pid)
+}
+
+/// In a cloned child: puts every signal of `set` (those not at their
+/// default in the agent, [`not_default_signals`]) back to `SIG_DFL`, so
+/// none stays ignored across exec and no handler of ours runs in the child.
+/// The raw call also reaches the signals glibc keeps for itself (32, 33),
+/// which its sigaction refuses.
+///
+/// # Safety
+///
+/// Async-signal-safe; call only in a freshly cloned child.
+pub(crate) unsafe fn reset_signals(set: &SignalSet) {
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for &sig in set.as_slice() {
+        // SAFETY: a valid kernel sigaction, alive for the call.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &default,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
+        };
+    }
 }
 
 /// Runs in the child after clone: places stdio, makes the process group
@@ -512,23 +567,8 @@ unsafe fn child_after_fork(s: &ChildSetup<'_>) -> ! {
         }
         // The agent blocks SIGCHLD, SIGTERM, ... and std ignores SIGPIPE;
         // both would outlive exec. Every signal not at its default is reset
-        // (see not_default_signals). The raw call also reaches the signals
-        // glibc keeps for itself (32, 33), which its sigaction refuses.
-        let default = KernelSigaction {
-            handler: libc::SIG_DFL,
-            flags: 0,
-            restorer: 0,
-            mask: 0,
-        };
-        for &sig in s.reset.as_slice() {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                &default,
-                std::ptr::null_mut::<KernelSigaction>(),
-                8usize,
-            );
-        }
+        // (see not_default_signals).
+        reset_signals(s.reset);
         if libc::sigprocmask(libc::SIG_SETMASK, &s.empty_mask, std::ptr::null_mut()) != 0 {
             fail(STEP_SIGMASK);
         }

@@ -28,7 +28,7 @@ use super::caps::{CapHeader, CapSets, LINUX_CAPABILITY_VERSION_3};
 use super::mounts::RootfsPlan;
 use super::seccomp::Filters;
 use super::spec::ProcessPlan;
-use crate::exec::{ChildStack, KernelSigaction};
+use crate::exec::{clone_vfork_with, not_default_signals, reset_signals, ChildStack, SignalSet};
 use crate::reaper::{cloexec_pipe, ExitWatch, Reaper};
 
 /// Steps the child reports (the byte on the report pipe).
@@ -154,6 +154,8 @@ struct Setup<'a> {
     cap_data: [super::caps::CapData; 2],
     report: RawFd,
     empty_mask: libc::sigset_t,
+    /// The signals to put back to their default (asked before the clone).
+    reset: &'static SignalSet,
 }
 
 fn nul_terminated(v: &[CString]) -> Vec<*const libc::c_char> {
@@ -237,6 +239,7 @@ pub(super) fn launch(
         ),
         report: report_w.as_raw_fd(),
         empty_mask,
+        reset: not_default_signals(),
     };
     let own_pid_ns = match l.join_pid {
         Some(_) => {
@@ -290,39 +293,20 @@ pub(super) fn launch(
     Ok((pid, watch))
 }
 
-/// Blocks every signal around clone(CLONE_VM | CLONE_VFORK) (no handler of
-/// ours may run in the child while it shares our memory).
+/// Starts `child_main(setup)` with clone(CLONE_VM | CLONE_VFORK) plus the
+/// container's namespace flags ([`clone_vfork_with`]).
 fn clone_vfork(stack: &ChildStack, setup: &Setup<'_>) -> io::Result<libc::pid_t> {
-    // SAFETY: sigset_t is plain data that sigfillset initialises.
-    let (all, mut old) = unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        (all, std::mem::zeroed::<libc::sigset_t>())
-    };
-    // SAFETY: valid sets.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old) };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
-    }
-    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD | setup.l.clone_flags;
     // SAFETY: child_entry only runs child_main on `setup`, which outlives
     // the call (CLONE_VFORK: we are suspended until it exec'd or exited);
     // the stack is ours and unused by anything else.
-    let pid = unsafe {
-        libc::clone(
+    unsafe {
+        clone_vfork_with(
+            stack,
+            setup.l.clone_flags,
             child_entry,
-            stack.top(),
-            flags,
             std::ptr::from_ref(setup).cast_mut().cast(),
         )
-    };
-    let clone_error = io::Error::last_os_error();
-    // SAFETY: restores the mask saved above.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    if pid < 0 {
-        return Err(clone_error);
     }
-    Ok(pid)
 }
 
 extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
@@ -402,23 +386,9 @@ unsafe fn child_main(s: &Setup<'_>) -> libc::c_int {
     // SAFETY: (whole block) raw system calls on descriptors, pointers and
     // NUL-terminated strings prepared before the clone; nothing allocates.
     unsafe {
-        let default = KernelSigaction {
-            handler: libc::SIG_DFL,
-            flags: 0,
-            restorer: 0,
-            mask: 0,
-        };
-        for sig in 1..=64 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    &default,
-                    std::ptr::null_mut::<KernelSigaction>(),
-                    8usize,
-                );
-            }
-        }
+        // Only the signals not at their default in the agent (the child
+        // inherits the agent's dispositions), as Exec's children do.
+        reset_signals(s.reset);
         libc::umask(0);
         check(libc::setsid(), Step::Setsid, 0);
         let io = l.stdio;
