@@ -1,0 +1,311 @@
+//! The real pod VM: a [`Sandbox`] started from the template store, with
+//! one virtio-fs share (tag [`POD_SHARE_TAG`]) of the pod's shared
+//! directory, mounted once in the guest at [`GUEST_SHARE`]. A container's
+//! rootfs is mounted on the host at `<shared>/<cid>/rootfs` and so appears
+//! in the guest at `/run/husk/pod/<cid>/rootfs` with no device change.
+//!
+//! The pod's host directory (`<run_dir>/<pod key>/`, see
+//! [`pod_dir`]) holds the vsock socket (`v.sock`) and `shared/`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use husk_shim_protos::mount::Mount;
+use husk_vmm::{ConsoleConfig, PvmCompat, SeccompMode, ShareConfig};
+use sha2::{Digest, Sha256};
+
+use super::config::Config;
+use super::error::TaskError;
+use super::guest::{ContainerApi, PodFactory, PodRequest, PodVm};
+use super::rootfs;
+use crate::agent_client::{AgentClient, MountSource, MountSpec, ProcessStreams, Stdio};
+use crate::sandbox::store::TemplateStore;
+use crate::sandbox::template_build::VmTemplateBuilder;
+use crate::sandbox::{build_id, GuestSpec, Sandbox, SandboxConfig, Source};
+
+/// The tag of the pod's virtio-fs share.
+pub const POD_SHARE_TAG: &str = "pod";
+/// Where the guest mounts the pod's share.
+pub const GUEST_SHARE: &str = "/run/husk/pod";
+/// The agent API that serves containers.
+const CONTAINER_API: u32 = 4;
+/// A pod's vsock socket, in its directory.
+const VSOCK: &str = "v.sock";
+
+/// The pod's host directory: `<run_dir>/<16 hex digits of
+/// sha256(namespace/pod)>` (short, for the vsock socket path's 108 bytes).
+pub fn pod_dir(run_dir: &Path, namespace: &str, pod: &str) -> PathBuf {
+    let h = Sha256::digest(format!("{namespace}/{pod}").as_bytes());
+    let hex: String = h.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    run_dir.join(hex)
+}
+
+/// The sandbox id for a pod id: itself when it is a valid sandbox id,
+/// else `pod-` and a hash.
+pub fn sandbox_id(pod: &str) -> String {
+    let ok = (1..=64).contains(&pod.len())
+        && !pod.starts_with('.')
+        && pod
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        return pod.to_owned();
+    }
+    let h = Sha256::digest(pod.as_bytes());
+    format!(
+        "pod-{}",
+        h.iter()
+            .take(12)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+/// Starts the pods of one shim.
+pub struct SandboxFactory {
+    pub config: Config,
+    pub namespace: String,
+    pub pod: String,
+}
+
+impl PodFactory for SandboxFactory {
+    fn start(&self, request: &PodRequest) -> Result<Arc<dyn PodVm>, TaskError> {
+        let pod_err = |message: String| TaskError::Pod {
+            pod: self.pod.clone(),
+            message,
+        };
+        let config = self
+            .config
+            .with_annotations(&request.annotations)
+            .map_err(|e| TaskError::invalid(&self.pod, e.to_string()))?;
+        for (what, p) in [("kernel", &config.kernel), ("initramfs", &config.initramfs)] {
+            if !p.is_file() {
+                return Err(TaskError::FailedPrecondition {
+                    task: self.pod.clone(),
+                    message: format!(
+                        "the guest {what} {} is missing (set `{what}` in the husk config, or run `husk install`)",
+                        p.display()
+                    ),
+                });
+            }
+        }
+        let dir = pod_dir(&config.run_dir, &self.namespace, &self.pod);
+        let shared = dir.join("shared");
+        std::fs::create_dir_all(&shared)
+            .map_err(|e| pod_err(format!("creating {}: {e}", shared.display())))?;
+        let guest = GuestSpec {
+            kernel: config.kernel.clone(),
+            initrd: config.initramfs.clone(),
+            cmdline_extra: String::new(),
+            mem_mib: config.vm_memory_mib(request.memory_limit),
+            vcpus: config.vcpus,
+            pvm_compat: PvmCompat::Auto,
+        };
+        let seccomp =
+            SeccompMode::from_env(SeccompMode::Enforce).map_err(|e| pod_err(e.to_string()))?;
+        let source = if config.templates {
+            match TemplateStore::open(&config.template_dir, build_id()) {
+                Ok(store) => Source::Store {
+                    guest,
+                    store,
+                    builder: VmTemplateBuilder {
+                        boot_timeout: config.boot_timeout(),
+                        seccomp,
+                    },
+                },
+                Err(e) => {
+                    tracing::warn!(pod = %self.pod, error = %crate::cli::error_chain(&e), "template store unusable; booting cold");
+                    Source::Boot(guest)
+                }
+            }
+        } else {
+            Source::Boot(guest)
+        };
+        let id = sandbox_id(&self.pod);
+        let mut cfg = SandboxConfig::new(&id, &dir, source);
+        cfg.vsock_socket = Some(dir.join(VSOCK));
+        cfg.shares = vec![ShareConfig {
+            tag: POD_SHARE_TAG.into(),
+            shared_dir: Some(shared.clone()),
+            read_only: false,
+        }];
+        cfg.console = ConsoleConfig {
+            file: config
+                .console_dir
+                .as_ref()
+                .map(|d| d.join(format!("{id}.log"))),
+            log: config.console_dir.is_none(),
+        };
+        cfg.seccomp = seccomp;
+        cfg.agent_timeout = Some(config.agent_timeout());
+        let sandbox = Sandbox::start(cfg).map_err(|e| pod_err(crate::cli::error_chain(&e)))?;
+        let agent = sandbox.agent();
+        match agent.version() {
+            Ok(v) if v.api_version >= CONTAINER_API => {}
+            Ok(v) => {
+                return Err(pod_err(format!(
+                    "the guest agent {} speaks API {}; containers need API {CONTAINER_API}",
+                    v.agent_version, v.api_version
+                )))
+            }
+            Err(e) => return Err(pod_err(format!("asking the agent its version: {e}"))),
+        }
+        agent
+            .mount(&MountSpec::new(
+                MountSource::Share(POD_SHARE_TAG.into()),
+                GUEST_SHARE,
+            ))
+            .map_err(|e| pod_err(format!("mounting the pod share: {e}")))?;
+        let info = sandbox.start_info();
+        tracing::info!(pod = %self.pod, restored = info.restored, template_created = info.template_created,
+            agent_ready_s = info.agent_ready.as_secs_f64(), "pod VM ready");
+        Ok(Arc::new(Pod {
+            id: self.pod.clone(),
+            dir,
+            shared,
+            sandbox: Some(sandbox),
+        }))
+    }
+}
+
+/// One pod's VM.
+pub struct Pod {
+    id: String,
+    /// The pod's directory (removed on drop).
+    dir: PathBuf,
+    shared: PathBuf,
+    /// Present until drop.
+    sandbox: Option<Sandbox>,
+}
+
+impl Pod {
+    fn sandbox(&self) -> &Sandbox {
+        self.sandbox
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("sandbox taken before drop"))
+    }
+
+    fn rootfs_dir(&self, cid: &str) -> PathBuf {
+        self.shared.join(cid)
+    }
+}
+
+impl PodVm for Pod {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn api(&self) -> &dyn ContainerApi {
+        self.sandbox().agent()
+    }
+
+    fn connect(&self) -> Result<Box<dyn ContainerApi>, TaskError> {
+        let c = AgentClient::connect(self.sandbox().vsock_socket(), Duration::from_secs(10))
+            .map_err(|e| TaskError::Pod {
+                pod: self.id.clone(),
+                message: format!("connecting to the agent: {e}"),
+            })?;
+        Ok(Box::new(c))
+    }
+
+    fn attach_rootfs(
+        &self,
+        cid: &str,
+        bundle: &Path,
+        mounts: &[Mount],
+    ) -> Result<String, TaskError> {
+        let dir = self.rootfs_dir(cid);
+        let target = dir.join("rootfs");
+        rootfs::mount_rootfs(mounts, &bundle.join("rootfs"), &target).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&dir);
+            TaskError::internal(
+                cid,
+                format!("mounting its rootfs on {}: {e}", target.display()),
+            )
+        })?;
+        Ok(format!("{GUEST_SHARE}/{cid}/rootfs"))
+    }
+
+    fn detach_rootfs(&self, cid: &str) {
+        let dir = self.rootfs_dir(cid);
+        rootfs::unmount_all(&dir.join("rootfs"));
+        let left = rootfs::mounts_below(&dir);
+        if left.is_empty() {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            tracing::warn!(container = cid, mounts = ?left, "rootfs still mounted; directory kept");
+        }
+    }
+
+    fn open_streams(
+        &self,
+        cid: &str,
+        exec_id: Option<&str>,
+        stdio: &Stdio,
+    ) -> Result<ProcessStreams, TaskError> {
+        ProcessStreams::open(self.sandbox().vsock_socket(), cid, exec_id, stdio).map_err(|e| {
+            TaskError::Pod {
+                pod: self.id.clone(),
+                message: format!("container {cid}: opening its stdio: {e}"),
+            }
+        })
+    }
+
+    fn wait_exit(&self, timeout: Duration) -> Option<String> {
+        self.sandbox()
+            .vmm()
+            .wait(Some(timeout))
+            .map(|o| format!("{o:?}"))
+    }
+
+    fn power_off(&self, deadline: Duration) {
+        let vm = self.sandbox().vmm();
+        if vm.outcome().is_none() {
+            if let Err(e) = self.sandbox().agent().shutdown_within(deadline / 2) {
+                tracing::info!(pod = %self.id, error = %e, "the guest did not take the shutdown request");
+            }
+            if vm.wait(Some(deadline / 2)).is_none() {
+                tracing::warn!(pod = %self.id, "the guest did not power off in time; stopping the VM");
+                let _ = vm.stop();
+            }
+        }
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        // The VM first (stopped, its threads joined), then the rootfs
+        // mounts left by containers never deleted, then the directory.
+        drop(self.sandbox.take());
+        for mp in rootfs::mounts_below(&self.shared).iter().rev() {
+            rootfs::unmount_all(Path::new(mp));
+        }
+        let left = rootfs::mounts_below(&self.dir);
+        if left.is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            tracing::warn!(pod = %self.id, mounts = ?left, "mounts left under the pod directory; kept");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_dirs() {
+        assert_eq!(sandbox_id("abc"), "abc");
+        let long = "a".repeat(76);
+        assert!(sandbox_id(&long).starts_with("pod-"));
+        assert_eq!(sandbox_id(&long).len(), 28);
+        assert!(sandbox_id("a/b").starts_with("pod-"));
+        let d = pod_dir(Path::new("/run/husk/pods"), "k8s.io", &"f".repeat(64));
+        assert_eq!(d.to_string_lossy().len(), "/run/husk/pods/".len() + 16);
+        assert_ne!(
+            d,
+            pod_dir(Path::new("/run/husk/pods"), "default", &"f".repeat(64))
+        );
+    }
+}
