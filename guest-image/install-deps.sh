@@ -2,8 +2,12 @@
 # Installs the Debian packages husk's build and tests need; does nothing when
 # they are already there (so it is cheap to run every time).
 set -euo pipefail
-# busybox-static: the debug initramfs's tools (a static /bin/busybox).
-pkgs=(linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio python3 gcc make xz-utils patch util-linux e2fsprogs busybox-static)
+# busybox-static: the debug initramfs's tools (a static /bin/busybox), and the
+# busybox OCI image of the containerd tests.
+# containerd, runc, containernetworking-plugins: the end-to-end tests against a
+# real containerd (tests/containerd.rs; util-linux's `script` for ctr run -t).
+pkgs=(linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio python3 gcc make xz-utils patch util-linux e2fsprogs busybox-static
+      containerd runc containernetworking-plugins)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

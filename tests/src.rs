@@ -2,8 +2,16 @@
 //!
 //! VM tests need /dev/kvm. Where it is absent they print a clear SKIP line
 //! and return; where it is present they must run (and fail for real).
+//!
+//! End-to-end tests against a real containerd use [`containerd`] (the
+//! daemon fixture, `ctr`, the leak census), [`oci`] (busybox images built
+//! locally) and [`pty`] (`ctr run -t` on a pseudo-terminal).
 
 use std::path::{Path, PathBuf};
+
+pub mod containerd;
+pub mod oci;
+pub mod pty;
 
 /// True when /dev/kvm can be opened read-write; otherwise prints why the
 /// calling test is skipped.
