@@ -77,6 +77,7 @@ pub struct Options {
     cri: bool,
     namespace: Option<String>,
     debug: bool,
+    env: Vec<(String, String)>,
 }
 
 impl Options {
@@ -112,6 +113,13 @@ impl Options {
     /// fixture removes them.
     pub fn namespace(mut self, ns: &str) -> Self {
         self.namespace = Some(ns.to_string());
+        self
+    }
+
+    /// Sets `key=value` in containerd's environment (and so its shims':
+    /// e.g. `HUSK_CONFIG`).
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_owned(), value.into()));
         self
     }
 
@@ -279,6 +287,7 @@ disabled_plugins = [{disabled}]
             .arg(&config_path)
             .current_dir(&work)
             .env("PATH", path)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

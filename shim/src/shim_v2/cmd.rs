@@ -139,14 +139,10 @@ pub fn start(args: &Args) -> Result<String, String> {
     let sock = socket_path(&args.address, &args.namespace, &pod);
     let address = format!("unix://{}", sock.display());
     std::fs::create_dir_all(SOCKET_DIR).map_err(|e| format!("{SOCKET_DIR}: {e}"))?;
-    // One `start` at a time per pod.
-    let lock_path = sock.with_extension("lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    // One `start` at a time (a lock on the socket directory itself: no
+    // file of ours beside containerd's sockets).
+    let lock_path = Path::new(SOCKET_DIR);
+    let lock = std::fs::File::open(lock_path).map_err(|e| format!("{SOCKET_DIR}: {e}"))?;
     // SAFETY: flock on a descriptor we own; released when `lock` drops.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(format!(
@@ -232,7 +228,6 @@ pub fn delete(args: &Args) -> Result<Vec<u8>, String> {
             }
         }
         let _ = std::fs::remove_file(&sock);
-        let _ = std::fs::remove_file(sock.with_extension("lock"));
     }
     let r = DeleteResponse {
         pid: 0,
@@ -367,7 +362,6 @@ pub fn serve(args: &Args) -> Result<(), String> {
     drop(listener);
     let sock = socket_path(&args.address, &args.namespace, &pod);
     let _ = std::fs::remove_file(&sock);
-    let _ = std::fs::remove_file(sock.with_extension("lock"));
     Ok(())
 }
 

@@ -52,7 +52,8 @@ pub fn main(args: &[std::ffi::OsString]) -> i32 {
             0
         }
         "start" => {
-            stderr_log();
+            // containerd reads start's stdout and stderr as one (the
+            // address): no log lines there; a failure is one line.
             match cmd::start(&a) {
                 Ok(address) => {
                     print!("{address}");

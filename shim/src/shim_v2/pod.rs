@@ -268,16 +268,18 @@ impl PodVm for Pod {
             if vm.wait(Some(deadline / 2)).is_none() {
                 tracing::warn!(pod = %self.id, "the guest did not power off in time; stopping the VM");
                 let _ = vm.stop();
+                let _ = vm.wait(Some(husk_vmm::api::DROP_STOP_TIMEOUT));
             }
         }
+        // The VM is gone: its host files can go now, whoever drops it.
+        self.release_host_files();
     }
 }
 
-impl Drop for Pod {
-    fn drop(&mut self) {
-        // The VM first (stopped, its threads joined), then the rootfs
-        // mounts left by containers never deleted, then the directory.
-        drop(self.sandbox.take());
+impl Pod {
+    /// Unmounts the rootfs mounts left (containers never deleted) and
+    /// removes the pod's directory; call once the VM has ended.
+    fn release_host_files(&self) {
         for mp in rootfs::mounts_below(&self.shared).iter().rev() {
             rootfs::unmount_all(Path::new(mp));
         }
@@ -287,6 +289,14 @@ impl Drop for Pod {
         } else {
             tracing::warn!(pod = %self.id, mounts = ?left, "mounts left under the pod directory; kept");
         }
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        // The VM first (stopped, its threads joined), then the host files.
+        drop(self.sandbox.take());
+        self.release_host_files();
     }
 }
 

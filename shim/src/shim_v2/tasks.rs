@@ -242,19 +242,26 @@ impl Tasks {
         Ok(vm)
     }
 
-    /// The VM's end, and its OOM events.
+    /// The VM's end, and its OOM events. The watchers hold the VM only
+    /// weakly (or not at all), so that the VM is released where the
+    /// service lets go of it.
     fn watch(&self, vm: Arc<dyn PodVm>, generation: u64) {
         let me = self.me.clone();
-        let vm2 = vm.clone();
+        let weak = Arc::downgrade(&vm);
         let exits = std::thread::Builder::new()
             .name("husk-vm-watch".into())
             .spawn(move || loop {
-                if let Some(why) = vm2.wait_exit(Duration::from_secs(1)) {
+                let Some(vm) = weak.upgrade() else {
+                    return;
+                };
+                if let Some(why) = vm.wait_exit(Duration::from_secs(1)) {
+                    drop(vm);
                     if let Some(t) = me.upgrade() {
                         t.vm_ended(generation, &why);
                     }
                     return;
                 }
+                drop(vm);
                 match me.upgrade() {
                     Some(t) if t.current_generation() == Some(generation) => {}
                     _ => return,
@@ -263,40 +270,38 @@ impl Tasks {
         if let Err(e) = exits {
             tracing::error!(pod = vm.id(), error = %e, "cannot watch the VM");
         }
+        let api = match vm.connect() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "no OOM events for this pod");
+                return;
+            }
+        };
         let me = self.me.clone();
         let events = std::thread::Builder::new()
             .name("husk-oom-watch".into())
-            .spawn(move || {
-                let api = match vm.connect() {
-                    Ok(a) => a,
+            .spawn(move || loop {
+                match me.upgrade() {
+                    Some(t) if t.current_generation() == Some(generation) => {}
+                    _ => return,
+                }
+                match api.wait_event(Duration::from_secs(2)) {
+                    Ok(Some(ContainerEvent::Oom { container_id })) => {
+                        if let Some(t) = me.upgrade() {
+                            tracing::info!(container = %container_id, "OOM kill");
+                            t.publish(
+                                topic::OOM,
+                                to_any(&TaskOOM {
+                                    container_id,
+                                    ..Default::default()
+                                }),
+                            );
+                        }
+                    }
+                    Ok(None) => {}
                     Err(e) => {
-                        tracing::warn!(error = %e, "no OOM events for this pod");
-                        return;
-                    }
-                };
-                loop {
-                    match me.upgrade() {
-                        Some(t) if t.current_generation() == Some(generation) => {}
-                        _ => return,
-                    }
-                    match api.wait_event(Duration::from_secs(2)) {
-                        Ok(Some(ContainerEvent::Oom { container_id })) => {
-                            if let Some(t) = me.upgrade() {
-                                tracing::info!(container = %container_id, "OOM kill");
-                                t.publish(
-                                    topic::OOM,
-                                    to_any(&TaskOOM {
-                                        container_id,
-                                        ..Default::default()
-                                    }),
-                                );
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::debug!(error = %e, "waiting for container events");
-                            std::thread::sleep(Duration::from_secs(1));
-                        }
+                        tracing::debug!(error = %e, "waiting for container events");
+                        std::thread::sleep(Duration::from_secs(1));
                     }
                 }
             });

@@ -1,0 +1,298 @@
+//! `containerd-shim-husk-v2` under a real containerd (Debian's 1.6.20,
+//! started by the test with its own root, state and sockets): `ctr run
+//! --runtime io.containerd.husk.v2` runs busybox in a pod VM from a
+//! template. Needs root, /dev/kvm, containerd and the guest image; skips
+//! with a SKIP line only where one is absent.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use husk_tests::containerd::{Containerd, Options};
+use husk_tests::pty::Pty;
+
+const RUNTIME: &str = "io.containerd.husk.v2";
+
+fn shim_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_containerd-shim-husk-v2"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn available(test: &str) -> bool {
+    if !husk_tests::kvm_available(test) || !Containerd::available(test) {
+        return false;
+    }
+    let (kernel, initrd) = husk_tests::guest_image();
+    if !kernel.is_file() || !initrd.is_file() {
+        eprintln!("SKIP {test}: guest image not built (bash guest-image/build.sh)");
+        return false;
+    }
+    true
+}
+
+/// A husk config for this test: the repo's guest image, templates in a
+/// store shared by the shim tests (the first pod pays the cold boot), the
+/// pods' directories under the test's own run dir.
+fn husk_config(name: &str, extra: &str) -> (PathBuf, PathBuf) {
+    let dir = husk_tests::temp_path(&format!("shim-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (kernel, initrd) = husk_tests::guest_image();
+    let store = husk_tests::oci::target_dir().join("husk-shim-templates");
+    let run_dir = dir.join("pods");
+    let text = format!(
+        "kernel = {:?}\ninitramfs = {:?}\ntemplate_dir = {:?}\nrun_dir = {:?}\nconsole_dir = {:?}\ndebug = true\n{extra}\n",
+        kernel, initrd, store, run_dir, dir,
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    (path, run_dir)
+}
+
+fn containerd(name: &str, extra_config: &str) -> (Containerd, PathBuf) {
+    let (config, run_dir) = husk_config(name, extra_config);
+    let c = Containerd::start_with(
+        Options::new()
+            .path_dir(shim_dir())
+            .env("HUSK_CONFIG", config.to_string_lossy())
+            .debug(true),
+    )
+    .expect("start containerd");
+    (c, run_dir)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn task_status(c: &Containerd, id: &str) -> Option<String> {
+    let out = c.ctr_ok(["tasks", "ls"]);
+    out.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.first() == Some(&id)).then(|| f.last().map(|s| s.to_string()))?
+    })
+}
+
+/// Nothing of the pods is left: no pod directory, no shim, and (the
+/// fixture's census) no socket, mount or FIFO.
+fn assert_clean(c: &Containerd, run_dir: &Path) {
+    c.assert_no_leaks(Duration::from_secs(30));
+    let left: Vec<_> = std::fs::read_dir(run_dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "pod directories left: {left:?}");
+}
+
+fn run(c: &Containerd, img: &str, id: &str, cmd: &[&str]) -> std::process::Output {
+    let mut args = vec!["run", "--rm", "--runtime", RUNTIME, img, id];
+    args.extend_from_slice(cmd);
+    c.ctr_timeout(args, Duration::from_secs(300))
+        .expect("ctr run within 300 s")
+}
+
+/// Output, exit codes, the guest kernel, exec, kill, and nothing left.
+#[test]
+fn ctr_runs_containers_in_a_pod_vm() {
+    if !available("ctr_runs_containers_in_a_pod_vm") {
+        return;
+    }
+    let (c, run_dir) = containerd("basics", "");
+    let img = c.import_busybox().expect("import busybox");
+    let t0 = Instant::now();
+    let out = run(&c, &img, "hello", &["echo", "hello"]);
+    assert!(out.status.success(), "{out:?}\n{}", c.log_tail(60));
+    assert_eq!(text(&out.stdout), "hello\n");
+    eprintln!("first ctr run (template or restore): {:?}", t0.elapsed());
+
+    let t0 = Instant::now();
+    let out = run(&c, &img, "exit3", &["sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}\n{}", c.log_tail(60));
+    eprintln!("second ctr run: {:?}", t0.elapsed());
+
+    // The guest's kernel, not the host's.
+    let out = run(&c, &img, "uname", &["uname", "-r"]);
+    assert!(out.status.success(), "{out:?}");
+    let host = text(
+        &std::process::Command::new("uname")
+            .arg("-r")
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    assert_ne!(
+        text(&out.stdout).trim(),
+        host.trim(),
+        "the container saw the host kernel"
+    );
+
+    // A long-running task: exec and its code, kill, STOPPED.
+    c.ctr_ok([
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        &img,
+        "sleeper",
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(task_status(&c, "sleeper").as_deref(), Some("RUNNING"));
+    let out = c.ctr([
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "sleeper",
+        "sh",
+        "-c",
+        "exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}\n{}", c.log_tail(60));
+    let out = c.ctr([
+        "task",
+        "exec",
+        "--exec-id",
+        "e2",
+        "sleeper",
+        "cat",
+        "/proc/1/cmdline",
+    ]);
+    assert!(text(&out.stdout).starts_with("sleep"), "{out:?}");
+    c.ctr_ok(["task", "kill", "-s", "SIGKILL", "sleeper"]);
+    let end = Instant::now() + Duration::from_secs(60);
+    while task_status(&c, "sleeper").as_deref() != Some("STOPPED") {
+        assert!(
+            Instant::now() < end,
+            "never STOPPED: {:?}",
+            task_status(&c, "sleeper")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.ctr_ok(["task", "delete", "sleeper"]);
+    c.ctr_ok(["container", "delete", "sleeper"]);
+    assert_clean(&c, &run_dir);
+}
+
+/// A terminal session: typed input, the answer, the exit code.
+#[test]
+fn ctr_tty_session() {
+    if !available("ctr_tty_session") {
+        return;
+    }
+    let (c, run_dir) = containerd("tty", "");
+    let img = c.import_busybox().expect("import busybox");
+    let mut p = Pty::spawn(c.ctr_command([
+        "run",
+        "--rm",
+        "-t",
+        "--runtime",
+        RUNTIME,
+        &img,
+        "tty1",
+        "sh",
+    ]))
+    .expect("ctr under a pty");
+    if let Err(e) = p.expect("# ", Duration::from_secs(300)) {
+        panic!("no prompt: {e}: {}\n{}", p.output_string(), c.log_tail(60));
+    }
+    p.send(b"echo typed-$((1+2)); exit 5\r").unwrap();
+    let (status, out) = p.wait(Duration::from_secs(120)).expect("ctr ends");
+    let out = text(&out);
+    assert!(out.contains("typed-3"), "{out}\n{}", c.log_tail(60));
+    assert_eq!(status.code(), Some(5), "{out}");
+    assert_clean(&c, &run_dir);
+}
+
+/// `kill -9` of the shim, then `ctr task delete`: no VM (it was in the
+/// shim), no directory, no socket.
+#[test]
+fn shim_killed_leaves_nothing() {
+    if !available("shim_killed_leaves_nothing") {
+        return;
+    }
+    let (c, run_dir) = containerd("kill9", "");
+    let img = c.import_busybox().expect("import busybox");
+    c.ctr_ok([
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        &img,
+        "victim",
+        "sleep",
+        "600",
+    ]);
+    let shims = c.shim_pids();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    // SAFETY: kill(2) on a pid of our fixture's shim.
+    assert_eq!(unsafe { libc::kill(shims[0] as i32, libc::SIGKILL) }, 0);
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = c.ctr(["task", "delete", "victim"]);
+        if out.status.success() || task_status(&c, "victim").is_none() {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "task delete kept failing: {out:?}\n{}",
+            c.log_tail(60)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    c.ctr_ok(["container", "delete", "victim"]);
+    // `ctr run -d` leaves its FIFOs for a later `ctr task delete` to
+    // remove; with the shim dead containerd deleted the task itself, so
+    // they are ctr's leftovers (runc's shim leaves the same), not the pod's.
+    for d in std::fs::read_dir(c.fifo_dir()).unwrap().flatten() {
+        let p = d.path();
+        let ours = std::fs::read_dir(&p)
+            .map(|e| {
+                e.flatten()
+                    .any(|f| f.file_name().to_string_lossy().starts_with("victim-"))
+            })
+            .unwrap_or(false);
+        if ours {
+            std::fs::remove_dir_all(&p).unwrap();
+        }
+    }
+    assert_clean(&c, &run_dir);
+}
+
+/// Bad input reaches ctr as a clear error and leaves nothing: a missing
+/// kernel; a guest that cannot boot (an initramfs that is not one).
+#[test]
+fn bad_config_is_a_clear_error() {
+    if !available("bad_config_is_a_clear_error") {
+        return;
+    }
+    let (c, run_dir) = containerd("nokernel", "");
+    // Replace the kernel path with a missing one.
+    let cfg = std::fs::read_to_string(husk_tests::temp_path("shim-nokernel").join("config.toml"))
+        .unwrap();
+    let cfg: String = cfg
+        .lines()
+        .map(|l| {
+            if l.starts_with("kernel =") {
+                "kernel = \"/nonexistent/vmlinux\"".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(
+        husk_tests::temp_path("shim-nokernel").join("config.toml"),
+        cfg,
+    )
+    .unwrap();
+    let img = c.import_busybox().expect("import busybox");
+    let out = run(&c, &img, "nokernel", &["true"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("/nonexistent/vmlinux"), "{err}");
+    let _ = c.ctr(["container", "delete", "nokernel"]);
+    assert_clean(&c, &run_dir);
+}
