@@ -1,29 +1,50 @@
 #!/usr/bin/env bash
-# The main job, on a fresh machine: install build dependencies, build the
-# guest image (kernel cached outside the repo) and husk, then boot a VM to its
-# agent's ready marker and power it off. Prints the boot timings.
+# The main job, on a fresh machine: install what husk needs (Debian
+# packages incl. containerd), build the guest image (kernel cached outside
+# the repo) and husk, then run a container in a pod VM through containerd:
+# a private containerd (its own root, state and sockets under
+# target/demo-containerd, stopped at the end) with the husk shim on its
+# PATH runs `ctr run --runtime io.containerd.husk.v2 busybox ... echo`.
+# The first pod makes the VM template (a cold boot); a second pod restores.
 set -euo pipefail
 cd "$(dirname "$0")"
 bash guest-image/install-deps.sh
 bash guest-image/build.sh
-cargo build --release -q -p husk-shim --bin husk
+cargo build --release -q -p husk-shim --bins
 ./target/release/husk check || { echo "setup: this host cannot run husk VMs (see above)"; exit 1; }
-echo "setup: booting target/guest-image/vmlinux to the agent (slow on nested PVM hosts)"
-./target/release/husk vm run \
-    --kernel target/guest-image/vmlinux \
-    --initrd target/guest-image/initramfs.cpio.gz \
-    --oneshot --timeout 600 --timings --console target/guest-image/console.log
-grep -h "husk-agent ready" target/guest-image/console.log
-# A container in a VM of its own: a busybox rootfs, the first run makes the
-# template (a cold boot), the container prints hello.
-rootfs=target/busybox-rootfs
-if [ ! -x "$rootfs/bin/busybox" ]; then
-    mkdir -p "$rootfs/bin"
-    cp /bin/busybox "$rootfs/bin/busybox"
-    for app in $("$rootfs/bin/busybox" --list); do
-        [ "$app" = busybox ] || ln -sf busybox "$rootfs/bin/$app"
-    done
-fi
-echo "setup: husk run --rootfs $rootfs -- echo hello from a container"
-./target/release/husk run --rootfs "$rootfs" -- echo hello from a container
-echo "setup: done (guest console in target/guest-image/console.log)"
+image_tar=$(cargo run --release -q -p husk-tests --example busybox_image)
+
+work=$PWD/target/demo-containerd
+# husk install into the demo's own prefix (a real node: `husk install`).
+./target/release/husk install --bin-dir "$work/bin" --share-dir "$work/share" \
+    --config "$work/husk.toml" >/dev/null
+rm -rf "$work/root" "$work/state"
+cat >"$work/containerd.toml" <<TOML
+version = 2
+root = "$work/root"
+state = "$work/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$work/containerd.sock"
+[ttrpc]
+  address = "$work/containerd.sock.ttrpc"
+TOML
+HUSK_CONFIG="$work/husk.toml" PATH="$work/bin:$PATH" \
+    containerd --config "$work/containerd.toml" >"$work/containerd.log" 2>&1 </dev/null &
+ctrd=$!
+ctr=(ctr --address "$work/containerd.sock" -n husk-demo)
+stop() {
+    "${ctr[@]}" tasks kill -s SIGKILL demo2 >/dev/null 2>&1 || true
+    kill "$ctrd" 2>/dev/null || true
+    wait "$ctrd" 2>/dev/null || true
+}
+trap stop EXIT
+for _ in $(seq 100); do "${ctr[@]}" version >/dev/null 2>&1 && break; sleep 0.1; done
+"${ctr[@]}" images import "$image_tar" >/dev/null
+for id in demo1 demo2; do
+    t0=$(date +%s.%N)
+    "${ctr[@]}" run --rm --runtime io.containerd.husk.v2 localhost/husk/busybox:latest "$id" \
+        sh -c 'echo "hello from a pod VM: kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) vCPU"'
+    echo "setup: ctr run $id took $(echo "$(date +%s.%N) - $t0" | bc) s"
+done
+echo "setup: done (containerd log: $work/containerd.log; host kernel $(uname -r))"

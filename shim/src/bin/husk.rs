@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use husk_shim::cli::{agent, check, exit_code, run, template, vm_run};
+use husk_shim::cli::{agent, check, exit_code, install, run, template, vm_run};
 
 #[derive(Parser)]
 #[command(name = "husk", version, about = "husk microVM container runtime")]
@@ -29,6 +29,9 @@ enum Command {
         #[command(subcommand)]
         command: TemplateCommand,
     },
+    /// Install containerd-shim-husk-v2, the guest image and
+    /// /etc/husk/config.toml; print containerd's config snippet.
+    Install(install::InstallArgs),
     /// Talk to a guest's agent.
     Agent {
         #[command(subcommand)]
@@ -93,6 +96,7 @@ fn main() {
     let code = match cli.command {
         Command::Check => check::report(&check::run_checks()),
         Command::Run(args) => run::run(&args),
+        Command::Install(args) => install::run(&args),
         Command::Vm {
             command: VmCommand::Run(args),
         } => vm_run::run(&args, start),

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod check;
 pub mod device_args;
+pub mod install;
 pub mod run;
 pub mod template;
 pub mod vm_run;
