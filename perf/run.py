@@ -8,7 +8,8 @@ Builds a busybox-static bundle (rootfs + config.json from `runc spec`), then:
   timings (`--timings`): sandbox restored and agent ready, rootfs share
   mounted, stdio streams open, container created (guest: validate, claim
   streams, cgroup), started (guest: clone, namespaces, mounts, pivot_root,
-  credentials, exec), exited (output drained), removed, sandbox stopped.
+  credentials, exec), exited (output drained), sandbox stopped (husk run
+  does not remove the container: the VM goes).
 
 Usage: perf/run.py [--runs 10] [--husk target/release/husk]
 Run from the repository root after ./setup.sh, as root, with runc
@@ -104,15 +105,15 @@ def main():
     print("husk run steps, median of each step's duration (from the previous step's end):\n")
     print("| step | median |")
     print("|---|---|")
-    prev = None
     for k in STEPS:
         durs = []
         for s in steps:
             if k in s:
-                durs.append(s[k] - (s[prev] if prev and prev in s else 0.0))
+                # From the latest step before it that this run recorded.
+                before = [s[p] for p in STEPS[:STEPS.index(k)] if p in s]
+                durs.append(s[k] - (before[-1] if before else 0.0))
         if durs:
             print(f"| {k[:-2]} | {statistics.median(durs) * 1000:.0f} ms |")
-        prev = k
 
 
 if __name__ == "__main__":

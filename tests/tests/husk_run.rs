@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use husk_shim::agent_client::{
-    AgentClientError, ExecCommand, ExecStatus, MountSource, MountSpec, ProcessExit, ProcessStreams,
-    SignalTarget, Stdio, TtySize,
+    AgentClientError, ContainerEvent, ExecCommand, ExecStatus, MountSource, MountSpec, ProcessExit,
+    ProcessStreams, SignalTarget, Stdio, TtySize,
 };
 use husk_shim::cli::run::spec::{self, SpecOptions};
 use husk_shim::cli::run::{CONTAINER_API, GUEST_ROOTFS, ROOTFS_TAG};
@@ -28,16 +28,22 @@ use husk_vmm::{ConsoleConfig, PvmCompat, SeccompMode, ShareConfig};
 /// How long one container may take to finish.
 const WAIT: Duration = Duration::from_secs(300);
 const MARKER: &str = "husk run rootfs marker\n";
+/// The second rootfs (its own share): its tag, where the guest mounts it,
+/// and the file only it has.
+const OTHER_TAG: &str = "rootfs-b";
+const OTHER_ROOTFS: &str = "/run/husk/rootfs-b";
+const OTHER_ONLY: &str = "only-in-b";
 
-/// A rootfs of static busybox: `bin/busybox` and a relative link per
-/// applet (`busybox --install -s` would link to the host path).
-fn make_rootfs(dir: &Path) -> PathBuf {
+/// A rootfs of static busybox in `dir/name`: `bin/busybox` and a relative
+/// link per applet (`busybox --install -s` would link to the host path),
+/// and `/marker`.
+fn make_rootfs(dir: &Path, name: &str) -> PathBuf {
     let busybox = Path::new("/bin/busybox");
     assert!(
         busybox.exists(),
         "/bin/busybox missing: install busybox-static (guest-image/install-deps.sh does)"
     );
-    let root = dir.join("rootfs");
+    let root = dir.join(name);
     for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
@@ -56,7 +62,7 @@ fn make_rootfs(dir: &Path) -> PathBuf {
     root
 }
 
-fn config(dir: &Path, rootfs: &Path) -> SandboxConfig {
+fn config(dir: &Path, rootfs: &Path, other: &Path) -> SandboxConfig {
     let (kernel, initrd) = guest_image();
     let source = Source::Store {
         guest: GuestSpec {
@@ -74,11 +80,18 @@ fn config(dir: &Path, rootfs: &Path) -> SandboxConfig {
         },
     };
     let mut cfg = SandboxConfig::new("husk-run", dir.join("run"), source);
-    cfg.shares = vec![ShareConfig {
-        tag: ROOTFS_TAG.into(),
-        shared_dir: Some(rootfs.to_path_buf()),
-        read_only: false,
-    }];
+    cfg.shares = vec![
+        ShareConfig {
+            tag: ROOTFS_TAG.into(),
+            shared_dir: Some(rootfs.to_path_buf()),
+            read_only: false,
+        },
+        ShareConfig {
+            tag: OTHER_TAG.into(),
+            shared_dir: Some(other.to_path_buf()),
+            read_only: false,
+        },
+    ];
     cfg.console = ConsoleConfig {
         file: Some(dir.join("console.log")),
         log: false,
@@ -302,8 +315,41 @@ fn isolation(sb: &Sandbox) {
     let r = run_spec(sb, "iso-oom", &spec);
     assert_eq!(r.exit.shell_code(), 137, "{}", text(&r));
     assert!(r.exit.oom_killed, "{}", text(&r));
+    // ... and WaitEvent names the container (the first OOM event of this
+    // sandbox: the agent queues events from its start).
+    assert_eq!(
+        agent.wait_event(Duration::from_secs(30)).unwrap(),
+        Some(ContainerEvent::Oom {
+            container_id: "iso-oom".into()
+        })
+    );
+    // A fork bomb under a pids limit: the forks past the limit fail, and
+    // the agent (outside the container's cgroup) still answers and still
+    // runs containers. The background sleeps hold stdout open until the
+    // init's exit ends the pid namespace.
+    let bomb = spec_edited(
+        &[
+            "sh",
+            "-c",
+            "sh -c 'for i in $(seq 1 40); do sleep 600 & done'; echo forked; exec sleep 3",
+        ],
+        |v| v["linux"]["resources"]["pids"] = serde_json::json!({"limit": 16}),
+    );
+    let r = run_spec(sb, "iso-forks", &bomb);
+    assert_eq!(r.stdout, b"forked\n", "{}", text(&r));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("can't fork"),
+        "{}",
+        text(&r)
+    );
+    assert!(agent.version().unwrap().api_version >= CONTAINER_API);
+    let r = run_spec(
+        sb,
+        "iso-after-forks",
+        &spec_json(&["echo", "still here"], false),
+    );
+    assert_eq!(r.stdout, b"still here\n", "{}", text(&r));
     // A pids limit, stats, the freezer and kill on a running container.
-    // (A fork bomb against the limit is not here yet: see the issue note.)
     let long = spec_edited(&["sh", "-c", "echo running; exec sleep 600"], |v| {
         v["linux"]["resources"]["pids"] = serde_json::json!({"limit": 16})
     });
@@ -333,6 +379,48 @@ fn isolation(sb: &Sandbox) {
     agent.remove_container("iso-long").unwrap();
 }
 
+/// Two containers, each on its own rootfs (two shares): while B runs,
+/// A sees none of B's files or mounts, and B none of A's.
+fn other_rootfs(sb: &Sandbox) {
+    let agent = sb.agent();
+    let stdio = Stdio::pipes(false);
+    let mut streams = ProcessStreams::open(sb.vsock_socket(), "iso-b", None, &stdio).unwrap();
+    let b = spec_json(
+        &[
+            "sh",
+            "-c",
+            &format!("test -e /{OTHER_ONLY} && ! test -e /marker && echo b-up; exec sleep 600"),
+        ],
+        false,
+    );
+    agent
+        .create_container("iso-b", &b, OTHER_ROOTFS, stdio)
+        .unwrap();
+    agent.start_container("iso-b").unwrap();
+    let mut out = streams.stdout.take().unwrap();
+    let mut seen = String::new();
+    read_until(&mut out, &mut seen, "b-up\n");
+    // B's init runs (its mounts are live) while A looks.
+    let r = run_spec(
+        sb,
+        "iso-a",
+        &spec_json(&["sh", "-c", "ls -a /; echo ---; cat /proc/mounts"], false),
+    );
+    let view = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert_eq!(r.exit.shell_code(), 0, "{view}");
+    let (listing, mounts) = view.split_once("---\n").unwrap();
+    assert!(listing.lines().any(|l| l == "marker"), "{view}");
+    assert!(!listing.contains(OTHER_ONLY), "{view}");
+    assert!(!mounts.contains(OTHER_TAG), "{view}");
+    assert!(!mounts.contains(OTHER_ROOTFS), "{view}");
+    assert!(!mounts.contains(GUEST_ROOTFS), "{view}");
+    agent
+        .signal_process("iso-b", SignalTarget::All, libc::SIGKILL)
+        .unwrap();
+    agent.wait_process("iso-b", None, Some(WAIT)).unwrap();
+    agent.remove_container("iso-b").unwrap();
+}
+
 #[test]
 fn containers_in_one_sandbox() {
     let test = "containers_in_one_sandbox";
@@ -341,15 +429,17 @@ fn containers_in_one_sandbox() {
     }
     let dir = temp_path("husk-run");
     std::fs::create_dir_all(&dir).unwrap();
-    let rootfs = make_rootfs(&dir);
-    let sb = Sandbox::start(config(&dir, &rootfs)).unwrap();
+    let rootfs = make_rootfs(&dir, "rootfs");
+    let other = make_rootfs(&dir, "rootfs-b");
+    std::fs::remove_file(other.join("marker")).unwrap();
+    std::fs::write(other.join(OTHER_ONLY), "b\n").unwrap();
+    let sb = Sandbox::start(config(&dir, &rootfs, &other)).unwrap();
     let agent = sb.agent();
-    agent
-        .mount(&MountSpec::new(
-            MountSource::Share(ROOTFS_TAG.into()),
-            GUEST_ROOTFS,
-        ))
-        .unwrap();
+    for (tag, at) in [(ROOTFS_TAG, GUEST_ROOTFS), (OTHER_TAG, OTHER_ROOTFS)] {
+        agent
+            .mount(&MountSpec::new(MountSource::Share(tag.into()), at))
+            .unwrap();
+    }
     // The share is the rootfs: its static busybox runs in the guest (the
     // agent's Exec, API 3).
     let mut cat = ExecCommand::new([
@@ -537,6 +627,7 @@ fn containers_in_one_sandbox() {
     agent.remove_container("long").unwrap();
 
     isolation(&sb);
+    other_rootfs(&sb);
 
     // Bad input and its codes.
     let (code, msg) =

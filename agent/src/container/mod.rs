@@ -32,8 +32,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -227,8 +228,31 @@ struct Container {
     cgroup: Option<cgroup::Cgroup>,
     init: Proc,
     execs: HashMap<String, Proc>,
+    oom: Arc<OomState>,
+}
+
+/// A container's OOM bookkeeping, shared by the registry and the monitor.
+#[derive(Default)]
+struct OomState {
     /// Cleared by remove: the monitor drops the OOM watch.
-    alive: Arc<std::sync::atomic::AtomicBool>,
+    removed: AtomicBool,
+    /// The `oom_kill` count already published as events: whoever sees a
+    /// higher count (the monitor on POLLPRI, or remove's last look before
+    /// the cgroup goes) raises it with `fetch_max` and publishes the
+    /// difference, so no kill is reported twice or lost to a remove that
+    /// came before the kernel's (rate-limited) change notification.
+    reported: AtomicU64,
+}
+
+impl OomState {
+    /// The OOM event for a count of `now` kills, if it is news.
+    fn news(&self, id: &str, now: u64) -> Option<Event> {
+        let before = self.reported.fetch_max(now, Ordering::SeqCst);
+        (now > before).then(|| Event::Oom {
+            id: id.to_owned(),
+            count: now - before,
+        })
+    }
 }
 
 /// Sent to the monitor thread.
@@ -242,7 +266,7 @@ enum Watch {
     Oom {
         id: String,
         events: File,
-        alive: Arc<std::sync::atomic::AtomicBool>,
+        state: Arc<OomState>,
     },
 }
 
@@ -253,6 +277,9 @@ struct Inner {
     to_monitor: Mutex<Sender<Watch>>,
     wake: File,
     subscribers: Mutex<Vec<Sender<Event>>>,
+    /// The pod cgroup once prepared (the agent's own directory: made once,
+    /// usually before the template snapshot; not re-checked per create).
+    pod_cgroup: OnceLock<PathBuf>,
 }
 
 /// The registry of the guest's containers. See the module docs.
@@ -277,6 +304,7 @@ impl Containers {
             to_monitor: Mutex::new(tx),
             wake: File::from(wake_w),
             subscribers: Mutex::new(Vec::new()),
+            pod_cgroup: OnceLock::new(),
         });
         let weak = Arc::downgrade(&inner);
         let monitor = std::thread::Builder::new()
@@ -301,10 +329,14 @@ impl Containers {
     /// any container (can run before a template snapshot). `create` calls
     /// it too (idempotent).
     pub fn prepare_pod_cgroup(&self) -> io::Result<Option<PathBuf>> {
-        match &self.inner.config.cgroup_root {
-            Some(root) => cgroup::prepare_parent(root, &self.inner.config.cgroup_parent).map(Some),
-            None => Ok(None),
+        let Some(root) = &self.inner.config.cgroup_root else {
+            return Ok(None);
+        };
+        if let Some(dir) = self.inner.pod_cgroup.get() {
+            return Ok(Some(dir.clone()));
         }
+        let dir = cgroup::prepare_parent(root, &self.inner.config.cgroup_parent)?;
+        Ok(Some(self.inner.pod_cgroup.get_or_init(|| dir).clone()))
     }
 
     /// Events from now on (exits, OOM kills), for as long as the receiver
@@ -324,6 +356,16 @@ impl Containers {
         lock(&self.inner.table)
     }
 
+    /// The number of OOM kills the container's cgroup counted
+    /// (`memory.events` alone: WaitProcess asks on every exit, and a full
+    /// [`stats`](Self::stats) reads seven cgroup files).
+    pub fn oom_kills(&self, id: &str) -> Result<u64, ContainerError> {
+        let (cg, _) = self.cgroup_of(id, "memory.events")?;
+        let text = cgroup::read_small(&cg.dir.join("memory.events"))
+            .map_err(ContainerError::io(id, "read memory.events"))?;
+        Ok(cgroup::keyed(&text, "oom_kill").unwrap_or(0))
+    }
+
     /// Registers container `plan.id` in state Created: its cgroup (limits
     /// applied), its stdio (a pty when asked: the master is returned).
     /// Nothing runs yet.
@@ -339,21 +381,20 @@ impl Containers {
             )
             .into());
         }
-        let cgroup = match &self.inner.config.cgroup_root {
-            Some(root) => {
-                let parent = cgroup::prepare_parent(root, &self.inner.config.cgroup_parent)
-                    .map_err(ContainerError::io(&id, "prepare the pod cgroup"))?;
-                Some(
-                    cgroup::Cgroup::create(&parent, &id, &plan.resources).map_err(|e| match e {
-                        cgroup::CgroupError::Spec(s) => ContainerError::Spec(s),
-                        cgroup::CgroupError::Io { what, source } => ContainerError::Io {
-                            id: id.clone(),
-                            what,
-                            source,
-                        },
-                    })?,
-                )
-            }
+        let cgroup = match self
+            .prepare_pod_cgroup()
+            .map_err(ContainerError::io(&id, "prepare the pod cgroup"))?
+        {
+            Some(parent) => Some(
+                cgroup::Cgroup::create(&parent, &id, &plan.resources).map_err(|e| match e {
+                    cgroup::CgroupError::Spec(s) => ContainerError::Spec(s),
+                    cgroup::CgroupError::Io { what, source } => ContainerError::Io {
+                        id: id.clone(),
+                        what,
+                        source,
+                    },
+                })?,
+            ),
             None if plan.wants_cgroup_limits => {
                 return Err(ContainerError::NoCgroups {
                     id,
@@ -381,12 +422,12 @@ impl Containers {
                 return Err(ContainerError::io(&id, "dup the pty master")(e));
             }
         };
-        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let oom = Arc::new(OomState::default());
         if let Some(events) = cgroup.as_ref().and_then(cgroup::Cgroup::memory_events) {
             self.send(Watch::Oom {
                 id: id.clone(),
                 events,
-                alive: Arc::clone(&alive),
+                state: Arc::clone(&oom),
             });
         }
         let process = Arc::new(plan.process.clone());
@@ -403,7 +444,7 @@ impl Containers {
                 starting: false,
             },
             execs: HashMap::new(),
-            alive,
+            oom,
         };
         let mut table = self.table();
         if table.contains_key(&id) {
@@ -943,7 +984,7 @@ impl Containers {
     /// forgets the container. The container's mounts live in its own mount
     /// namespace and go with its last process.
     pub fn remove(&self, id: &str) -> Result<(), ContainerError> {
-        let (cg, cells) = {
+        let (cg, cells, oom) = {
             let table = self.table();
             let c = get(&table, id)?;
             if c.init.starting || c.execs.values().any(|p| p.starting) {
@@ -954,7 +995,7 @@ impl Containers {
                 .filter(|p| p.pid.is_some())
                 .map(|p| (p.pid, Arc::clone(&p.exit)))
                 .collect();
-            (c.cgroup.clone(), cells)
+            (c.cgroup.clone(), cells, Arc::clone(&c.oom))
         };
         match &cg {
             Some(cg) => {
@@ -981,13 +1022,21 @@ impl Containers {
             }
         }
         if let Some(cg) = &cg {
+            // The last look at the OOM count before the cgroup goes.
+            if let Some(ev) = cgroup::read_small(&cg.dir.join("memory.events"))
+                .ok()
+                .and_then(|t| cgroup::keyed(&t, "oom_kill"))
+                .and_then(|n| oom.news(id, n))
+            {
+                publish(&self.inner, vec![ev]);
+            }
             cg.remove(KILL_WAIT).map_err(ContainerError::io(
                 id,
                 format!("remove {}", cg.dir.display()),
             ))?;
         }
         if let Some(c) = self.table().remove(id) {
-            c.alive.store(false, std::sync::atomic::Ordering::SeqCst);
+            c.oom.removed.store(true, Ordering::SeqCst);
             let _ = (&self.inner.wake).write(&[1]);
         }
         Ok(())
@@ -1195,22 +1244,24 @@ fn describe(step: &Step, i: usize, plan: &Plan, process: &ProcessPlan) -> String
     }
 }
 
+/// Sends `events` to every live subscriber (dropping the gone ones).
+fn publish(inner: &Inner, events: Vec<Event>) {
+    if !events.is_empty() {
+        let mut subs = lock(&inner.subscribers);
+        subs.retain(|s| events.iter().all(|e| s.send(e.clone()).is_ok()));
+    }
+}
+
 /// The monitor thread: see the module docs.
 fn monitor(inner: std::sync::Weak<Inner>, rx: Receiver<Watch>, mut wake: File) {
     let mut exits: Vec<Watch> = Vec::new();
-    let mut ooms: Vec<(Watch, u64)> = Vec::new();
+    let mut ooms: Vec<Watch> = Vec::new();
     let mut open = true;
     loop {
         loop {
             match rx.try_recv() {
                 Ok(w @ Watch::Exit { .. }) => exits.push(w),
-                Ok(w @ Watch::Oom { .. }) => {
-                    let base = match &w {
-                        Watch::Oom { events, .. } => cgroup::oom_kills(events),
-                        Watch::Exit { .. } => 0,
-                    };
-                    ooms.push((w, base));
-                }
+                Ok(w @ Watch::Oom { .. }) => ooms.push(w),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
                     open = false;
@@ -1218,8 +1269,8 @@ fn monitor(inner: std::sync::Weak<Inner>, rx: Receiver<Watch>, mut wake: File) {
                 }
             }
         }
-        ooms.retain(|(w, _)| match w {
-            Watch::Oom { alive, .. } => alive.load(std::sync::atomic::Ordering::SeqCst),
+        ooms.retain(|w| match w {
+            Watch::Oom { state, .. } => !state.removed.load(Ordering::SeqCst),
             Watch::Exit { .. } => false,
         });
         if !open {
@@ -1239,7 +1290,7 @@ fn monitor(inner: std::sync::Weak<Inner>, rx: Receiver<Watch>, mut wake: File) {
                 });
             }
         }
-        for (w, _) in &ooms {
+        for w in &ooms {
             if let Watch::Oom { events, .. } = w {
                 fds.push(libc::pollfd {
                     fd: events.as_raw_fd(),
@@ -1310,21 +1361,19 @@ fn monitor(inner: std::sync::Weak<Inner>, rx: Receiver<Watch>, mut wake: File) {
             });
         }
         exits = kept;
-        for ((w, last), ready) in ooms.iter_mut().zip(ready_oom) {
-            if let (Watch::Oom { id, events: f, .. }, true) = (w, ready) {
-                let now = cgroup::oom_kills(f);
-                if now > *last {
-                    events.push(Event::Oom {
-                        id: id.clone(),
-                        count: now - *last,
-                    });
-                    *last = now;
-                }
+        for (w, ready) in ooms.iter().zip(ready_oom) {
+            if let (
+                Watch::Oom {
+                    id,
+                    events: f,
+                    state,
+                },
+                true,
+            ) = (w, ready)
+            {
+                events.extend(state.news(id, cgroup::oom_kills(f)));
             }
         }
-        if !events.is_empty() {
-            let mut subs = lock(&inner.subscribers);
-            subs.retain(|s| events.iter().all(|e| s.send(e.clone()).is_ok()));
-        }
+        publish(&inner, events);
     }
 }

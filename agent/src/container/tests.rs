@@ -609,3 +609,20 @@ fn the_registry_can_be_shared_by_rpc_threads() {
     send_sync::<Containers>();
     send_sync::<Plan>();
 }
+
+#[test]
+fn each_oom_kill_is_reported_once_whoever_sees_it_first() {
+    // The monitor (on POLLPRI) and remove (its last look before the
+    // cgroup goes) share one count: a count already reported, or a stale
+    // lower one read late, is no news.
+    let s = OomState::default();
+    let oom = |count| Event::Oom {
+        id: "c".into(),
+        count,
+    };
+    assert_eq!(s.news("c", 0), None);
+    assert_eq!(s.news("c", 1), Some(oom(1)));
+    assert_eq!(s.news("c", 1), None, "remove's look after the monitor's");
+    assert_eq!(s.news("c", 3), Some(oom(2)));
+    assert_eq!(s.news("c", 2), None, "a stale read");
+}

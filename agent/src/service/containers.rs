@@ -481,11 +481,7 @@ impl ContainerService {
     /// Whether the container's cgroup counted an OOM kill (memory.events);
     /// false without cgroups.
     fn oom_killed(&self, id: &str) -> bool {
-        self.containers
-            .stats(id)
-            .ok()
-            .and_then(|s| s.memory)
-            .is_some_and(|m| m.oom_kill > 0)
+        self.containers.oom_kills(id).is_ok_and(|n| n > 0)
     }
 
     pub fn resize(&self, id: &str, exec_id: &str, rows: u32, cols: u32) -> Result<()> {
