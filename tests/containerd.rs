@@ -186,6 +186,9 @@ pub struct Containerd {
     child: Option<Child>,
     /// /run/containerd/s entries that existed before this containerd.
     sockets_before: Vec<String>,
+    /// containerd's PATH and extra environment (for a restart).
+    path_env: OsString,
+    env: Vec<(String, String)>,
 }
 
 impl Containerd {
@@ -280,14 +283,34 @@ disabled_plugins = [{disabled}]
             path.extend(std::env::split_paths(&p));
         }
         let path = std::env::join_paths(path).map_err(io::Error::other)?;
-        let log = std::fs::File::create(work.join("containerd.log"))?;
+        std::fs::File::create(work.join("containerd.log"))?;
         let sockets_before = list_dir(Path::new(SHIM_SOCKET_DIR));
+        let mut c = Containerd {
+            work,
+            address,
+            namespace,
+            child: None,
+            sockets_before,
+            path_env: path,
+            env: opts.env.clone(),
+        };
+        c.child = Some(c.spawn()?);
+        c.wait_ready(Duration::from_secs(20))?;
+        Ok(c)
+    }
+
+    /// Starts the daemon with this fixture's config (its log appended to).
+    fn spawn(&self) -> io::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.work.join("containerd.log"))?;
         let mut cmd = Command::new("containerd");
         cmd.arg("--config")
-            .arg(&config_path)
-            .current_dir(&work)
-            .env("PATH", path)
-            .envs(opts.env.iter().map(|(k, v)| (k, v)))
+            .arg(self.work.join("config.toml"))
+            .current_dir(&self.work)
+            .env("PATH", &self.path_env)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -315,15 +338,28 @@ disabled_plugins = [{disabled}]
         let child = cmd
             .spawn()
             .map_err(|e| io::Error::new(e.kind(), format!("spawning containerd: {e}")))?;
-        let mut c = Containerd {
-            work,
-            address,
-            namespace,
-            child: Some(child),
-            sockets_before,
-        };
-        c.wait_ready(Duration::from_secs(20))?;
-        Ok(c)
+        Ok(child)
+    }
+
+    /// Stops containerd (SIGTERM; its shims keep running, as in a
+    /// production restart) and starts it again on the same root, state and
+    /// sockets; returns once `ctr version` answers.
+    pub fn restart(&mut self) -> io::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let end = Instant::now() + Duration::from_secs(10);
+            while child.try_wait()?.is_none() {
+                if Instant::now() >= end {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.child = Some(self.spawn()?);
+        self.wait_ready(Duration::from_secs(20))
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {

@@ -86,6 +86,14 @@ fn assert_clean(c: &Containerd, run_dir: &Path) {
     assert!(left.is_empty(), "pod directories left: {left:?}");
 }
 
+/// `ctr run -d` (the first pod may make the template: a cold boot).
+fn run_detached(c: &Containerd, args: &[&str]) {
+    let mut a = vec!["run", "-d"];
+    a.extend_from_slice(args);
+    let out = c.ctr_timeout(a, Duration::from_secs(300)).expect("ctr run -d within 300 s");
+    assert!(out.status.success(), "{out:?}\n{}", c.log_tail(60));
+}
+
 fn run(c: &Containerd, img: &str, id: &str, cmd: &[&str]) -> std::process::Output {
     let mut args = vec!["run", "--rm", "--runtime", RUNTIME, img, id];
     args.extend_from_slice(cmd);
@@ -294,5 +302,88 @@ fn bad_config_is_a_clear_error() {
     let err = text(&out.stderr);
     assert!(err.contains("/nonexistent/vmlinux"), "{err}");
     let _ = c.ctr(["container", "delete", "nokernel"]);
+    assert_clean(&c, &run_dir);
+}
+
+/// stdin through `ctr run -i` (CloseIO at its EOF), and 50 MiB of stdout
+/// arriving whole.
+#[test]
+fn ctr_stdin_and_large_output() {
+    if !available("ctr_stdin_and_large_output") {
+        return;
+    }
+    let (c, run_dir) = containerd("stdio", "");
+    let img = c.import_busybox().expect("import busybox");
+    let cmd = c.ctr_command(["run", "--rm", "-i", "--runtime", RUNTIME, &img, "cat1", "cat"]);
+    let input: Vec<u8> = (0..200_000u32).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+    let out = husk_tests::containerd::run_timeout(cmd, Some(&input), Duration::from_secs(300))
+        .expect("ctr run -i");
+    assert!(out.status.success(), "{:?}\n{}", out.status, c.log_tail(40));
+    assert!(out.stdout == input, "stdin came back as {} bytes of {}", out.stdout.len(), input.len());
+
+    // 50 MiB: 52428800 bytes of "husk-line\n" cut to length.
+    const LEN: usize = 50 << 20;
+    let t0 = Instant::now();
+    let out = run(&c, &img, "big", &["sh", "-c", "yes husk-line | head -c 52428800"]);
+    assert!(out.status.success(), "{:?}\n{}", out.status, c.log_tail(40));
+    let expected: Vec<u8> = b"husk-line\n".iter().copied().cycle().take(LEN).collect();
+    assert_eq!(out.stdout.len(), LEN, "bytes of stdout");
+    assert!(out.stdout == expected, "stdout differs from the pattern");
+    eprintln!("50 MiB through ctr in {:?}", t0.elapsed());
+    assert_clean(&c, &run_dir);
+}
+
+/// The guest powers off under a running task (a privileged container in
+/// the guest's own pid namespace runs `poweroff -f`): the task ends with
+/// exit 255, containerd sees it STOPPED, delete cleans everything.
+#[test]
+fn guest_death_ends_its_tasks() {
+    if !available("guest_death_ends_its_tasks") {
+        return;
+    }
+    let (c, run_dir) = containerd("vmdeath", "");
+    let img = c.import_busybox().expect("import busybox");
+    run_detached(&c, &[
+        "--privileged", "--with-ns", "pid:/proc/1/ns/pid", "--runtime", RUNTIME,
+        &img, "dier", "sh", "-c", "sleep 2; poweroff -f",
+    ]);
+    let end = Instant::now() + Duration::from_secs(120);
+    while task_status(&c, "dier").as_deref() != Some("STOPPED") {
+        assert!(Instant::now() < end, "never STOPPED: {:?}\n{}", task_status(&c, "dier"), c.log_tail(40));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = c.ctr_ok(["task", "delete", "dier"]);
+    assert!(out.contains("255") || out.is_empty(), "{out}");
+    c.ctr_ok(["container", "delete", "dier"]);
+    // The shim's log (through containerd's): the task ended with 255.
+    assert!(c.log_tail(400).contains("exited process=dier status=255"), "{}", c.log_tail(40));
+    assert_clean(&c, &run_dir);
+}
+
+/// containerd restarts while a pod runs: the task is still RUNNING
+/// afterwards (containerd reconnects to the shim), exec works, and the
+/// pod cleans up as usual.
+#[test]
+fn containerd_restart_keeps_pods() {
+    if !available("containerd_restart_keeps_pods") {
+        return;
+    }
+    let (mut c, run_dir) = containerd("restart", "");
+    let img = c.import_busybox().expect("import busybox");
+    run_detached(&c, &["--runtime", RUNTIME, &img, "survivor", "sleep", "600"]);
+    let shims = c.shim_pids();
+    c.restart().expect("containerd restarts");
+    assert_eq!(task_status(&c, "survivor").as_deref(), Some("RUNNING"), "{}", c.log_tail(40));
+    assert_eq!(c.shim_pids(), shims, "the shim was replaced");
+    let out = c.ctr(["task", "exec", "--exec-id", "after", "survivor", "echo", "still here"]);
+    assert!(out.status.success() && text(&out.stdout) == "still here\n", "{out:?}\n{}", c.log_tail(40));
+    c.ctr_ok(["task", "kill", "-s", "SIGKILL", "survivor"]);
+    let end = Instant::now() + Duration::from_secs(60);
+    while task_status(&c, "survivor").as_deref() != Some("STOPPED") {
+        assert!(Instant::now() < end, "never STOPPED");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.ctr_ok(["task", "delete", "survivor"]);
+    c.ctr_ok(["container", "delete", "survivor"]);
     assert_clean(&c, &run_dir);
 }

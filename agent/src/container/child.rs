@@ -640,6 +640,11 @@ unsafe fn setup_root(r: RawFd, root: &RootfsPlan) {
             }
         }
         for (i, d) in root.devices.iter().enumerate() {
+            for dir in &d.mkdirs {
+                if let Err(e) = mkdir_ok(dir) {
+                    fail(r, Step::Device, i, e);
+                }
+            }
             if libc::mknod(d.path.as_ptr(), d.mode, d.dev) < 0 {
                 match (errno(), &d.bind_from) {
                     (libc::EEXIST, _) => {}

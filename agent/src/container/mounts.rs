@@ -43,6 +43,9 @@ pub struct DevNode {
     pub gid: libc::gid_t,
     /// The guest's node of the same name, for the bind fallback.
     pub bind_from: Option<CString>,
+    /// Directories to make first (a spec's `/dev/cpu/0/cpuid` needs
+    /// `/dev/cpu/0`), outermost first; existing ones are fine.
+    pub mkdirs: Vec<CString>,
 }
 
 /// (target, link path).
@@ -407,6 +410,7 @@ pub(super) fn devices(
                     .filter(|m| m.file_type().is_char_device())
                     .map(|_| c_path("linux.devices", &guest))
                     .transpose()?,
+                mkdirs: Vec::new(),
             });
         }
         for (target, name) in DEV_SYMLINKS {
@@ -449,7 +453,12 @@ pub(super) fn devices(
                 .map_err(|_| SpecError::new(format!("{field}.minor"), "negative"))?,
         );
         nodes.retain(|n| n.path.as_bytes() != under(rootfs, &path).as_os_str().as_encoded_bytes());
+        let mkdirs = match path.parent() {
+            Some(dir) if dir != Path::new("/dev") => prefixes(&field, rootfs, dir)?,
+            _ => Vec::new(),
+        };
         nodes.push(DevNode {
+            mkdirs,
             path: c_path(&field, &under(rootfs, &path))?,
             mode: kind | (d.file_mode().unwrap_or(0o666) & 0o7777),
             dev: libc::makedev(major, minor),
@@ -466,6 +475,22 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// A spec device in a subdirectory of /dev (ctr --privileged passes
+    /// the host's /dev/cpu/0/cpuid) gets its directories made first.
+    #[test]
+    fn nested_devices_get_their_directories() {
+        let d: LinuxDevice = serde_json::from_str(
+            r#"{"path":"/dev/cpu/0/cpuid","type":"c","major":203,"minor":0}"#,
+        )
+        .unwrap();
+        let (nodes, _) = devices(Path::new("/r"), true, &[d]).unwrap();
+        let n = nodes.last().unwrap();
+        assert_eq!(n.path.to_str().unwrap(), "/r/dev/cpu/0/cpuid");
+        let dirs: Vec<&str> = n.mkdirs.iter().map(|c| c.to_str().unwrap()).collect();
+        assert_eq!(dirs, ["/r/dev", "/r/dev/cpu", "/r/dev/cpu/0"]);
+        assert!(nodes[0].mkdirs.is_empty());
+    }
 
     #[test]
     fn options_split_into_flags_propagation_and_data() {
