@@ -807,7 +807,14 @@ impl Tasks {
             .api()
             .pause_container(&c.id)
             .map_err(|e| TaskError::agent(&c.id, "pause", e))?;
-        lock(&c.init.state).state = State::Paused;
+        {
+            let mut s = lock(&c.init.state);
+            // It may have exited during the call: an exit stays (a
+            // PAUSED over it would refuse its Delete for good).
+            if s.state == State::Running {
+                s.state = State::Paused;
+            }
+        }
         self.publish(
             topic::PAUSED,
             to_any(&TaskPaused {

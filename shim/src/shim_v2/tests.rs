@@ -490,6 +490,24 @@ fn pause_and_resume() {
     assert_eq!(resumed[0].container_id, "c1");
 }
 
+/// The process exits while Pause is in flight: it stays STOPPED (a
+/// PAUSED left over would refuse its Delete for good).
+#[test]
+fn exit_during_pause() {
+    let h = H::new("pauseexit");
+    h.create("c1");
+    h.start("c1", "");
+    h.vm().lock().exit_on_pause = Some(7);
+    let waiting = h.wait_async("c1", "");
+    h.tasks
+        .pause(&req_id(|r: &mut PauseRequest| r.id = "c1".into()))
+        .unwrap();
+    let w = waiting.recv_timeout(BOUND).expect("Wait returned").unwrap();
+    assert_eq!(w.exit_status, 7);
+    assert_eq!(h.status("c1", ""), Status::STOPPED);
+    assert_eq!(h.delete("c1", "").unwrap().exit_status, 7);
+}
+
 /// A running process is signalled in the guest; it ends with 128+sig; a
 /// stopped one is NOT_FOUND; a running one cannot be deleted.
 #[test]

@@ -72,6 +72,9 @@ pub struct Inner {
     pub events: VecDeque<ContainerEvent>,
     /// The next create_container fails with this code.
     pub fail_create: Option<ttrpc::Code>,
+    /// pause_container: the container's process exits during the call
+    /// with this code (and the call returns a little later).
+    pub exit_on_pause: Option<i32>,
 }
 
 /// One fake VM.
@@ -379,7 +382,15 @@ impl ContainerApi for FakeApi {
     }
 
     fn pause_container(&self, id: &str) -> Result<(), AgentClientError> {
-        self.alive("PauseContainer")?.paused.push(id.to_owned());
+        let mut g = self.alive("PauseContainer")?;
+        g.paused.push(id.to_owned());
+        if let Some(code) = g.exit_on_pause.take() {
+            end_process(&mut g, &key(id, None), code, None);
+            self.0.cv.notify_all();
+            drop(g);
+            // The shim's waiter sees the exit before the call returns.
+            std::thread::sleep(Duration::from_millis(200));
+        }
         Ok(())
     }
 
