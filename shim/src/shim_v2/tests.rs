@@ -508,6 +508,54 @@ fn exit_during_pause() {
     assert_eq!(h.delete("c1", "").unwrap().exit_status, 7);
 }
 
+/// A Kill that comes while Start is in flight signals the started
+/// process in the guest (it does not end the task on the host alone, to
+/// have Start mark it running again), and the task exits once.
+#[test]
+fn kill_during_start() {
+    let h = H::new("killstart");
+    h.create("c1");
+    let vm = h.vm();
+    vm.lock().hold_start = true;
+    let (tasks, (stx, srx)) = (h.tasks.clone(), mpsc::channel());
+    std::thread::spawn(move || {
+        let _ = stx.send(tasks.start(&req_id(|r: &mut StartRequest| r.id = "c1".into())));
+    });
+    let end = Instant::now() + BOUND;
+    while !vm.lock().starting {
+        assert!(Instant::now() < end, "start_container never called");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let (tasks, (ktx, krx)) = (h.tasks.clone(), mpsc::channel());
+    std::thread::spawn(move || {
+        let _ = ktx.send(tasks.kill(&KillRequest {
+            id: "c1".into(),
+            signal: 9,
+            ..Default::default()
+        }));
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    vm.release_start();
+    let pid = srx
+        .recv_timeout(BOUND)
+        .expect("Start returned")
+        .unwrap()
+        .pid;
+    krx.recv_timeout(BOUND).expect("Kill returned").unwrap();
+    assert_eq!(
+        vm.lock().signals,
+        [("c1".to_owned(), "Init".to_owned(), 9)],
+        "the guest's process got the signal"
+    );
+    assert_eq!(h.wait("c1", ""), 137);
+    h.await_events(topic::EXIT, 1);
+    std::thread::sleep(Duration::from_millis(100));
+    let exits: Vec<TaskExit> = h.of(topic::EXIT);
+    assert_eq!(exits.len(), 1, "one TaskExit");
+    assert_eq!((exits[0].pid, exits[0].exit_status), (pid, 137));
+    assert_eq!(h.status("c1", ""), Status::STOPPED);
+}
+
 /// A running process is signalled in the guest; it ends with 128+sig; a
 /// stopped one is NOT_FOUND; a running one cannot be deleted.
 #[test]

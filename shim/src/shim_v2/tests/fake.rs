@@ -72,6 +72,9 @@ pub struct Inner {
     pub events: VecDeque<ContainerEvent>,
     /// The next create_container fails with this code.
     pub fail_create: Option<ttrpc::Code>,
+    /// start_container holds (after `starting` is set) while this is set.
+    pub hold_start: bool,
+    pub starting: bool,
     /// pause_container: the container's process exits during the call
     /// with this code (and the call returns a little later).
     pub exit_on_pause: Option<i32>,
@@ -144,6 +147,12 @@ impl Fake {
     pub fn exit(&self, cid: &str, exec: Option<&str>, code: i32) {
         let mut g = self.lock();
         end_process(&mut g, &key(cid, exec), code, None);
+        self.cv.notify_all();
+    }
+
+    /// Lets a held start_container go on.
+    pub fn release_start(&self) {
+        self.lock().hold_start = false;
         self.cv.notify_all();
     }
 
@@ -230,6 +239,11 @@ impl ContainerApi for FakeApi {
 
     fn start_container(&self, id: &str) -> Result<u32, AgentClientError> {
         let mut g = self.alive("StartContainer")?;
+        g.starting = true;
+        self.0.cv.notify_all();
+        let mut g = self
+            .0
+            .wait_until(g, Instant::now() + FAKE_BOUND, |g| !g.hold_start);
         let pid = g.next_pid;
         let p = g
             .procs
