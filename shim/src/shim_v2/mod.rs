@@ -22,6 +22,9 @@ pub mod service;
 pub mod stats;
 pub mod tasks;
 
+#[cfg(test)]
+mod tests;
+
 /// Runs the binary with `args` (without argv[0]); returns the exit code.
 pub fn main(args: &[std::ffi::OsString]) -> i32 {
     let a = match cmd::parse_args(args) {

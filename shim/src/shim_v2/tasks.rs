@@ -72,6 +72,10 @@ struct Process {
     state: Mutex<ProcState>,
     cond: Condvar,
     io: Mutex<Option<IoCopy>>,
+    /// Held through Start, Kill and Delete of this process, so that a
+    /// Kill while Start is in flight signals the started process rather
+    /// than finding it "created" and ending the task on the host alone.
+    op: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -92,6 +96,7 @@ impl Process {
             }),
             cond: Condvar::new(),
             io: Mutex::new(None),
+            op: Mutex::new(()),
         }
     }
 
@@ -490,6 +495,7 @@ impl Tasks {
 
     pub fn start(&self, req: &StartRequest) -> Result<StartResponse, TaskError> {
         let (c, p) = self.process(&req.id, &req.exec_id)?;
+        let _op = lock(&p.op);
         let vm = self.vm(&c.id)?;
         let (state, _, _) = p.snapshot();
         if state != State::Created {
@@ -522,7 +528,10 @@ impl Tasks {
         };
         {
             let mut s = lock(&p.state);
-            s.state = State::Running;
+            // The VM may have ended under it meanwhile: a stop stays.
+            if s.state == State::Created {
+                s.state = State::Running;
+            }
             s.pid = pid;
         }
         self.spawn_waiter(vm, p.clone());
@@ -595,6 +604,7 @@ impl Tasks {
             .ok_or_else(|| {
                 TaskError::invalid(&c.id, format!("signal {} is not one", req.signal))
             })?;
+        let _op = lock(&p.op);
         let (state, _, _) = p.snapshot();
         match state {
             // Never started: nothing runs; a kill ends it.
@@ -677,6 +687,7 @@ impl Tasks {
 
     pub fn delete(&self, req: &DeleteRequest) -> Result<DeleteResponse, TaskError> {
         let (c, p) = self.process(&req.id, &req.exec_id)?;
+        let _op = lock(&p.op);
         let (state, pid, exit) = p.snapshot();
         if matches!(state, State::Running | State::Paused) {
             return Err(TaskError::precondition(
@@ -807,7 +818,14 @@ impl Tasks {
             .api()
             .pause_container(&c.id)
             .map_err(|e| TaskError::agent(&c.id, "pause", e))?;
-        lock(&c.init.state).state = State::Paused;
+        {
+            let mut s = lock(&c.init.state);
+            // It may have exited during the call: an exit stays (a
+            // PAUSED over it would refuse its Delete for good).
+            if s.state == State::Running {
+                s.state = State::Paused;
+            }
+        }
         self.publish(
             topic::PAUSED,
             to_any(&TaskPaused {
