@@ -90,7 +90,9 @@ fn assert_clean(c: &Containerd, run_dir: &Path) {
 fn run_detached(c: &Containerd, args: &[&str]) {
     let mut a = vec!["run", "-d"];
     a.extend_from_slice(args);
-    let out = c.ctr_timeout(a, Duration::from_secs(300)).expect("ctr run -d within 300 s");
+    let out = c
+        .ctr_timeout(a, Duration::from_secs(300))
+        .expect("ctr run -d within 300 s");
     assert!(out.status.success(), "{out:?}\n{}", c.log_tail(60));
 }
 
@@ -314,17 +316,38 @@ fn ctr_stdin_and_large_output() {
     }
     let (c, run_dir) = containerd("stdio", "");
     let img = c.import_busybox().expect("import busybox");
-    let cmd = c.ctr_command(["run", "--rm", "-i", "--runtime", RUNTIME, &img, "cat1", "cat"]);
-    let input: Vec<u8> = (0..200_000u32).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+    let cmd = c.ctr_command([
+        "run",
+        "--rm",
+        "-i",
+        "--runtime",
+        RUNTIME,
+        &img,
+        "cat1",
+        "cat",
+    ]);
+    let input: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect();
     let out = husk_tests::containerd::run_timeout(cmd, Some(&input), Duration::from_secs(300))
         .expect("ctr run -i");
     assert!(out.status.success(), "{:?}\n{}", out.status, c.log_tail(40));
-    assert!(out.stdout == input, "stdin came back as {} bytes of {}", out.stdout.len(), input.len());
+    assert!(
+        out.stdout == input,
+        "stdin came back as {} bytes of {}",
+        out.stdout.len(),
+        input.len()
+    );
 
     // 50 MiB: 52428800 bytes of "husk-line\n" cut to length.
     const LEN: usize = 50 << 20;
     let t0 = Instant::now();
-    let out = run(&c, &img, "big", &["sh", "-c", "yes husk-line | head -c 52428800"]);
+    let out = run(
+        &c,
+        &img,
+        "big",
+        &["sh", "-c", "yes husk-line | head -c 52428800"],
+    );
     assert!(out.status.success(), "{:?}\n{}", out.status, c.log_tail(40));
     let expected: Vec<u8> = b"husk-line\n".iter().copied().cycle().take(LEN).collect();
     assert_eq!(out.stdout.len(), LEN, "bytes of stdout");
@@ -343,20 +366,40 @@ fn guest_death_ends_its_tasks() {
     }
     let (c, run_dir) = containerd("vmdeath", "");
     let img = c.import_busybox().expect("import busybox");
-    run_detached(&c, &[
-        "--privileged", "--with-ns", "pid:/proc/1/ns/pid", "--runtime", RUNTIME,
-        &img, "dier", "sh", "-c", "sleep 2; poweroff -f",
-    ]);
+    run_detached(
+        &c,
+        &[
+            "--privileged",
+            "--with-ns",
+            "pid:/proc/1/ns/pid",
+            "--runtime",
+            RUNTIME,
+            &img,
+            "dier",
+            "sh",
+            "-c",
+            "sleep 2; poweroff -f",
+        ],
+    );
     let end = Instant::now() + Duration::from_secs(120);
     while task_status(&c, "dier").as_deref() != Some("STOPPED") {
-        assert!(Instant::now() < end, "never STOPPED: {:?}\n{}", task_status(&c, "dier"), c.log_tail(40));
+        assert!(
+            Instant::now() < end,
+            "never STOPPED: {:?}\n{}",
+            task_status(&c, "dier"),
+            c.log_tail(40)
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     let out = c.ctr_ok(["task", "delete", "dier"]);
     assert!(out.contains("255") || out.is_empty(), "{out}");
     c.ctr_ok(["container", "delete", "dier"]);
     // The shim's log (through containerd's): the task ended with 255.
-    assert!(c.log_tail(400).contains("exited process=dier status=255"), "{}", c.log_tail(40));
+    assert!(
+        c.log_tail(400).contains("exited process=dier status=255"),
+        "{}",
+        c.log_tail(40)
+    );
     assert_clean(&c, &run_dir);
 }
 
@@ -370,13 +413,33 @@ fn containerd_restart_keeps_pods() {
     }
     let (mut c, run_dir) = containerd("restart", "");
     let img = c.import_busybox().expect("import busybox");
-    run_detached(&c, &["--runtime", RUNTIME, &img, "survivor", "sleep", "600"]);
+    run_detached(
+        &c,
+        &["--runtime", RUNTIME, &img, "survivor", "sleep", "600"],
+    );
     let shims = c.shim_pids();
     c.restart().expect("containerd restarts");
-    assert_eq!(task_status(&c, "survivor").as_deref(), Some("RUNNING"), "{}", c.log_tail(40));
+    assert_eq!(
+        task_status(&c, "survivor").as_deref(),
+        Some("RUNNING"),
+        "{}",
+        c.log_tail(40)
+    );
     assert_eq!(c.shim_pids(), shims, "the shim was replaced");
-    let out = c.ctr(["task", "exec", "--exec-id", "after", "survivor", "echo", "still here"]);
-    assert!(out.status.success() && text(&out.stdout) == "still here\n", "{out:?}\n{}", c.log_tail(40));
+    let out = c.ctr([
+        "task",
+        "exec",
+        "--exec-id",
+        "after",
+        "survivor",
+        "echo",
+        "still here",
+    ]);
+    assert!(
+        out.status.success() && text(&out.stdout) == "still here\n",
+        "{out:?}\n{}",
+        c.log_tail(40)
+    );
     c.ctr_ok(["task", "kill", "-s", "SIGKILL", "survivor"]);
     let end = Instant::now() + Duration::from_secs(60);
     while task_status(&c, "survivor").as_deref() != Some("STOPPED") {

@@ -480,10 +480,9 @@ mod tests {
     /// the host's /dev/cpu/0/cpuid) gets its directories made first.
     #[test]
     fn nested_devices_get_their_directories() {
-        let d: LinuxDevice = serde_json::from_str(
-            r#"{"path":"/dev/cpu/0/cpuid","type":"c","major":203,"minor":0}"#,
-        )
-        .unwrap();
+        let d: LinuxDevice =
+            serde_json::from_str(r#"{"path":"/dev/cpu/0/cpuid","type":"c","major":203,"minor":0}"#)
+                .unwrap();
         let (nodes, _) = devices(Path::new("/r"), true, &[d]).unwrap();
         let n = nodes.last().unwrap();
         assert_eq!(n.path.to_str().unwrap(), "/r/dev/cpu/0/cpuid");

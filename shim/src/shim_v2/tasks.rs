@@ -172,6 +172,9 @@ pub struct Tasks {
     pod: Mutex<Option<PodSlot>>,
     /// Held while the VM starts (the first Create), so one VM starts.
     pod_start: Mutex<u64>,
+    /// Creates between getting the VM and registering their task (or
+    /// failing): the VM must not power off under them.
+    creating: Mutex<usize>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// A VM powering off after the last delete.
     stopping: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -185,6 +188,7 @@ impl Tasks {
             publisher,
             pod: Mutex::new(None),
             pod_start: Mutex::new(0),
+            creating: Mutex::new(0),
             containers: Mutex::new(HashMap::new()),
             stopping: Mutex::new(Vec::new()),
         })
@@ -232,9 +236,11 @@ impl Tasks {
     }
 
     /// The running VM, or a new one for `request`.
+    /// Counts the caller as creating until it calls [`Self::created`].
     fn ensure_vm(&self, task: &str, request: &PodRequest) -> Result<Arc<dyn PodVm>, TaskError> {
         let mut generation = lock(&self.pod_start);
         if let Ok(vm) = self.vm(task) {
+            *lock(&self.creating) += 1;
             return Ok(vm);
         }
         let vm = self.factory.start(request)?;
@@ -244,7 +250,14 @@ impl Tasks {
             generation: *generation,
         });
         self.watch(vm.clone(), *generation);
+        *lock(&self.creating) += 1;
         Ok(vm)
+    }
+
+    /// A create that got its VM from [`Self::ensure_vm`] is over.
+    fn created(&self) {
+        let mut n = lock(&self.creating);
+        *n = n.saturating_sub(1);
     }
 
     /// The VM's end, and its OOM events. The watchers hold the VM only
@@ -435,7 +448,14 @@ impl Tasks {
             .map_err(|e| TaskError::invalid(id, format!("bundle {}: {e}", spec_path.display())))?;
         let request = pod_request(id, &spec_json)?;
         let vm = self.ensure_vm(id, &request)?;
-        let rootfs = vm.attach_rootfs(id, &bundle, &req.rootfs)?;
+        let rootfs = match vm.attach_rootfs(id, &bundle, &req.rootfs) {
+            Ok(r) => r,
+            Err(e) => {
+                self.created();
+                self.power_off_if_idle();
+                return Err(e);
+            }
+        };
         let paths = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -451,6 +471,7 @@ impl Tasks {
         if let Err(e) = created {
             init.stop_io();
             vm.detach_rootfs(id);
+            self.created();
             self.power_off_if_idle();
             return Err(e);
         }
@@ -462,6 +483,7 @@ impl Tasks {
             execs: Mutex::new(HashMap::new()),
         });
         lock(&self.containers).insert(id.to_owned(), c.clone());
+        self.created();
         tracing::info!(container = id, "created");
         self.publish(
             topic::CREATE,
@@ -706,6 +728,8 @@ impl Tasks {
             ..Default::default()
         };
         p.stop_io();
+        // A process deleted before it ran: its Wait callers get its end.
+        p.stop(exit.status);
         if let Some(exec_id) = &p.exec_id {
             lock(&c.execs).remove(exec_id);
             return Ok(response);
@@ -713,6 +737,7 @@ impl Tasks {
         // The container: every exec, the guest's side, the rootfs.
         for e in lock(&c.execs).drain().map(|(_, e)| e) {
             e.stop_io();
+            e.stop(VM_GONE_EXIT);
         }
         if let Ok(vm) = self.vm(&c.id) {
             if let Err(e) = vm.api().remove_container(&c.id) {
@@ -744,7 +769,7 @@ impl Tasks {
     /// waits for it).
     fn power_off_if_idle(&self) {
         let _starting = lock(&self.pod_start);
-        if !lock(&self.containers).is_empty() {
+        if !lock(&self.containers).is_empty() || *lock(&self.creating) > 0 {
             return;
         }
         let Some(slot) = lock(&self.pod).take() else {
@@ -776,10 +801,12 @@ impl Tasks {
         let containers: Vec<Arc<Container>> =
             lock(&self.containers).drain().map(|(_, c)| c).collect();
         for c in &containers {
-            for e in lock(&c.execs).values() {
-                e.stop_io();
+            let execs: Vec<Arc<Process>> = lock(&c.execs).values().cloned().collect();
+            for p in execs.iter().chain(std::iter::once(&c.init)) {
+                p.stop_io();
+                // Wait callers and containerd learn that it ended.
+                self.process_ended(p, VM_GONE_EXIT);
             }
-            c.init.stop_io();
         }
         if let Some(slot) = lock(&self.pod).take() {
             slot.vm.power_off(POWER_OFF_DEADLINE);

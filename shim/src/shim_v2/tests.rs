@@ -1129,3 +1129,17 @@ fn service_over_ttrpc() {
     assert!(h.vm().lock().powered_off);
     server.shutdown();
 }
+
+/// A Wait on a task deleted before it ever ran returns (it held a ttrpc
+/// thread for good before).
+#[test]
+fn wait_returns_when_a_created_task_is_deleted() {
+    let h = H::new("waitdel");
+    h.create("c1");
+    let waiting = h.wait_async("c1", "");
+    std::thread::sleep(Duration::from_millis(50));
+    h.delete("c1", "").unwrap();
+    let w = waiting.recv_timeout(BOUND).expect("Wait returned");
+    assert!(w.is_ok() || code(w) == Code::NOT_FOUND);
+    assert!(h.tasks.is_empty());
+}
