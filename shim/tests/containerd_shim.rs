@@ -307,7 +307,7 @@ fn bad_config_is_a_clear_error() {
     assert_clean(&c, &run_dir);
 }
 
-/// stdin through `ctr run -i` (CloseIO at its EOF), and 50 MiB of stdout
+/// stdin through `ctr run` (it always copies its stdin; CloseIO at EOF), and 50 MiB of stdout
 /// arriving whole.
 #[test]
 fn ctr_stdin_and_large_output() {
@@ -319,7 +319,6 @@ fn ctr_stdin_and_large_output() {
     let cmd = c.ctr_command([
         "run",
         "--rm",
-        "-i",
         "--runtime",
         RUNTIME,
         &img,
@@ -331,7 +330,13 @@ fn ctr_stdin_and_large_output() {
         .collect();
     let out = husk_tests::containerd::run_timeout(cmd, Some(&input), Duration::from_secs(300))
         .expect("ctr run -i");
-    assert!(out.status.success(), "{:?}\n{}", out.status, c.log_tail(40));
+    assert!(
+        out.status.success(),
+        "{:?} {}\n{}",
+        out.status,
+        text(&out.stderr),
+        c.log_tail(40)
+    );
     assert!(
         out.stdout == input,
         "stdin came back as {} bytes of {}",
@@ -339,20 +344,22 @@ fn ctr_stdin_and_large_output() {
         input.len()
     );
 
-    // 50 MiB: 52428800 bytes of "husk-line\n" cut to length.
-    const LEN: usize = 50 << 20;
+    // 50+ MiB: `seq 1 7000000` (one process writing; 53.9 MB), in order.
     let t0 = Instant::now();
-    let out = run(
-        &c,
-        &img,
-        "big",
-        &["sh", "-c", "yes husk-line | head -c 52428800"],
-    );
+    let out = c
+        .ctr_timeout(
+            ["run", "--rm", "--runtime", RUNTIME, &img, "big", "seq", "1", "7000000"],
+            Duration::from_secs(900),
+        )
+        .unwrap_or_else(|e| panic!("ctr run seq: {:?} (output not shown)", e.kind()));
     assert!(out.status.success(), "{:?}\n{}", out.status, c.log_tail(40));
-    let expected: Vec<u8> = b"husk-line\n".iter().copied().cycle().take(LEN).collect();
-    assert_eq!(out.stdout.len(), LEN, "bytes of stdout");
-    assert!(out.stdout == expected, "stdout differs from the pattern");
-    eprintln!("50 MiB through ctr in {:?}", t0.elapsed());
+    let expected: Vec<u8> = (1..=7_000_000u32)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    assert!(expected.len() > 50 << 20);
+    assert_eq!(out.stdout.len(), expected.len(), "bytes of stdout");
+    assert!(out.stdout == expected, "stdout differs from seq's");
+    eprintln!("{} bytes through ctr in {:?}", expected.len(), t0.elapsed());
     assert_clean(&c, &run_dir);
 }
 
