@@ -271,40 +271,230 @@ fn shim_killed_leaves_nothing() {
     assert_clean(&c, &run_dir);
 }
 
+/// Rewrites keys of the test's husk config (`key = value` lines, TOML
+/// values as given), adding those not there.
+fn set_config(name: &str, pairs: &[(&str, &str)]) {
+    let path = husk_tests::temp_path(&format!("shim-{name}")).join("config.toml");
+    let old = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<String> = old
+        .lines()
+        .filter(|l| !pairs.iter().any(|(k, _)| l.starts_with(&format!("{k} ="))))
+        .map(str::to_owned)
+        .collect();
+    lines.extend(pairs.iter().map(|(k, v)| format!("{k} = {v}")));
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+}
+
 /// Bad input reaches ctr as a clear error and leaves nothing: a missing
-/// kernel; a guest that cannot boot (an initramfs that is not one).
+/// kernel; pod annotations with a bad value or a key not allowed.
 #[test]
-fn bad_config_is_a_clear_error() {
-    if !available("bad_config_is_a_clear_error") {
+fn bad_input_is_a_clear_error() {
+    if !available("bad_input_is_a_clear_error") {
         return;
     }
-    let (c, run_dir) = containerd("nokernel", "");
-    // Replace the kernel path with a missing one.
-    let cfg = std::fs::read_to_string(husk_tests::temp_path("shim-nokernel").join("config.toml"))
-        .unwrap();
-    let cfg: String = cfg
-        .lines()
-        .map(|l| {
-            if l.starts_with("kernel =") {
-                "kernel = \"/nonexistent/vmlinux\"".to_string()
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let (c, run_dir) = containerd("badinput", "");
+    let img = c.import_busybox().expect("import busybox");
+    let fails = |id: &str, extra: &[&str], needle: &str| {
+        let mut args = vec!["run", "--rm", "--runtime", RUNTIME];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[&img, id, "true"]);
+        let out = c
+            .ctr_timeout(args, Duration::from_secs(300))
+            .expect("ctr within 300 s");
+        assert!(!out.status.success(), "{id}: {out:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(needle), "{id}: {err}");
+        let _ = c.ctr(["container", "delete", id]);
+    };
+    fails(
+        "badvcpus",
+        &["--annotation", "io.husk.config.vcpus=many"],
+        "io.husk.config.vcpus",
+    );
+    fails(
+        "notallowed",
+        &["--annotation", "io.husk.config.templates=false"],
+        "not allowed",
+    );
+    set_config("badinput", &[("kernel", "\"/nonexistent/vmlinux\"")]);
+    fails("nokernel", &[], "/nonexistent/vmlinux");
+    assert_clean(&c, &run_dir);
+}
+
+/// A guest whose agent never answers (its /init is busybox's init, no
+/// agent): the pod's VM start fails within the configured bound, the error
+/// names the agent, and nothing is left (the VM went with the failed
+/// start).
+#[test]
+fn agent_that_never_answers() {
+    if !available("agent_that_never_answers") {
+        return;
+    }
+    let (c, run_dir) = containerd("noagent", "");
+    let dir = husk_tests::temp_path("shim-noagent");
+    let initrd = dir.join("no-agent.cpio");
     std::fs::write(
-        husk_tests::temp_path("shim-nokernel").join("config.toml"),
-        cfg,
+        &initrd,
+        cpio_newc(&[("init", 0o100755, std::fs::read("/bin/busybox").unwrap())]),
     )
     .unwrap();
+    set_config(
+        "noagent",
+        &[
+            ("initramfs", &format!("{:?}", initrd)),
+            ("templates", "false"),
+            ("agent_timeout_s", "20"),
+            ("boot_timeout_s", "20"),
+        ],
+    );
     let img = c.import_busybox().expect("import busybox");
-    let out = run(&c, &img, "nokernel", &["true"]);
-    assert!(!out.status.success());
+    let t0 = Instant::now();
+    let out = run(&c, &img, "noagent", &["true"]);
+    assert!(!out.status.success(), "{out:?}");
     let err = text(&out.stderr);
-    assert!(err.contains("/nonexistent/vmlinux"), "{err}");
-    let _ = c.ctr(["container", "delete", "nokernel"]);
+    assert!(err.contains("agent"), "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(200),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let _ = c.ctr(["container", "delete", "noagent"]);
     assert_clean(&c, &run_dir);
+}
+
+/// A minimal newc cpio archive of regular files.
+fn cpio_newc(files: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
+    fn entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8]) {
+        let namesize = name.len() + 1;
+        let hdr = format!(
+            "070701{ino:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{namesize:08x}{:08x}",
+            0, 0, 1, 0, data.len(), 0, 0, 0, 0, 0
+        );
+        out.extend_from_slice(hdr.as_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(data);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+    }
+    let mut out = Vec::new();
+    for (i, (name, mode, data)) in files.iter().enumerate() {
+        entry(&mut out, i as u32 + 1, name, *mode, data);
+    }
+    entry(&mut out, 0, "TRAILER!!!", 0, &[]);
+    out
+}
+
+/// Two tasks with the same `io.husk.pod` annotation share one shim and
+/// one VM (same guest boot id), each in its own pid namespace.
+#[test]
+fn one_vm_per_pod() {
+    if !available("one_vm_per_pod") {
+        return;
+    }
+    let (c, run_dir) = containerd("pod", "");
+    let img = c.import_busybox().expect("import busybox");
+    for id in ["pa", "pb"] {
+        run_detached(
+            &c,
+            &[
+                "--annotation",
+                "io.husk.pod=p1",
+                "--runtime",
+                RUNTIME,
+                &img,
+                id,
+                "sleep",
+                "600",
+            ],
+        );
+    }
+    assert_eq!(c.shim_pids().len(), 1, "one shim for the pod");
+    let boot_id = |id: &str| {
+        let out = c.ctr([
+            "task",
+            "exec",
+            "--exec-id",
+            "b",
+            id,
+            "cat",
+            "/proc/sys/kernel/random/boot_id",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        text(&out.stdout)
+    };
+    assert_eq!(boot_id("pa"), boot_id("pb"), "two VMs for one pod");
+    for id in ["pa", "pb"] {
+        let out = c.ctr([
+            "task",
+            "exec",
+            "--exec-id",
+            "p",
+            id,
+            "cat",
+            "/proc/1/cmdline",
+        ]);
+        assert!(text(&out.stdout).starts_with("sleep"), "{id}: {out:?}");
+    }
+    for id in ["pa", "pb"] {
+        c.ctr_ok(["task", "kill", "-s", "SIGKILL", id]);
+        let end = Instant::now() + Duration::from_secs(60);
+        while task_status(&c, id).as_deref() != Some("STOPPED") {
+            assert!(Instant::now() < end, "never STOPPED");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        c.ctr_ok(["task", "delete", id]);
+        c.ctr_ok(["container", "delete", id]);
+    }
+    assert_clean(&c, &run_dir);
+}
+
+/// A container's memory limit sizes its VM (limit + overhead, its own
+/// template): never silently a VM smaller than the spec asks for.
+#[test]
+fn vm_follows_the_memory_limit() {
+    if !available("vm_follows_the_memory_limit") {
+        return;
+    }
+    let (c, run_dir) = containerd("memsize", "");
+    let img = c.import_busybox().expect("import busybox");
+    // 512 MiB + 128 MiB overhead: a 640 MiB VM.
+    let out = run_limited(&c, &img);
+    assert!(out.status.success(), "{out:?}\n{}", c.log_tail(40));
+    let kib: u64 = text(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        kib > 560 * 1024,
+        "MemTotal {kib} kB for a 512 MiB container"
+    );
+    assert_clean(&c, &run_dir);
+}
+
+fn run_limited(c: &Containerd, img: &str) -> std::process::Output {
+    c.ctr_timeout(
+        [
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--memory-limit",
+            "536870912",
+            img,
+            "big",
+            "grep",
+            "MemTotal",
+            "/proc/meminfo",
+        ],
+        Duration::from_secs(300),
+    )
+    .expect("ctr run within 300 s")
 }
 
 /// stdin through `ctr run` (it always copies its stdin; CloseIO at EOF), and 50 MiB of stdout
@@ -316,15 +506,7 @@ fn ctr_stdin_and_large_output() {
     }
     let (c, run_dir) = containerd("stdio", "");
     let img = c.import_busybox().expect("import busybox");
-    let cmd = c.ctr_command([
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        &img,
-        "cat1",
-        "cat",
-    ]);
+    let cmd = c.ctr_command(["run", "--rm", "--runtime", RUNTIME, &img, "cat1", "cat"]);
     let input: Vec<u8> = (0..200_000u32)
         .flat_map(|i| format!("line {i}\n").into_bytes())
         .collect();
@@ -348,7 +530,17 @@ fn ctr_stdin_and_large_output() {
     let t0 = Instant::now();
     let out = c
         .ctr_timeout(
-            ["run", "--rm", "--runtime", RUNTIME, &img, "big", "seq", "1", "7000000"],
+            [
+                "run",
+                "--rm",
+                "--runtime",
+                RUNTIME,
+                &img,
+                "big",
+                "seq",
+                "1",
+                "7000000",
+            ],
             Duration::from_secs(900),
         )
         .unwrap_or_else(|e| panic!("ctr run seq: {:?} (output not shown)", e.kind()));

@@ -92,8 +92,6 @@ impl PodFactory for SandboxFactory {
         }
         let dir = pod_dir(&config.run_dir, &self.namespace, &self.pod);
         let shared = dir.join("shared");
-        std::fs::create_dir_all(&shared)
-            .map_err(|e| pod_err(format!("creating {}: {e}", shared.display())))?;
         let guest = GuestSpec {
             kernel: config.kernel.clone(),
             initrd: config.initramfs.clone(),
@@ -139,8 +137,23 @@ impl PodFactory for SandboxFactory {
         };
         cfg.seccomp = seccomp;
         cfg.agent_timeout = Some(config.agent_timeout());
-        let sandbox = Sandbox::start(cfg).map_err(|e| pod_err(crate::cli::error_chain(&e)))?;
-        let agent = sandbox.agent();
+        std::fs::create_dir_all(&shared)
+            .map_err(|e| pod_err(format!("creating {}: {e}", shared.display())))?;
+        let sandbox = match Sandbox::start(cfg) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(pod_err(crate::cli::error_chain(&e)));
+            }
+        };
+        // From here a failure drops the pod: VM stopped, directory removed.
+        let pod = Pod {
+            id: self.pod.clone(),
+            dir,
+            shared,
+            sandbox: Some(sandbox),
+        };
+        let agent = pod.sandbox().agent();
         match agent.version() {
             Ok(v) if v.api_version >= CONTAINER_API => {}
             Ok(v) => {
@@ -157,15 +170,10 @@ impl PodFactory for SandboxFactory {
                 GUEST_SHARE,
             ))
             .map_err(|e| pod_err(format!("mounting the pod share: {e}")))?;
-        let info = sandbox.start_info();
+        let info = pod.sandbox().start_info();
         tracing::info!(pod = %self.pod, restored = info.restored, template_created = info.template_created,
             agent_ready_s = info.agent_ready.as_secs_f64(), "pod VM ready");
-        Ok(Arc::new(Pod {
-            id: self.pod.clone(),
-            dir,
-            shared,
-            sandbox: Some(sandbox),
-        }))
+        Ok(Arc::new(pod))
     }
 }
 
