@@ -171,6 +171,15 @@ fn ctr_runs_containers_in_a_pod_vm() {
         "/proc/1/cmdline",
     ]);
     assert!(text(&out.stdout).starts_with("sleep"), "{out:?}");
+    // Pids, metrics (cgroup v2 from the guest), pause and resume.
+    let ps = c.ctr_ok(["task", "ps", "sleeper"]);
+    assert!(ps.lines().count() >= 2, "{ps}");
+    let metrics = c.ctr_ok(["task", "metrics", "sleeper"]);
+    assert!(metrics.contains("memory"), "{metrics}");
+    c.ctr_ok(["task", "pause", "sleeper"]);
+    assert_eq!(task_status(&c, "sleeper").as_deref(), Some("PAUSED"));
+    c.ctr_ok(["task", "resume", "sleeper"]);
+    assert_eq!(task_status(&c, "sleeper").as_deref(), Some("RUNNING"));
     c.ctr_ok(["task", "kill", "-s", "SIGKILL", "sleeper"]);
     let end = Instant::now() + Duration::from_secs(60);
     while task_status(&c, "sleeper").as_deref() != Some("STOPPED") {
@@ -286,7 +295,8 @@ fn set_config(name: &str, pairs: &[(&str, &str)]) {
 }
 
 /// Bad input reaches ctr as a clear error and leaves nothing: a missing
-/// kernel; pod annotations with a bad value or a key not allowed.
+/// kernel; pod annotations with a bad value or a key not allowed; a spec
+/// the agent refuses (a relative cwd).
 #[test]
 fn bad_input_is_a_clear_error() {
     if !available("bad_input_is_a_clear_error") {
@@ -316,6 +326,8 @@ fn bad_input_is_a_clear_error() {
         &["--annotation", "io.husk.config.templates=false"],
         "not allowed",
     );
+    // An invalid spec (the agent checks it: the field is named).
+    fails("badcwd", &["--cwd", "relative/dir"], "process.cwd");
     set_config("badinput", &[("kernel", "\"/nonexistent/vmlinux\"")]);
     fails("nokernel", &[], "/nonexistent/vmlinux");
     assert_clean(&c, &run_dir);
