@@ -39,6 +39,10 @@ use crate::agent_client::{AgentClientError, ContainerEvent, SignalTarget, TtySiz
 const OUTPUT_GRACE: Duration = Duration::from_secs(5);
 /// How long the guest gets to power off when the last task is deleted.
 const POWER_OFF_DEADLINE: Duration = Duration::from_secs(10);
+/// How long one WaitEvent call waits in the guest for an OOM event (a
+/// long poll: an idle pod's guest is not woken for nothing; the watcher
+/// notices a replaced or stopped VM when the call returns or fails).
+const OOM_POLL: Duration = Duration::from_secs(60);
 /// The exit status of a process whose VM ended under it.
 pub const VM_GONE_EXIT: u32 = 255;
 
@@ -303,7 +307,7 @@ impl Tasks {
                     Some(t) if t.current_generation() == Some(generation) => {}
                     _ => return,
                 }
-                match api.wait_event(Duration::from_secs(2)) {
+                match api.wait_event(OOM_POLL) {
                     Ok(Some(ContainerEvent::Oom { container_id })) => {
                         if let Some(t) = me.upgrade() {
                             tracing::info!(container = %container_id, "OOM kill");
