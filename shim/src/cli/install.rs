@@ -75,11 +75,14 @@ fn install_file(what: &'static str, from: &Path, to: &Path, mode: u32) -> Result
     std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        to.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        to.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
         std::process::id()
     ));
     std::fs::copy(from, &tmp).map_err(|e| err(&tmp, e))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(|e| err(&tmp, e))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| err(&tmp, e))?;
     std::fs::rename(&tmp, to).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         err(to, e)
@@ -168,12 +171,19 @@ fn install(args: &InstallArgs) -> Result<(), InstallError> {
     println!("installed {}", shim_to.display());
     install_file("the guest kernel", &kernel, &kernel_to, 0o644)?;
     install_file("the guest initramfs", &initrd, &initrd_to, 0o644)?;
-    println!("installed {} and {}", kernel_to.display(), initrd_to.display());
+    println!(
+        "installed {} and {}",
+        kernel_to.display(),
+        initrd_to.display()
+    );
     if args.config.exists() {
         // Someone's settings: kept; say whether they name this image.
         match Config::from_file(&args.config) {
             Ok(c) if c.kernel == kernel_to && c.initramfs == initrd_to => {
-                println!("kept {} (it names the installed image)", args.config.display())
+                println!(
+                    "kept {} (it names the installed image)",
+                    args.config.display()
+                )
             }
             Ok(_) => println!(
                 "kept {}: its kernel/initramfs are not the ones just installed",
