@@ -327,6 +327,10 @@ mod tests {
             "common F_DUPFD_CLOEXEC, F_GETFD + virtio-fs F_SETFL"
         );
         let ioctl = r.iter().find(|r| r.sys.name == "SYS_ioctl").unwrap();
-        assert_eq!(ioctl.when.len(), 4, "FIONBIO + 3 KVM VM ioctls");
+        assert_eq!(
+            ioctl.when.len(),
+            5,
+            "FIONBIO + 3 KVM VM ioctls + virtio-net TUNSETOFFLOAD"
+        );
     }
 }

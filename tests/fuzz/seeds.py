@@ -204,10 +204,30 @@ def agent_proto():
     yield "frame_exec", u8(10) + struct.pack(">IIBB", len(req), 1, 1, 0) + req
 
 
+def net_frame():
+    """features byte (bit 0 MRG_RXBUF, bit 1 offloads; high nibble picks the
+    tap's offloads), then actions: 1 = TX frame (len, cut, 16 seed bytes),
+    2 = RX chains (n-1, size, kind), 3 = host frame (mode, len)."""
+    def tx(length, cut=0):
+        return u8(1) + u16(length) + u16(cut) + bytes(range(16))[:length]
+
+    def rx(n=8, size=2048, kind=4):
+        return u8(2) + u8(n - 1) + u16(size - 1) + u8(kind)
+
+    def host(length):
+        return u8(3) + u8(1) + u16(length) + bytes(16)
+
+    yield "tx_rx", u8(0) + tx(72, 12) + rx() + host(100)
+    yield "mergeable_big", u8(0x11) + rx(16, 1500) + host(9000) + host(60)
+    yield "offloads_no_buffers", u8(0x22) + host(1514) + host(60) + rx(4, 4096)
+    yield "bad_rx_then_good", u8(1) + rx(2, 2048, 0) + rx(2, 2048, 1) + rx(4) + host(200)
+
+
 def main():
     for name, gen in [("virtq_chain", virtq_chain), ("blk_request", blk_request),
                       ("vsock_packet", vsock_packet), ("mmio_regs", mmio_regs),
-                      ("agent_proto", agent_proto), ("fuse_request", fuse_request)]:
+                      ("agent_proto", agent_proto), ("fuse_request", fuse_request),
+                      ("net_frame", net_frame)]:
         d = os.path.join(HERE, "corpus", name)
         os.makedirs(d, exist_ok=True)
         for seed, data in gen():

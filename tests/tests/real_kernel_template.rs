@@ -117,6 +117,7 @@ fn template_restores_three_vms_with_own_identities_and_shared_memory() {
             let h = husk_vmm::restore(RestoreConfig {
                 disks: Vec::new(),
                 shares: Vec::new(),
+                nets: Vec::new(),
                 name: format!("restored-{i}"),
                 snapshot_dir: tpl.clone(),
                 console: husk_vmm::ConsoleConfig {

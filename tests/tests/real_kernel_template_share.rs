@@ -48,6 +48,7 @@ fn restore(
         vcpus: None,
         disks,
         shares,
+        nets: Vec::new(),
         seccomp: Default::default(),
     })
 }

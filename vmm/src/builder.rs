@@ -11,6 +11,7 @@ use husk_devices::bus::{Bus, SharedDevice};
 use husk_devices::legacy::{cmos, i8042, serial, Cmos, ConsoleSink, ConsoleWatch, Serial, I8042};
 use husk_devices::virtio::block::Block;
 use husk_devices::virtio::fs::{isolate_umask, Fs};
+use husk_devices::virtio::net::{Net, Tap};
 use husk_devices::virtio::transport::mmio::MmioTransportState;
 use husk_devices::virtio::vsock::Vsock;
 use husk_devices::virtio::VirtioDevice;
@@ -127,6 +128,11 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
         let dev = Fs::new(sh.clone())?;
         shares.push(attach(&mut devices, &vm, &mem, &mut mmio, dev, None)?);
     }
+    let mut nets = Vec::with_capacity(config.nets.len());
+    for n in &config.nets {
+        let dev = Net::new(n.clone())?;
+        nets.push(attach(&mut devices, &vm, &mem, &mut mmio, dev, None)?);
+    }
     for (base, len, name, dev) in extra.pio {
         pio.insert(base, len, &name, dev)?;
     }
@@ -205,6 +211,7 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
             vsock,
             disks,
             shares,
+            nets,
         },
         seccomp: config.seccomp,
     })
@@ -293,6 +300,20 @@ fn build_restored(config: RestoreConfig) -> Result<VmmHandle, VmmError> {
         let at = Some(Saved::of(sh));
         shares.push(attach(&mut devices, &vm, &mem, &mut mmio, dev, at)?);
     }
+    let saved_nets = &snap.devices.nets;
+    if config.nets.len() != saved_nets.len() {
+        return Err(VmmError::Restore(format!(
+            "the snapshot has {} net devices, {} taps were given (each restored VM needs its own)",
+            saved_nets.len(),
+            config.nets.len()
+        )));
+    }
+    let mut nets = Vec::with_capacity(saved_nets.len());
+    for (n, tap) in saved_nets.iter().zip(&config.nets) {
+        let dev = Net::from_state(&n.device, Box::new(Tap::open(tap)?))?;
+        let at = Some(Saved::of(n));
+        nets.push(attach(&mut devices, &vm, &mem, &mut mmio, dev, at)?);
+    }
 
     let supported = supported_cpuid(&kvm)?;
     let mut vcpus = Vec::with_capacity(usize::from(snap.vcpus));
@@ -328,6 +349,7 @@ fn build_restored(config: RestoreConfig) -> Result<VmmHandle, VmmError> {
             vsock,
             disks,
             shares,
+            nets,
         },
         seccomp: config.seccomp,
     })

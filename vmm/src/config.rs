@@ -13,6 +13,10 @@ pub use husk_devices::virtio::block::BlockConfig as DiskConfig;
 /// from it names one), read-only or not, and the tag the guest mounts.
 pub use husk_devices::virtio::fs::FsConfig as ShareConfig;
 
+/// A virtio-net device: its TAP (by name, or an open fd), the guest's MAC
+/// and the MTU offered.
+pub use husk_devices::virtio::net::{NetConfig, TapSource};
+
 /// The longest disk id virtio-blk can report (GET_ID answers 20 bytes).
 pub const MAX_DISK_ID: usize = 20;
 
@@ -82,6 +86,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-fs shares, attached after the disks.
     pub shares: Vec<ShareConfig>,
+    /// virtio-net devices, attached after the shares (eth0, eth1, ...).
+    pub nets: Vec<NetConfig>,
     /// The VMM threads' seccomp filters, exactly (the VMM reads no
     /// environment; a binary resolves `HUSK_SECCOMP` at its edge with
     /// `SeccompMode::from_env`).
@@ -104,6 +110,7 @@ impl Default for VmConfig {
             vsock: None,
             disks: Vec::new(),
             shares: Vec::new(),
+            nets: Vec::new(),
             seccomp: SeccompMode::Enforce,
         }
     }
@@ -128,6 +135,9 @@ pub struct RestoreConfig {
     /// The host directory for each of the snapshot's virtio-fs shares, by
     /// tag; a share not named here has none (the guest cannot mount it).
     pub shares: Vec<(String, PathBuf)>,
+    /// A TAP for each of the snapshot's net devices, in order (a template's
+    /// net device is layout only: each restored VM gets its own tap).
+    pub nets: Vec<TapSource>,
     /// The VMM threads' seccomp filters, exactly (the environment is not
     /// read here: the binary resolves `HUSK_SECCOMP` at its edge, see
     /// `husk_seccomp::SeccompMode::from_env`).
@@ -151,6 +161,12 @@ pub enum ConfigError {
     Disk { id: String, reason: &'static str },
     #[error("virtio-fs share {tag:?}: {reason}")]
     Share { tag: String, reason: &'static str },
+    #[error("net device {index} ({tap}): {reason}")]
+    Net {
+        index: usize,
+        tap: String,
+        reason: &'static str,
+    },
     #[error("the VM name must be 1..=64 characters without '/' or control characters: {0:?}")]
     Name(String),
     #[error("no snapshot directory given")]
@@ -274,6 +290,29 @@ impl VmConfig {
             }
         }
         validate_tags(self.shares.iter().map(|s| s.tag.as_str()))?;
+        for (index, n) in self.nets.iter().enumerate() {
+            let bad = |reason| {
+                Err(ConfigError::Net {
+                    index,
+                    tap: n.tap.to_string(),
+                    reason,
+                })
+            };
+            if n.mac[0] & 1 != 0 || n.mac == [0; 6] {
+                return bad("the MAC is multicast or all zeros");
+            }
+            if n.mtu
+                .is_some_and(|m| m < husk_devices::virtio::net::MIN_MTU)
+            {
+                return bad("the MTU is below 68");
+            }
+            if matches!(&n.tap, TapSource::Name(t) if t.is_empty() || t.len() > 15) {
+                return bad("the tap name must be 1..=15 bytes");
+            }
+            if self.nets[..index].iter().any(|o| o.mac == n.mac) {
+                return bad("two net devices have this MAC");
+            }
+        }
         Ok(())
     }
 
@@ -338,6 +377,7 @@ mod tests {
             mem_mib: Some(128),
             vcpus: Some(1),
             disks: vec!["/img/a".into()],
+            nets: vec![],
             shares: vec![
                 ("data".into(), "/srv/data".into()),
                 ("logs".into(), "/srv/logs".into()),
@@ -351,6 +391,7 @@ mod tests {
             vcpus: None,
             disks: vec![],
             shares: vec![],
+            nets: vec![],
             ..ok.clone()
         };
         assert_eq!(none.validate(), Ok(()));
@@ -413,6 +454,53 @@ mod tests {
                 reason: "no directory",
                 ..
             }
+        ));
+    }
+
+    #[test]
+    fn net_validation() {
+        let net = |tap: &str, mac: [u8; 6], mtu| NetConfig {
+            tap: TapSource::Name(tap.into()),
+            mac,
+            mtu,
+        };
+        let mac = [2, 0, 0, 0, 0, 1];
+        let mut c = VmConfig {
+            kernel: "/k".into(),
+            nets: vec![net("tap0", mac, Some(1500))],
+            ..Default::default()
+        };
+        assert_eq!(c.validate(), Ok(()));
+        for (bad, reason) in [
+            (
+                net("tap0", [1, 0, 0, 0, 0, 1], None),
+                "the MAC is multicast or all zeros",
+            ),
+            (
+                net("tap0", [0; 6], None),
+                "the MAC is multicast or all zeros",
+            ),
+            (net("tap0", mac, Some(67)), "the MTU is below 68"),
+            (net("", mac, None), "the tap name must be 1..=15 bytes"),
+            (
+                net("a-very-long-tap0", mac, None),
+                "the tap name must be 1..=15 bytes",
+            ),
+        ] {
+            c.nets = vec![bad];
+            assert!(
+                matches!(c.validate(), Err(ConfigError::Net { index: 0, reason: r, .. }) if r == reason),
+                "{reason}"
+            );
+        }
+        c.nets = vec![net("tap0", mac, None), net("tap1", mac, None)];
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Net {
+                index: 1,
+                reason: "two net devices have this MAC",
+                ..
+            })
         ));
     }
 }

@@ -37,6 +37,8 @@ pub enum VmmError {
     #[error(transparent)]
     Share(#[from] husk_devices::virtio::fs::FsError),
     #[error(transparent)]
+    Net(#[from] husk_devices::virtio::net::NetError),
+    #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error(transparent)]
     SnapshotMemory(#[from] crate::snapshot::memory::MemoryFileError),

@@ -28,8 +28,8 @@ pub mod vstate;
 pub use api::{ApiError, VmInfo, VmmHandle, VmmRequest, VmmResponse};
 pub use builder::{restore, start, start_with, ExtraDevices, RestoreConfig};
 pub use config::{
-    ConsoleConfig, DiskConfig, PvmCompat, SeccompError, SeccompMode, ShareConfig, VmConfig,
-    VsockConfig, DEFAULT_GUEST_CID, READY_MARKER,
+    ConsoleConfig, DiskConfig, NetConfig, PvmCompat, SeccompError, SeccompMode, ShareConfig,
+    TapSource, VmConfig, VsockConfig, DEFAULT_GUEST_CID, READY_MARKER,
 };
 pub use controller::PANIC_MARKER;
 pub use error::{StartError, VmmError};

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use husk_devices::legacy::{Cmos, Serial};
 use husk_devices::virtio::block::Block;
 use husk_devices::virtio::fs::Fs;
+use husk_devices::virtio::net::Net;
 use husk_devices::virtio::transport::MmioTransport;
 use husk_devices::virtio::vsock::Vsock;
 use vm_memory::GuestMemoryMmap;
@@ -53,6 +54,7 @@ pub struct SnapshotSources {
     pub vsock: Option<DeviceHandles<Vsock>>,
     pub disks: Vec<DeviceHandles<Block>>,
     pub shares: Vec<DeviceHandles<Fs>>,
+    pub nets: Vec<DeviceHandles<Net>>,
 }
 
 /// Facts recorded with the state.
@@ -100,12 +102,14 @@ impl SnapshotSources {
                 transport: st.transport,
             });
         }
+        let nets = self.nets.iter().map(|n| n.snapshot(Net::state)).collect();
         let devices = DeviceStates {
             serial,
             cmos,
             vsock,
             disks,
             shares,
+            nets,
         };
         let written = memory::dump(&self.mem, &snapshot::memory_path(dir))?;
         let snap = Snapshot {

@@ -10,6 +10,7 @@ pub mod block;
 pub mod chain;
 pub mod fs;
 pub mod interrupt;
+pub mod net;
 pub mod transport;
 pub mod vsock;
 

@@ -63,7 +63,19 @@ pub fn rules() -> Vec<Rule> {
     ];
     r.extend(block());
     r.extend(fs());
+    r.extend(net());
     r
+}
+
+/// virtio-net: frames are read from and written to the TAP opened by the
+/// builder (read, and write in the common rules); offloads are set once
+/// per activation.
+fn net() -> Vec<Rule> {
+    vec![
+        // virtio-net: the guest's accepted offloads become the tap's
+        // (TUNSETOFFLOAD, applied on this thread after activation).
+        ioctls(&[libc::TUNSETOFFLOAD]),
+    ]
 }
 
 /// virtio-blk: requests are served on this thread against the image fd

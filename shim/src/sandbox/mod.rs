@@ -418,6 +418,8 @@ fn restore_config(
             .iter()
             .filter_map(|s| Some((s.tag.clone(), s.shared_dir.clone()?)))
             .collect(),
+        // The pod's tap is attached here once the shim creates one.
+        nets: Vec::new(),
         seccomp: cfg.seccomp,
     }
 }

@@ -22,6 +22,7 @@ use husk_devices::legacy::cmos::CmosState;
 use husk_devices::legacy::serial::SerialDeviceState;
 use husk_devices::virtio::block::BlockState;
 use husk_devices::virtio::fs::FsState;
+use husk_devices::virtio::net::NetState;
 use husk_devices::virtio::transport::mmio::MmioTransportState;
 use husk_devices::virtio::vsock::VsockState;
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,9 @@ pub type DiskSnapshot = DeviceSnapshot<BlockState>;
 /// A virtio-fs share in a snapshot (never mounted: its directory is given
 /// at restore).
 pub type ShareSnapshot = DeviceSnapshot<FsState>;
+/// A virtio-net device in a snapshot: layout only (MAC, MTU, features,
+/// queues); the restored VM names its own tap.
+pub type NetSnapshot = DeviceSnapshot<NetState>;
 
 /// Every device's state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,6 +77,10 @@ pub struct DeviceStates {
     pub disks: Vec<DiskSnapshot>,
     /// After the disks, in attach order.
     pub shares: Vec<ShareSnapshot>,
+    /// After the shares, in attach order (absent in snapshots of VMs
+    /// without one).
+    #[serde(default)]
+    pub nets: Vec<NetSnapshot>,
 }
 
 /// A whole snapshot (minus memory).
@@ -382,6 +390,7 @@ mod tests {
                 }),
                 disks: vec![],
                 shares: vec![],
+                nets: vec![],
             },
         }
     }
