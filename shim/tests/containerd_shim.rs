@@ -465,6 +465,99 @@ fn one_vm_per_pod() {
     assert_clean(&c, &run_dir);
 }
 
+/// Bind volumes through the pod's virtio-fs share (`ctr run --mount`): a
+/// read-only directory and a read-only file show the host's content and
+/// refuse writes, a read-write directory's write lands on the host, a
+/// missing source is a clear error, and nothing is left after delete.
+#[test]
+fn bind_volumes() {
+    if !available("bind_volumes") {
+        return;
+    }
+    let (c, run_dir) = containerd("volumes", "");
+    let img = c.import_busybox().expect("import busybox");
+    let src = husk_tests::temp_path("shim-volume-sources");
+    let _ = std::fs::remove_dir_all(&src);
+    let (ro, rw, file) = (src.join("ro"), src.join("rw"), src.join("hostname"));
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::write(ro.join("greeting"), "hello from the host\n").unwrap();
+    std::fs::write(&file, "host-name-file\n").unwrap();
+    let mount = |s: &Path, dst: &str, opts: &str| {
+        format!("type=bind,src={},dst={dst},options={opts}", s.display())
+    };
+    let (m_ro, m_file, m_rw) = (
+        mount(&ro, "/data", "rbind:ro"),
+        mount(&file, "/etc/hostname-test", "rbind:ro"),
+        mount(&rw, "/rw", "rbind:rw"),
+    );
+    let script = "cat /data/greeting /etc/hostname-test; \
+        echo x > /data/new 2>/dev/null && echo WROTE-RO-DIR; \
+        echo x >> /etc/hostname-test 2>/dev/null && echo WROTE-RO-FILE; \
+        echo from-the-guest > /rw/out && echo rw-ok";
+    let out = c
+        .ctr_timeout(
+            [
+                "run",
+                "--rm",
+                "--runtime",
+                RUNTIME,
+                "--mount",
+                &m_ro,
+                "--mount",
+                &m_file,
+                "--mount",
+                &m_rw,
+                &img,
+                "vols",
+                "sh",
+                "-c",
+                script,
+            ],
+            Duration::from_secs(300),
+        )
+        .expect("ctr run within 300 s");
+    assert!(out.status.success(), "{out:?}\n{}", c.log_tail(60));
+    assert_eq!(
+        text(&out.stdout),
+        "hello from the host\nhost-name-file\nrw-ok\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(rw.join("out")).unwrap(),
+        "from-the-guest\n"
+    );
+    assert!(!ro.join("new").exists());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "host-name-file\n");
+
+    // A source that is not there: the create fails naming the mount.
+    let gone = mount(&src.join("gone"), "/gone", "rbind:ro");
+    let out = c
+        .ctr_timeout(
+            [
+                "run",
+                "--rm",
+                "--runtime",
+                RUNTIME,
+                "--mount",
+                &gone,
+                &img,
+                "gone",
+                "true",
+            ],
+            Duration::from_secs(300),
+        )
+        .expect("ctr run within 300 s");
+    assert!(!out.status.success(), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("/gone") && err.contains("mounts["), "{err}");
+    let _ = c.ctr(["container", "delete", "gone"]);
+
+    assert_clean(&c, &run_dir);
+    std::fs::remove_dir_all(&src).unwrap();
+}
+
 /// A container's memory limit sizes its VM (limit + overhead, its own
 /// template): never silently a VM smaller than the spec asks for.
 #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use husk_shim_protos::mount::Mount;
 
 use super::error::TaskError;
+use super::spec::Volume;
 use crate::agent_client::{
     AgentClient, AgentClientError, ContainerEvent, ContainerStats, ProcessExit, ProcessStreams,
     SignalTarget, Stdio, TtySize,
@@ -152,7 +153,12 @@ pub trait PodVm: Send + Sync {
         bundle: &Path,
         mounts: &[Mount],
     ) -> Result<String, TaskError>;
-    /// Undoes [`attach_rootfs`](Self::attach_rootfs).
+    /// Makes container `cid`'s bind volumes visible to the guest, at the
+    /// paths [`super::spec::adapt`] gave their sources (after
+    /// [`attach_rootfs`](Self::attach_rootfs)); on error none stays.
+    fn attach_volumes(&self, cid: &str, volumes: &[Volume]) -> Result<(), TaskError>;
+    /// Undoes [`attach_rootfs`](Self::attach_rootfs) and
+    /// [`attach_volumes`](Self::attach_volumes).
     fn detach_rootfs(&self, cid: &str);
     /// Opens a process's stdio streams (before it is made).
     fn open_streams(

@@ -6,6 +6,8 @@
 //! - [`guest`]: what the service needs from a VM (traits; faked in tests);
 //!   [`pod`]: the real one (a [`crate::sandbox::Sandbox`] from the
 //!   template store, the pod's virtio-fs share, rootfs mounts).
+//! - [`spec`]: the bundle's spec for the guest (bind volumes shared
+//!   through the pod's virtio-fs, host namespace paths translated).
 //! - [`io`]: containerd's FIFOs ↔ the process's vsock streams.
 //! - [`events`]: task events to containerd; [`stats`]: cgroup v2 metrics.
 //! - [`config`]: `/etc/husk/config.toml`; [`error`]: errors with ttrpc codes.
@@ -19,6 +21,7 @@ pub mod io;
 pub mod pod;
 pub mod rootfs;
 pub mod service;
+pub mod spec;
 pub mod stats;
 pub mod tasks;
 

@@ -2,7 +2,9 @@
 //! one virtio-fs share (tag [`POD_SHARE_TAG`]) of the pod's shared
 //! directory, mounted once in the guest at [`GUEST_SHARE`]. A container's
 //! rootfs is mounted on the host at `<shared>/<cid>/rootfs` and so appears
-//! in the guest at `/run/husk/pod/<cid>/rootfs` with no device change.
+//! in the guest at `/run/husk/pod/<cid>/rootfs` with no device change;
+//! its bind volumes likewise at `<shared>/<cid>/mounts/<i>` (see
+//! [`spec`]).
 //!
 //! The pod's host directory (`<run_dir>/<pod key>/`, see
 //! [`pod_dir`]) holds the vsock socket (`v.sock`) and `shared/`.
@@ -19,6 +21,7 @@ use super::config::Config;
 use super::error::TaskError;
 use super::guest::{ContainerApi, PodFactory, PodRequest, PodVm};
 use super::rootfs;
+use super::spec::{self, Volume};
 use crate::agent_client::{AgentClient, MountSource, MountSpec, ProcessStreams, Stdio};
 use crate::sandbox::store::TemplateStore;
 use crate::sandbox::template_build::VmTemplateBuilder;
@@ -235,8 +238,13 @@ impl PodVm for Pod {
         Ok(format!("{GUEST_SHARE}/{cid}/rootfs"))
     }
 
+    fn attach_volumes(&self, cid: &str, volumes: &[Volume]) -> Result<(), TaskError> {
+        spec::mount_volumes(cid, &self.rootfs_dir(cid), volumes)
+    }
+
     fn detach_rootfs(&self, cid: &str) {
         let dir = self.rootfs_dir(cid);
+        spec::unmount_volumes(&dir);
         rootfs::unmount_all(&dir.join("rootfs"));
         let left = rootfs::mounts_below(&dir);
         if left.is_empty() {

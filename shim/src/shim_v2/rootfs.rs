@@ -156,6 +156,68 @@ pub fn mount_one(m: &Mount, target: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Binds `source` on `target` (an existing file or directory, like
+/// `source`), recursively with `recursive`, then read-only with
+/// `read_only` (a bind ignores MS_RDONLY: it takes a remount, which keeps
+/// the source mount's nosuid/nodev/noexec/atime flags, as runc does).
+pub fn bind(source: &Path, target: &Path, recursive: bool, read_only: bool) -> io::Result<()> {
+    let rec = if recursive { libc::MS_REC } else { 0 };
+    sys_mount(
+        &source.to_string_lossy(),
+        target,
+        "",
+        libc::MS_BIND | rec,
+        "",
+    )?;
+    if !read_only {
+        return Ok(());
+    }
+    let kept = match statvfs_flags(target) {
+        Ok(f) => f,
+        Err(e) => {
+            unmount_all(target);
+            return Err(e);
+        }
+    };
+    let r = sys_mount(
+        "",
+        target,
+        "",
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | kept,
+        "",
+    );
+    if r.is_err() {
+        unmount_all(target);
+    }
+    r
+}
+
+/// The per-mount flags of the mount at `path`, as mount(2) flags.
+fn statvfs_flags(path: &Path) -> io::Result<libc::c_ulong> {
+    let c = cstr(&path.to_string_lossy())?;
+    // SAFETY: zeroed is a valid statvfs (plain integers).
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a statvfs to fill, both
+    // living through the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut flags = 0;
+    for (st_flag, ms_flag) in [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if st.f_flag & st_flag != 0 {
+            flags |= ms_flag;
+        }
+    }
+    Ok(flags)
+}
+
 /// Mounts the container's rootfs on `target`: `mounts` in order, or a
 /// recursive bind of `fallback` when there are none.
 pub fn mount_rootfs(mounts: &[Mount], fallback: &Path, target: &Path) -> io::Result<()> {

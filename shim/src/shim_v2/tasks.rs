@@ -31,6 +31,8 @@ use super::error::TaskError;
 use super::events::{timestamp, to_any, topic, Publisher};
 use super::guest::{PodFactory, PodRequest, PodVm};
 use super::io::{check_output_path, IoCopy, StdioPaths};
+use super::pod::GUEST_SHARE;
+use super::spec;
 use super::stats::to_metrics;
 use crate::agent_client::stdio::is_valid_id;
 use crate::agent_client::{AgentClientError, ContainerEvent, SignalTarget, TtySize};
@@ -230,6 +232,16 @@ impl Tasks {
                 exec: exec_id.to_owned(),
             })?;
         Ok((c, p))
+    }
+
+    /// The guest pid of the pod's sandbox task `sid` while it runs (CRI
+    /// app containers join its namespaces).
+    fn sandbox_pid(&self, sid: &str) -> Option<u32> {
+        let c = lock(&self.containers).get(sid).cloned()?;
+        match c.init.snapshot() {
+            (State::Running | State::Paused, pid, _) if pid != 0 => Some(pid),
+            _ => None,
+        }
     }
 
     fn vm(&self, task: &str) -> Result<Arc<dyn PodVm>, TaskError> {
@@ -451,8 +463,18 @@ impl Tasks {
         let spec_json = std::fs::read(&spec_path)
             .map_err(|e| TaskError::invalid(id, format!("bundle {}: {e}", spec_path.display())))?;
         let request = pod_request(id, &spec_json)?;
+        // Before the VM: a spec the guest cannot use starts nothing.
+        let guest = spec::adapt(id, &bundle, &spec_json, GUEST_SHARE, &|sid| {
+            self.sandbox_pid(sid)
+        })?;
         let vm = self.ensure_vm(id, &request)?;
-        let rootfs = match vm.attach_rootfs(id, &bundle, &req.rootfs) {
+        let rootfs = match vm.attach_rootfs(id, &bundle, &req.rootfs).and_then(|r| {
+            vm.attach_volumes(id, &guest.volumes)
+                .map(|()| r)
+                .inspect_err(|_| {
+                    vm.detach_rootfs(id);
+                })
+        }) {
             Ok(r) => r,
             Err(e) => {
                 self.created();
@@ -469,7 +491,7 @@ impl Tasks {
         let init = Arc::new(Process::new(id, None, paths, Vec::new()));
         let created = self.attach_io(vm.as_ref(), &init).and_then(|stdio| {
             vm.api()
-                .create_container(id, &spec_json, &rootfs, stdio)
+                .create_container(id, &guest.json, &rootfs, stdio)
                 .map_err(|e| TaskError::agent(id, "create", e))
         });
         if let Err(e) = created {

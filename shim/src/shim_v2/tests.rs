@@ -61,6 +61,7 @@ struct H {
 }
 
 /// containerd's side of one process's stdio.
+#[derive(Debug)]
 struct Io {
     stdin: String,
     stdout: String,
@@ -1142,4 +1143,136 @@ fn wait_returns_when_a_created_task_is_deleted() {
     let w = waiting.recv_timeout(BOUND).expect("Wait returned");
     assert!(w.is_ok() || code(w) == Code::NOT_FOUND);
     assert!(h.tasks.is_empty());
+}
+
+/// A create with `config` as its spec.
+fn create_with(h: &H, id: &str, config: &str) -> Result<Io, TaskError> {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let io = h.fifos(&format!("{id}-{}", N.fetch_add(1, Ordering::SeqCst)), false);
+    let mut req = h.create_req(id, &io);
+    req.bundle = h.bundle(id, Some(config));
+    h.tasks.create(&req).map(|_| io)
+}
+
+/// The spec the guest got for `id`.
+fn guest_spec(vm: &Fake, id: &str) -> serde_json::Value {
+    serde_json::from_slice(&vm.lock().containers[id].0).unwrap()
+}
+
+/// A bind mount reaches the agent with its source in the pod share, its
+/// volume is attached on the host, and both go with the task's Delete.
+#[test]
+fn bind_volumes_reach_the_guest_and_go_with_delete() {
+    let h = H::new("volumes");
+    let config = r#"{
+        "process": {"args": ["/bin/sh"], "cwd": "/"},
+        "root": {"path": "rootfs"},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind", "ro"]}
+        ]
+    }"#;
+    create_with(&h, "c1", config).unwrap();
+    let vm = h.vm();
+    let spec = guest_spec(&vm, "c1");
+    assert_eq!(spec["mounts"][0]["source"], "proc");
+    assert_eq!(spec["mounts"][1]["source"], "/run/husk/pod/c1/mounts/1");
+    assert_eq!(
+        spec["mounts"][1]["options"],
+        serde_json::json!(["rbind", "ro"])
+    );
+    {
+        let g = vm.lock();
+        let v = &g.volumes["c1"];
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].source, Path::new("/srv/data"));
+        assert!(v[0].read_only && v[0].recursive);
+    }
+    h.delete("c1", "").unwrap();
+    let g = vm.lock();
+    assert!(g.volumes.is_empty());
+    assert_eq!(g.detached, ["c1"]);
+}
+
+/// A volume that cannot be attached fails the create with its code and
+/// leaves nothing: no task, the rootfs detached, the VM off.
+#[test]
+fn a_volume_that_fails_leaves_nothing() {
+    let h = H::new("volfail");
+    h.create("c0");
+    let vm = h.vm();
+    vm.lock().fail_volumes = true;
+    let e = create_with(&h, "c1", CONFIG).expect_err("the volume failed");
+    assert_eq!(e.code(), Code::INVALID_ARGUMENT);
+    assert!(e.to_string().contains("mounts[0] (/data)"), "{e}");
+    assert_eq!(code(h.state("c1", "")), Code::NOT_FOUND);
+    {
+        let g = vm.lock();
+        assert_eq!(g.attached, ["c0", "c1"]);
+        assert_eq!(g.detached, ["c1"]);
+        assert!(!g.containers.contains_key("c1"));
+    }
+    h.delete("c0", "").unwrap();
+    h.tasks.join_power_off();
+    assert!(vm.lock().powered_off);
+}
+
+/// A CRI pod: the sandbox's host netns becomes a new one in the guest;
+/// an app container's host namespace paths become the sandbox's
+/// `/proc/<guest pid>/ns/…`; before the sandbox runs that is
+/// FAILED_PRECONDITION, and a spec the guest cannot use starts no VM.
+#[test]
+fn cri_namespaces_follow_the_sandbox_in_the_guest() {
+    let h = H::new("crins");
+    let spec = |kind: &str, ns: &str| {
+        format!(
+            r#"{{
+            "process": {{"args": ["/pause"], "cwd": "/"}},
+            "root": {{"path": "rootfs"}},
+            "annotations": {{"io.kubernetes.cri.container-type": "{kind}",
+                "io.kubernetes.cri.sandbox-id": "sb1"}},
+            "linux": {{"namespaces": [{ns}]}}
+        }}"#
+        )
+    };
+    // Not CRI: a host namespace is refused before any VM starts.
+    let e = create_with(
+        &h,
+        "x",
+        r#"{"process": {"args": ["/x"]}, "linux": {"namespaces": [{"type": "network", "path": "/var/run/netns/n"}]}}"#,
+    )
+    .expect_err("a host netns");
+    assert_eq!(e.code(), Code::INVALID_ARGUMENT);
+    assert_eq!(h.vm_count(), 0);
+
+    create_with(
+        &h,
+        "sb1",
+        &spec(
+            "sandbox",
+            r#"{"type": "pid"}, {"type": "mount"}, {"type": "network", "path": "/var/run/netns/cni-1"}"#,
+        ),
+    )
+    .unwrap();
+    let vm = h.vm();
+    assert_eq!(
+        guest_spec(&vm, "sb1")["linux"]["namespaces"][2],
+        serde_json::json!({"type": "network"})
+    );
+    let app = spec(
+        "container",
+        r#"{"type": "pid"}, {"type": "mount"}, {"type": "ipc", "path": "/proc/77/ns/ipc"},
+           {"type": "network", "path": "/var/run/netns/cni-1"}"#,
+    );
+    // The sandbox has no process yet.
+    assert_eq!(
+        code(create_with(&h, "app1", &app)),
+        Code::FAILED_PRECONDITION
+    );
+    let pid = h.start("sb1", "");
+    create_with(&h, "app1", &app).unwrap();
+    let ns = &guest_spec(&vm, "app1")["linux"]["namespaces"];
+    assert_eq!(ns[2]["path"], "/proc/77/ns/ipc", "a /proc path is kept");
+    assert_eq!(ns[3]["path"], format!("/proc/{pid}/ns/net"));
+    assert_eq!(h.vm_count(), 1);
 }

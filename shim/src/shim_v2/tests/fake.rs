@@ -17,6 +17,7 @@ use crate::agent_client::{
 };
 use crate::shim_v2::error::TaskError;
 use crate::shim_v2::guest::{ContainerApi, PodFactory, PodRequest, PodVm};
+use crate::shim_v2::spec::Volume;
 
 /// The longest any fake call blocks (a `wait_process` nobody ends): a
 /// stuck test fails rather than hangs.
@@ -62,6 +63,10 @@ pub struct Inner {
     pub ended: Option<String>,
     pub powered_off: bool,
     pub attached: Vec<String>,
+    /// Container id → the volumes attached (until detached).
+    pub volumes: HashMap<String, Vec<Volume>>,
+    /// The next attach_volumes fails (INVALID_ARGUMENT).
+    pub fail_volumes: bool,
     pub detached: Vec<String>,
     pub removed: Vec<String>,
     pub paused: Vec<String>,
@@ -479,8 +484,24 @@ impl PodVm for FakeVm {
         Ok(format!("/run/husk/containers/{cid}/rootfs"))
     }
 
+    fn attach_volumes(&self, cid: &str, volumes: &[Volume]) -> Result<(), TaskError> {
+        let mut g = self.fake.lock();
+        if std::mem::take(&mut g.fail_volumes) {
+            return Err(TaskError::invalid(
+                cid,
+                "mounts[0] (/data): source /nope: missing",
+            ));
+        }
+        if !volumes.is_empty() {
+            g.volumes.insert(cid.to_owned(), volumes.to_vec());
+        }
+        Ok(())
+    }
+
     fn detach_rootfs(&self, cid: &str) {
-        self.fake.lock().detached.push(cid.to_owned());
+        let mut g = self.fake.lock();
+        g.volumes.remove(cid);
+        g.detached.push(cid.to_owned());
     }
 
     fn open_streams(

@@ -1,0 +1,484 @@
+//! [`adapt`] on specs like containerd's, and the host side of volumes
+//! (in a mount namespace of the test thread's own, so nothing leaks).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+
+use serde_json::{json, Value};
+
+use super::*;
+
+const SHARE: &str = "/run/husk/pod";
+
+fn no_sandbox(_: &str) -> Option<u32> {
+    None
+}
+
+fn adapt_v(cid: &str, spec: &Value, pid: &dyn Fn(&str) -> Option<u32>) -> (Value, Vec<Volume>) {
+    let g = adapt(
+        cid,
+        Path::new("/bundles/c1"),
+        &serde_json::to_vec(spec).unwrap(),
+        SHARE,
+        pid,
+    )
+    .unwrap();
+    (serde_json::from_slice(&g.json).unwrap(), g.volumes)
+}
+
+fn err(cid: &str, spec: &Value, pid: &dyn Fn(&str) -> Option<u32>) -> TaskError {
+    adapt(
+        cid,
+        Path::new("/bundles/c1"),
+        &serde_json::to_vec(spec).unwrap(),
+        SHARE,
+        pid,
+    )
+    .expect_err("expected an error")
+}
+
+/// The mounts containerd's default spec has (`ctr run`), none a bind.
+fn default_mounts() -> Value {
+    json!([
+        {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+    ])
+}
+
+#[test]
+fn binds_are_rewritten_and_others_pass_through() {
+    let mut mounts = default_mounts();
+    let m = mounts.as_array_mut().unwrap();
+    m.push(json!({"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind", "ro"]}));
+    m.push(json!({"destination": "/etc/hostname-test", "type": "none", "source": "/etc/hostname", "options": ["bind"]}));
+    m.push(json!({"destination": "/rel", "type": "bind", "source": "vol", "options": ["rbind", "ro", "rw"]}));
+    let spec = json!({"ociVersion": "1.0.2", "mounts": mounts, "process": {"args": ["sh"]}});
+    let (out, vols) = adapt_v("c1", &spec, &no_sandbox);
+    // Non-binds: byte for byte.
+    for i in 0..7 {
+        assert_eq!(out["mounts"][i], spec["mounts"][i], "mounts[{i}]");
+    }
+    assert_eq!(
+        vols,
+        vec![
+            Volume {
+                what: "mounts[7] (/data)".into(),
+                index: 7,
+                source: "/srv/data".into(),
+                recursive: true,
+                read_only: true,
+            },
+            Volume {
+                what: "mounts[8] (/etc/hostname-test)".into(),
+                index: 8,
+                source: "/etc/hostname".into(),
+                recursive: false,
+                read_only: false,
+            },
+            Volume {
+                what: "mounts[9] (/rel)".into(),
+                index: 9,
+                source: "/bundles/c1/vol".into(),
+                recursive: true,
+                read_only: false,
+            },
+        ]
+    );
+    assert_eq!(out["mounts"][7]["source"], "/run/husk/pod/c1/mounts/7");
+    assert_eq!(out["mounts"][8]["source"], "/run/husk/pod/c1/mounts/8");
+    assert_eq!(out["mounts"][9]["source"], "/run/husk/pod/c1/mounts/9");
+    // Options and destination stay: the agent binds with them in the guest.
+    assert_eq!(out["mounts"][7]["options"], json!(["rbind", "ro"]));
+    assert_eq!(out["mounts"][7]["destination"], "/data");
+    assert_eq!(
+        vols[0].host_path(Path::new("/pods/x/shared/c1")),
+        Path::new("/pods/x/shared/c1/mounts/7")
+    );
+    // Everything else is kept.
+    assert_eq!(out["process"], spec["process"]);
+}
+
+#[test]
+fn bad_bind_entries_name_the_mount() {
+    let spec = json!({"mounts": [{"destination": "/d", "type": "bind", "options": ["rbind"]}]});
+    let e = err("c1", &spec, &no_sandbox);
+    assert_eq!(e.code(), ttrpc::Code::INVALID_ARGUMENT);
+    assert!(e.to_string().contains("mounts[0] (/d)"), "{e}");
+    let spec =
+        json!({"mounts": [{"destination": "/d", "type": "bind", "source": "/x", "options": "ro"}]});
+    assert_eq!(
+        err("c1", &spec, &no_sandbox).code(),
+        ttrpc::Code::INVALID_ARGUMENT
+    );
+    let spec = json!({"mounts": {"destination": "/d"}});
+    assert_eq!(
+        err("c1", &spec, &no_sandbox).code(),
+        ttrpc::Code::INVALID_ARGUMENT
+    );
+    let e = adapt("c1", Path::new("/b"), b"not json", SHARE, &no_sandbox).unwrap_err();
+    assert_eq!(e.code(), ttrpc::Code::INVALID_ARGUMENT);
+}
+
+#[test]
+fn missing_source_is_invalid_argument_naming_the_mount() {
+    let dir = temp_dir("missing");
+    let vols = [Volume {
+        what: "mounts[4] (/data)".into(),
+        index: 4,
+        source: dir.join("no-such-dir"),
+        recursive: true,
+        read_only: true,
+    }];
+    let e = mount_volumes("c1", &dir.join("c1"), &vols).unwrap_err();
+    assert_eq!(e.code(), ttrpc::Code::INVALID_ARGUMENT);
+    let m = e.to_string();
+    assert!(
+        m.contains("mounts[4] (/data)") && m.contains("no-such-dir"),
+        "{m}"
+    );
+    // Nothing was made.
+    assert!(!dir.join("c1/mounts/4").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn namespaces_of(v: &Value) -> Vec<(String, Option<String>)> {
+    v["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["type"].as_str().unwrap().to_owned(),
+                n.get("path").and_then(Value::as_str).map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+fn ns(v: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
+    v.iter()
+        .map(|(t, p)| (t.to_string(), p.map(str::to_owned)))
+        .collect()
+}
+
+#[test]
+fn sandbox_gets_new_namespaces_for_host_paths() {
+    let spec = json!({
+        "annotations": {CONTAINER_TYPE: "sandbox", SANDBOX_ID: "sb1"},
+        "linux": {"namespaces": [
+            {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+            {"type": "network", "path": "/var/run/netns/cni-1234-abcd"}
+        ]}
+    });
+    let (out, _) = adapt_v("sb1", &spec, &no_sandbox);
+    assert_eq!(
+        namespaces_of(&out),
+        ns(&[
+            ("pid", None),
+            ("ipc", None),
+            ("uts", None),
+            ("mount", None),
+            ("network", None)
+        ])
+    );
+}
+
+#[test]
+fn app_containers_join_the_sandbox_in_the_guest() {
+    let spec = json!({
+        "annotations": {CONTAINER_TYPE: "container", SANDBOX_ID: "sb1"},
+        "linux": {"namespaces": [
+            {"type": "pid", "path": "/var/run/pidns-of-host"},
+            {"type": "ipc", "path": "/proc/42/ns/ipc"},
+            {"type": "uts", "path": "/proc/42/ns/uts"},
+            {"type": "mount"},
+            {"type": "network", "path": "/var/run/netns/cni-1234-abcd"},
+            {"type": "cgroup", "path": ""}
+        ]}
+    });
+    let pid = |sid: &str| (sid == "sb1").then_some(42);
+    let (out, _) = adapt_v("c1", &spec, &pid);
+    assert_eq!(
+        namespaces_of(&out),
+        ns(&[
+            ("pid", Some("/proc/42/ns/pid")),
+            ("ipc", Some("/proc/42/ns/ipc")),
+            ("uts", Some("/proc/42/ns/uts")),
+            ("mount", None),
+            ("network", Some("/proc/42/ns/net")),
+            ("cgroup", Some("")),
+        ])
+    );
+    // The sandbox is not running here: its namespaces cannot be found.
+    let e = err("c1", &spec, &no_sandbox);
+    assert_eq!(e.code(), ttrpc::Code::FAILED_PRECONDITION);
+    assert!(e.to_string().contains("linux.namespaces[0].path"), "{e}");
+    assert!(e.to_string().contains("sb1"), "{e}");
+}
+
+#[test]
+fn host_namespaces_outside_cri_are_refused() {
+    let spec = json!({"linux": {"namespaces": [
+        {"type": "pid"}, {"type": "mount"},
+        {"type": "network", "path": "/var/run/netns/mine"}
+    ]}});
+    let e = err("c1", &spec, &|_| Some(7));
+    assert_eq!(e.code(), ttrpc::Code::INVALID_ARGUMENT);
+    assert!(e.to_string().contains("linux.namespaces[2].path"), "{e}");
+    // /proc paths (a pid this shim reported) and new namespaces pass.
+    let spec = json!({"linux": {"namespaces": [
+        {"type": "pid"}, {"type": "mount"}, {"type": "network", "path": "/proc/9/ns/net"}
+    ]}});
+    let (out, vols) = adapt_v("c1", &spec, &no_sandbox);
+    assert_eq!(out, spec);
+    assert!(vols.is_empty());
+}
+
+/// An app container's spec as containerd 1.6's CRI writes it (trimmed
+/// of capabilities, seccomp and masked paths, which pass through).
+const CRI_CONTAINER: &str = r#"{
+  "ociVersion": "1.0.2-dev",
+  "process": {"user": {"uid": 0, "gid": 0}, "args": ["sh", "-c", "sleep 3600"],
+    "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=pod1"],
+    "cwd": "/", "capabilities": {"bounding": ["CAP_CHOWN"]}, "oomScoreAdj": 1000},
+  "root": {"path": "rootfs"},
+  "mounts": [
+    {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+    {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+    {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+    {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+    {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+    {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/sb1/hosts", "options": ["rbind", "rprivate", "rw"]},
+    {"destination": "/dev/termination-log", "type": "bind", "source": "/var/lib/kubelet/pods/uid/containers/app/0a1b", "options": ["rbind", "rprivate", "rw"]},
+    {"destination": "/etc/hostname", "type": "bind", "source": "/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/sb1/hostname", "options": ["rbind", "rprivate", "rw"]},
+    {"destination": "/etc/resolv.conf", "type": "bind", "source": "/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/sb1/resolv.conf", "options": ["rbind", "rprivate", "rw"]},
+    {"destination": "/dev/shm", "type": "bind", "source": "/run/containerd/io.containerd.grpc.v1.cri/sandboxes/sb1/shm", "options": ["rbind", "rprivate", "rw"]},
+    {"destination": "/var/run/secrets/kubernetes.io/serviceaccount", "type": "bind", "source": "/var/lib/kubelet/pods/uid/volumes/kubernetes.io~projected/kube-api-access-x", "options": ["rbind", "rprivate", "ro"]}
+  ],
+  "annotations": {
+    "io.kubernetes.cri.container-name": "app",
+    "io.kubernetes.cri.container-type": "container",
+    "io.kubernetes.cri.image-name": "docker.io/library/busybox:latest",
+    "io.kubernetes.cri.sandbox-id": "sb1",
+    "io.kubernetes.cri.sandbox-name": "pod1",
+    "io.kubernetes.cri.sandbox-namespace": "default"
+  },
+  "linux": {
+    "resources": {"memory": {"limit": 134217728}, "cpu": {"shares": 2}},
+    "cgroupsPath": "/kubepods/besteffort/poduid/app",
+    "namespaces": [
+      {"type": "pid"},
+      {"type": "ipc", "path": "/proc/101/ns/ipc"},
+      {"type": "uts", "path": "/proc/101/ns/uts"},
+      {"type": "mount"},
+      {"type": "network", "path": "/proc/101/ns/net"}
+    ],
+    "maskedPaths": ["/proc/acpi"],
+    "readonlyPaths": ["/proc/bus"]
+  }
+}"#;
+
+#[test]
+fn a_cri_container_spec() {
+    let spec: Value = serde_json::from_str(CRI_CONTAINER).unwrap();
+    // The pause task reported guest pid 101.
+    let pid = |sid: &str| (sid == "sb1").then_some(101);
+    let (out, vols) = adapt_v("app1", &spec, &pid);
+    let dests: Vec<(&str, usize, bool)> = vols
+        .iter()
+        .map(|v| {
+            (
+                spec["mounts"][v.index]["destination"].as_str().unwrap(),
+                v.index,
+                v.read_only,
+            )
+        })
+        .collect();
+    assert_eq!(
+        dests,
+        [
+            ("/etc/hosts", 6, false),
+            ("/dev/termination-log", 7, false),
+            ("/etc/hostname", 8, false),
+            ("/etc/resolv.conf", 9, false),
+            ("/dev/shm", 10, false),
+            ("/var/run/secrets/kubernetes.io/serviceaccount", 11, true),
+        ]
+    );
+    assert!(vols.iter().all(|v| v.recursive));
+    for v in &vols {
+        assert_eq!(
+            out["mounts"][v.index]["source"],
+            format!("/run/husk/pod/app1/mounts/{}", v.index)
+        );
+        assert_eq!(
+            v.source.to_str().unwrap(),
+            spec["mounts"][v.index]["source"]
+        );
+    }
+    // The /proc paths are guest pids already; nothing else changes.
+    let mut expect = spec.clone();
+    for v in &vols {
+        expect["mounts"][v.index]["source"] = out["mounts"][v.index]["source"].clone();
+    }
+    assert_eq!(out, expect);
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "husk-spec-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs `f` on a thread in a mount namespace of its own (private), so the
+/// test's mounts never reach the host's and die with the thread. None when
+/// this process may not (not root).
+fn in_private_mount_ns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    std::thread::spawn(move || {
+        // SAFETY: unshare of this thread's fs/mount namespace; no memory
+        // is involved.
+        if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+            return None;
+        }
+        let root = std::ffi::CString::new("/").unwrap();
+        let none = std::ffi::CString::new("none").unwrap();
+        // SAFETY: valid NUL-terminated strings; no data.
+        let r = unsafe {
+            libc::mount(
+                none.as_ptr(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+        };
+        if r != 0 {
+            return None;
+        }
+        Some(f())
+    })
+    .join()
+    .unwrap()
+}
+
+/// The mount points below `dir` in the calling thread's namespace.
+fn thread_mounts_below(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
+    let prefix = format!("{}/", dir.display());
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|mp| mp.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn volumes_on_the_host_honour_ro_and_go_away() {
+    let dir = temp_dir("host");
+    let d = dir.clone();
+    let done = in_private_mount_ns(move || {
+        let src = d.join("src");
+        std::fs::create_dir_all(src.join("dir")).unwrap();
+        std::fs::write(src.join("dir/greeting"), "hello from the host\n").unwrap();
+        std::fs::write(src.join("file"), "a file\n").unwrap();
+        std::fs::create_dir_all(src.join("rw")).unwrap();
+        let cdir = d.join("shared/c1");
+        std::fs::create_dir_all(&cdir).unwrap();
+        let vols = vec![
+            Volume {
+                what: "mounts[7] (/data)".into(),
+                index: 7,
+                source: src.join("dir"),
+                recursive: true,
+                read_only: true,
+            },
+            Volume {
+                what: "mounts[8] (/etc/x)".into(),
+                index: 8,
+                source: src.join("file"),
+                recursive: true,
+                read_only: true,
+            },
+            Volume {
+                what: "mounts[9] (/rw)".into(),
+                index: 9,
+                source: src.join("rw"),
+                recursive: false,
+                read_only: false,
+            },
+        ];
+        mount_volumes("c1", &cdir, &vols).unwrap();
+        let m = cdir.join("mounts");
+        assert_eq!(
+            std::fs::read_to_string(m.join("7/greeting")).unwrap(),
+            "hello from the host\n"
+        );
+        assert_eq!(std::fs::read_to_string(m.join("8")).unwrap(), "a file\n");
+        // Read-only on the host too.
+        let e = std::fs::write(m.join("7/new"), "x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+        let e = std::fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("8"))
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+        // Read-write: a write lands in the source.
+        std::fs::File::create(m.join("9/out"))
+            .unwrap()
+            .write_all(b"from the guest\n")
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(src.join("rw/out")).unwrap(),
+            "from the guest\n"
+        );
+        assert_eq!(thread_mounts_below(&cdir).len(), 3);
+
+        unmount_volumes(&cdir);
+        assert!(thread_mounts_below(&cdir).is_empty());
+        assert!(!m.exists(), "mounts dir left");
+        // The sources are untouched.
+        assert!(src.join("dir/greeting").is_file() && src.join("file").is_file());
+
+        // A missing source after good ones: the good ones are undone.
+        let mut bad = vols.clone();
+        bad.push(Volume {
+            what: "mounts[10] (/gone)".into(),
+            index: 10,
+            source: src.join("gone"),
+            recursive: true,
+            read_only: false,
+        });
+        let e = mount_volumes("c1", &cdir, &bad).unwrap_err();
+        assert_eq!(e.code(), ttrpc::Code::INVALID_ARGUMENT);
+        assert!(e.to_string().contains("mounts[10] (/gone)"), "{e}");
+        assert!(thread_mounts_below(&cdir).is_empty());
+        assert!(!m.exists());
+        // A mount point that exists already (a second attach of the same
+        // container) is an error, and undoes the container's volumes.
+        mount_volumes("c1", &cdir, &vols[..1]).unwrap();
+        let e = mount_volumes("c1", &cdir, &vols[..1]).unwrap_err();
+        assert_eq!(e.code(), ttrpc::Code::INTERNAL);
+        assert!(
+            thread_mounts_below(&cdir).is_empty(),
+            "a failed attach undoes the container's volumes"
+        );
+    });
+    if done.is_none() {
+        eprintln!("SKIP volumes_on_the_host_honour_ro_and_go_away: no mount namespace (not root)");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
