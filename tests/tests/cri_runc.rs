@@ -330,6 +330,17 @@ fn husk_pod_flow() {
     let dir: PathBuf = husk_tests::temp_path("cri-husk");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    /// Removes the test's dir (config, pod dirs, consoles) even when the
+    /// flow panics.
+    struct RemoveDir(PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            if std::env::var_os("HUSK_KEEP_CONTAINERD").is_none() {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+    let _cleanup = RemoveDir(dir.clone());
     let store = husk_tests::oci::target_dir().join("husk-shim-templates");
     let config = dir.join("config.toml");
     std::fs::write(
@@ -351,7 +362,6 @@ fn husk_pod_flow() {
             .env("HUSK_CONFIG", config.to_string_lossy())
             .debug(true),
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A test that fails half-way leaves a running pod: dropping the fixture
