@@ -6,8 +6,10 @@ set -euo pipefail
 # busybox OCI image of the containerd tests.
 # containerd, runc, containernetworking-plugins: the end-to-end tests against a
 # real containerd (tests/containerd.rs; util-linux's `script` for ctr run -t).
+# protobuf-compiler: the k8s-cri crate (the CRI test client, tests/cri.rs)
+# compiles the CRI protos with protoc at build time.
 pkgs=(linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio python3 gcc make xz-utils patch util-linux e2fsprogs busybox-static
-      containerd runc containernetworking-plugins)
+      containerd runc containernetworking-plugins protobuf-compiler)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -55,6 +55,12 @@ pub const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 /// runc's state root under containerd's runc shim (one dir per namespace).
 pub const RUNC_STATE_DIR: &str = "/run/containerd/runc";
 
+/// The namespace of the CRI plugin (fixed in containerd 1.6): shared by
+/// every containerd with CRI on the host, so a fixture in it counts and
+/// cleans only its own runc state, and leaves the `k8s.io` cgroups alone
+/// (CRI pods go under their own `cgroup_parent`; see [`crate::cri`]).
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
 /// Prefix of fixture work dirs in the temp dir (`<prefix><pid>-<n>`).
 const WORK_PREFIX: &str = "husk-ctrd-";
 
@@ -136,8 +142,22 @@ impl Options {
 /// `restrict_oom_score_adj = true` (root on these VMs may not lower
 /// oom_score_adj), Debian's CNI plugins, all pod annotations passed
 /// through, and `sandbox_image` (import it first). Use with
-/// `Options::new().cri(true).config(&cri_config(..))`.
+/// `Options::new().cri(true).config(&cri_config(..))`. The handler `runc`
+/// (containerd's runc shim, `shim` unused) is always there.
 pub fn cri_config(handler: &str, shim: &Path, sandbox_image: &str, cni_conf_dir: &Path) -> String {
+    let handler_table = if handler == "runc" {
+        String::new()
+    } else {
+        format!(
+            r#"    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{handler}]
+      runtime_type = {shim}
+      pod_annotations = ["*", "*/*"]
+      container_annotations = ["*", "*/*"]
+"#,
+            handler = toml_str(handler),
+            shim = toml_str(&shim.to_string_lossy()),
+        )
+    };
     format!(
         r#"[plugins."io.containerd.grpc.v1.cri"]
   restrict_oom_score_adj = true
@@ -150,15 +170,9 @@ pub fn cri_config(handler: &str, shim: &Path, sandbox_image: &str, cni_conf_dir:
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{handler}]
-      runtime_type = {shim}
-      pod_annotations = ["*", "*/*"]
-      container_annotations = ["*", "*/*"]
-"#,
+{handler_table}"#,
         image = toml_str(sandbox_image),
         cni = toml_str(&cni_conf_dir.to_string_lossy()),
-        handler = toml_str(handler),
-        shim = toml_str(&shim.to_string_lossy()),
     )
 }
 
@@ -567,8 +581,8 @@ disabled_plugins = [{disabled}]
                     .join("io.containerd.runtime.v2.task")
                     .join(&self.namespace),
             ),
-            runc_state: list_dir(&Path::new(RUNC_STATE_DIR).join(&self.namespace)),
-            cgroups: cgroup_dirs(&self.namespace)
+            runc_state: own_runc_state(&self.work, &self.namespace),
+            cgroups: namespace_cgroup_dirs(&self.namespace)
                 .into_iter()
                 .flat_map(|d| {
                     list_dir(&d)
@@ -689,12 +703,14 @@ impl Drop for Containerd {
         }
         // Containers whose shim died: their processes are in the
         // namespace's cgroups.
-        remove_cgroups(&self.namespace);
+        if self.namespace != CRI_NAMESPACE {
+            remove_cgroups(&self.namespace);
+        }
         let sockets = self.own_shim_sockets();
         for s in sockets {
             let _ = std::fs::remove_file(s);
         }
-        let _ = std::fs::remove_dir_all(Path::new(RUNC_STATE_DIR).join(&self.namespace));
+        remove_runc_state(&self.work, &self.namespace);
         cleanup_mounts_under(&self.work);
         if std::env::var_os("HUSK_KEEP_CONTAINERD").is_none() {
             let _ = std::fs::remove_dir_all(&self.work);
@@ -844,7 +860,7 @@ fn kill(pid: u32, sig: libc::c_int) {
 }
 
 /// Sorted names in `dir` (empty when it is absent).
-fn list_dir(dir: &Path) -> Vec<String> {
+pub(crate) fn list_dir(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
@@ -952,7 +968,7 @@ fn socket_listeners(dir: &str) -> Vec<(String, u32)> {
 }
 
 /// Mount points under `dir` in this mount namespace, deepest first.
-fn mounts_under(dir: &Path) -> Vec<String> {
+pub(crate) fn mounts_under(dir: &Path) -> Vec<String> {
     let prefix = format!("{}/", dir.display());
     let mut v: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
@@ -1010,7 +1026,7 @@ fn cleanup_mounts_under(dir: &Path) {
 
 /// The namespace's cgroup dirs (one per v1 hierarchy, or the v2 one):
 /// `ctr` puts containers at `/<ns>/<id>`.
-fn cgroup_dirs(namespace: &str) -> Vec<PathBuf> {
+pub(crate) fn cgroup_dirs(namespace: &str) -> Vec<PathBuf> {
     let root = Path::new("/sys/fs/cgroup");
     let mut v = Vec::new();
     let direct = root.join(namespace);
@@ -1026,8 +1042,50 @@ fn cgroup_dirs(namespace: &str) -> Vec<PathBuf> {
     v
 }
 
+/// [`cgroup_dirs`] of a fixture's own namespace; none for
+/// [`CRI_NAMESPACE`], which is not the fixture's alone.
+fn namespace_cgroup_dirs(namespace: &str) -> Vec<PathBuf> {
+    if namespace == CRI_NAMESPACE {
+        return Vec::new();
+    }
+    cgroup_dirs(namespace)
+}
+
+/// runc's state entries (container ids) under
+/// `/run/containerd/runc/<namespace>` that belong to the containerd whose
+/// work dir is `work`: all of them in a fixture's own namespace; in
+/// [`CRI_NAMESPACE`] those whose `state.json` names a path under `work`
+/// (the bundle's rootfs).
+fn own_runc_state(work: &Path, namespace: &str) -> Vec<String> {
+    let dir = Path::new(RUNC_STATE_DIR).join(namespace);
+    let all = list_dir(&dir);
+    if namespace != CRI_NAMESPACE {
+        return all;
+    }
+    let needle = format!("{}/", work.display());
+    all.into_iter()
+        .filter(|id| {
+            std::fs::read_to_string(dir.join(id).join("state.json"))
+                .is_ok_and(|s| s.contains(&needle))
+        })
+        .collect()
+}
+
+/// Removes [`own_runc_state`], and the namespace's dir once it is empty.
+fn remove_runc_state(work: &Path, namespace: &str) {
+    let dir = Path::new(RUNC_STATE_DIR).join(namespace);
+    if namespace != CRI_NAMESPACE {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    for id in own_runc_state(work, namespace) {
+        let _ = std::fs::remove_dir_all(dir.join(id));
+    }
+    let _ = std::fs::remove_dir(&dir);
+}
+
 /// Kills every process in the namespace's cgroups and removes them.
-fn remove_cgroups(namespace: &str) {
+pub(crate) fn remove_cgroups(namespace: &str) {
     for _ in 0..20 {
         let dirs = cgroup_dirs(namespace);
         if dirs.is_empty() {
@@ -1090,18 +1148,20 @@ fn reap_stale_fixtures() {
         for p in processes_with_address(&address) {
             kill(p, libc::SIGKILL);
         }
-        // The default namespace of that fixture.
+        // The default namespace of that fixture, and CRI's.
         let ns = format!("husk-{pid}-{n}");
         remove_cgroups(&ns);
-        // Its shims' sockets, named after its tasks.
-        let bundles = work.join("state/io.containerd.runtime.v2.task").join(&ns);
-        for id in list_dir(&bundles)
-            .into_iter()
-            .chain(list_dir(&Path::new(RUNC_STATE_DIR).join(&ns)))
-        {
-            let _ = std::fs::remove_file(shim_socket(Path::new(&address), &ns, &id));
+        for ns in [ns.as_str(), CRI_NAMESPACE] {
+            // Its shims' sockets, named after its tasks.
+            let bundles = work.join("state/io.containerd.runtime.v2.task").join(ns);
+            for id in list_dir(&bundles)
+                .into_iter()
+                .chain(own_runc_state(&work, ns))
+            {
+                let _ = std::fs::remove_file(shim_socket(Path::new(&address), ns, &id));
+            }
+            remove_runc_state(&work, ns);
         }
-        let _ = std::fs::remove_dir_all(Path::new(RUNC_STATE_DIR).join(&ns));
         cleanup_mounts_under(&work);
         let _ = std::fs::remove_dir_all(&work);
     }

@@ -5,11 +5,14 @@
 //!
 //! End-to-end tests against a real containerd use [`containerd`] (the
 //! daemon fixture, `ctr`, the leak census), [`oci`] (busybox images built
-//! locally) and [`pty`] (`ctr run -t` on a pseudo-terminal).
+//! locally) and [`pty`] (`ctr run -t` on a pseudo-terminal); Kubernetes
+//! pods through containerd's CRI plugin use [`cri`] (a CRI v1 client and a
+//! fixture with CNI networking and a pause image).
 
 use std::path::{Path, PathBuf};
 
 pub mod containerd;
+pub mod cri;
 pub mod oci;
 pub mod pty;
 
