@@ -98,9 +98,20 @@ fn run_container(f: &CriFixture, pod: &Pod, name: &str, command: &[&str]) -> Str
     id
 }
 
+/// What a runtime's pods are checked for beyond the common flow.
+#[derive(Clone, Copy)]
+struct Expect {
+    /// The pod IP is on the containers' eth0 and answers pings (the pod's
+    /// network reaches the containers).
+    network: bool,
+    /// The pod's containers share one VM (one guest boot id) whose kernel
+    /// is not the host's.
+    vm: bool,
+}
+
 /// The pod flow with runtime handler `handler` (served by `shim`, `None`
 /// for runc), containerd started with `opts`.
-fn pod_flow(handler: &str, shim: Option<&Path>, opts: Options) {
+fn pod_flow(handler: &str, shim: Option<&Path>, opts: Options, expect: Expect) {
     let mut clock = Clock::new();
     let f = CriFixture::start(handler, shim, opts).expect("start the CRI fixture");
     let cri = f.cri();
@@ -187,13 +198,37 @@ fn pod_flow(handler: &str, shim: Option<&Path>, opts: Options) {
         text(&o.stdout)
     };
     assert_eq!(ns(&sleeper), ns(&talker), "one network namespace per pod");
-    let addr = cri
-        .exec_sync(&talker, &["ip", "-4", "addr", "show", "eth0"], EXEC_TIMEOUT)
-        .unwrap();
-    assert!(
-        text(&addr.stdout).contains(&format!("inet {ip}/24")),
-        "{addr:?}"
-    );
+    if expect.network {
+        let addr = cri
+            .exec_sync(&talker, &["ip", "-4", "addr", "show", "eth0"], EXEC_TIMEOUT)
+            .unwrap();
+        assert!(
+            text(&addr.stdout).contains(&format!("inet {ip}/24")),
+            "{addr:?}"
+        );
+    }
+    if expect.vm {
+        let read = |id: &str, cmd: &[&str]| {
+            let o = cri.exec_sync(id, cmd, EXEC_TIMEOUT).unwrap();
+            assert_eq!(o.exit_code, 0, "{o:?}");
+            text(&o.stdout)
+        };
+        let boot = ["cat", "/proc/sys/kernel/random/boot_id"];
+        assert_eq!(
+            read(&sleeper, &boot),
+            read(&talker, &boot),
+            "two VMs for one pod"
+        );
+        let host = std::process::Command::new("uname")
+            .arg("-r")
+            .output()
+            .unwrap();
+        assert_ne!(
+            read(&talker, &["uname", "-r"]),
+            text(&host.stdout),
+            "the host's kernel"
+        );
+    }
     let host = cri.exec_sync(&talker, &["hostname"], EXEC_TIMEOUT).unwrap();
     assert_eq!(text(&host.stdout), "flow\n");
 
@@ -232,6 +267,10 @@ fn pod_flow(handler: &str, shim: Option<&Path>, opts: Options) {
                     .map(|l| (&l.cpu, &l.memory))
             );
         }
+        // containerd 1.6 reads a pod's stats from the host cgroup named by
+        // the sandbox's cgroup parent; a husk pod's processes live in its
+        // VM and the shim does not put itself in that cgroup yet.
+        Err(e) if expect.vm => eprintln!("NOTE ListPodSandboxStats for a VM pod: {e}"),
         Err(e) if e.is_unimplemented() => {
             eprintln!("NOTE ListPodSandboxStats: not implemented by this containerd ({e})")
         }
@@ -259,18 +298,20 @@ fn pod_flow(handler: &str, shim: Option<&Path>, opts: Options) {
     clock.lap("logs");
 
     // The pod IP answers from the host and from a second pod.
-    host_ping(&ip, Duration::from_secs(10)).unwrap_or_else(|e| panic!("host ping {ip}: {e}"));
-    let peer = f.run_pod("peer").expect("RunPodSandbox peer");
-    let peer_ip = peer.ip.clone().expect("the peer's IP");
-    assert_ne!(peer_ip, ip);
-    let pinger = run_container(&f, &peer, "pinger", &["sleep", "600"]);
-    let out = cri
-        .exec_sync(&pinger, &["ping", "-c", "1", "-W", "3", &ip], EXEC_TIMEOUT)
-        .unwrap();
-    assert_eq!(out.exit_code, 0, "ping {ip} from the peer pod: {out:?}");
-    cri.stop_pod_sandbox(&peer.id).unwrap();
-    cri.remove_pod_sandbox(&peer.id).unwrap();
-    clock.lap("ping host+pod");
+    if expect.network {
+        host_ping(&ip, Duration::from_secs(10)).unwrap_or_else(|e| panic!("host ping {ip}: {e}"));
+        let peer = f.run_pod("peer").expect("RunPodSandbox peer");
+        let peer_ip = peer.ip.clone().expect("the peer's IP");
+        assert_ne!(peer_ip, ip);
+        let pinger = run_container(&f, &peer, "pinger", &["sleep", "600"]);
+        let out = cri
+            .exec_sync(&pinger, &["ping", "-c", "1", "-W", "3", &ip], EXEC_TIMEOUT)
+            .unwrap();
+        assert_eq!(out.exit_code, 0, "ping {ip} from the peer pod: {out:?}");
+        cri.stop_pod_sandbox(&peer.id).unwrap();
+        cri.remove_pod_sandbox(&peer.id).unwrap();
+        clock.lap("ping host+pod");
+    }
 
     // Stop: containers exited, network gone; remove: nothing left.
     cri.stop_pod_sandbox(&pod.id).expect("StopPodSandbox");
@@ -309,15 +350,49 @@ fn runc_pod_flow() {
         eprintln!("SKIP runc_pod_flow: runc not installed (apt-get install runc containerd)");
         return;
     }
-    pod_flow("runc", None, Options::new());
+    pod_flow(
+        "runc",
+        None,
+        Options::new(),
+        Expect {
+            network: true,
+            vm: false,
+        },
+    );
 }
 
 /// The husk shim (`target/debug/containerd-shim-husk-v2`: `cargo build -p
-/// husk-shim --bins`) with the repo's guest image.
+/// husk-shim --bins`) with the repo's guest image: the pod lifecycle, two
+/// containers in one VM, ExecSync, stats, logs, nothing left. The pod's
+/// network inside the VM (tap + tc redirect, the guest's eth0) is not
+/// there yet: `husk_pod_network` checks it.
 #[test]
-#[ignore = "the husk shim's CRI pods (app containers in the pod VM) are not finished"]
+#[ignore = "intermittent: a guest process of the pod (the pause, or a process joining its pid namespace) dies of SIGSEGV in about half the runs here; under investigation (see the closing note)"]
 fn husk_pod_flow() {
-    if !husk_tests::kvm_available("husk_pod_flow") || !CriFixture::available("husk_pod_flow") {
+    husk_flow(
+        "husk_pod_flow",
+        Expect {
+            network: false,
+            vm: true,
+        },
+    );
+}
+
+/// The pod IP inside the VM, answering the host and another pod.
+#[test]
+#[ignore = "pod networking in the VM (tap + tc redirect, the guest's eth0) is not wired yet"]
+fn husk_pod_network() {
+    husk_flow(
+        "husk_pod_network",
+        Expect {
+            network: true,
+            vm: true,
+        },
+    );
+}
+
+fn husk_flow(test: &str, expect: Expect) {
+    if !husk_tests::kvm_available(test) || !CriFixture::available(test) {
         return;
     }
     let shim = husk_tests::oci::target_dir().join("debug/containerd-shim-husk-v2");
@@ -327,7 +402,7 @@ fn husk_pod_flow() {
         shim.display()
     );
     let (kernel, initrd) = husk_tests::guest_image();
-    let dir: PathBuf = husk_tests::temp_path("cri-husk");
+    let dir: PathBuf = husk_tests::temp_path(test);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     /// Removes the test's dir (config, pod dirs, consoles) even when the
@@ -361,6 +436,7 @@ fn husk_pod_flow() {
         Options::new()
             .env("HUSK_CONFIG", config.to_string_lossy())
             .debug(true),
+        expect,
     );
 }
 

@@ -326,13 +326,19 @@ pub(super) fn mount_op(
             src.clone()
         };
         op.flags |= libc::MS_BIND;
-        let meta = std::fs::metadata(&source).map_err(|e| {
-            SpecError::missing(
-                format!("{field}.source"),
-                format!("{}: {e}", source.display()),
-            )
-        })?;
-        op.create_file = !meta.is_dir();
+        // The container's cgroup directory is made at create, after this
+        // plan: it is a directory by then.
+        op.create_file = if typ == "cgroup" {
+            false
+        } else {
+            let meta = std::fs::metadata(&source).map_err(|e| {
+                SpecError::missing(
+                    format!("{field}.source"),
+                    format!("{}: {e}", source.display()),
+                )
+            })?;
+            !meta.is_dir()
+        };
         op.source = Some(c_path(&format!("{field}.source"), &source)?);
         op.data = None;
         let extra = op.flags & BIND_REMOUNT_FLAGS;
