@@ -212,6 +212,8 @@ pub fn delete(args: &Args) -> Result<Vec<u8>, String> {
     if UnixStream::connect(&sock).is_ok() {
         tracing::info!(pod = %pod, task = %args.id, "the pod's shim still runs; it owns the pod");
     } else {
+        // Nothing answers there: the socket is stale whatever else fails.
+        let _ = std::fs::remove_file(&sock);
         let config = Config::load().map_err(|e| e.to_string())?;
         let dir = pod_dir(&config.run_dir, &args.namespace, &pod);
         // The dead shim's mounts died with its mount namespace; any seen
@@ -227,7 +229,6 @@ pub fn delete(args: &Args) -> Result<Vec<u8>, String> {
                 return Err(format!("{}: still has mounts", dir.display()));
             }
         }
-        let _ = std::fs::remove_file(&sock);
     }
     let r = DeleteResponse {
         pid: 0,
