@@ -76,6 +76,21 @@ fn task_status(c: &Containerd, id: &str) -> Option<String> {
     })
 }
 
+/// Waits (at most `bound`) until task `id` is STOPPED; fails with its
+/// status and containerd's log tail otherwise.
+fn wait_stopped(c: &Containerd, id: &str, bound: Duration) {
+    let end = Instant::now() + bound;
+    while task_status(c, id).as_deref() != Some("STOPPED") {
+        assert!(
+            Instant::now() < end,
+            "{id} never STOPPED: {:?}\n{}",
+            task_status(c, id),
+            c.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Nothing of the pods is left: no pod directory, no shim, and (the
 /// fixture's census) no socket, mount or FIFO.
 fn assert_clean(c: &Containerd, run_dir: &Path) {
@@ -181,15 +196,7 @@ fn ctr_runs_containers_in_a_pod_vm() {
     c.ctr_ok(["task", "resume", "sleeper"]);
     assert_eq!(task_status(&c, "sleeper").as_deref(), Some("RUNNING"));
     c.ctr_ok(["task", "kill", "-s", "SIGKILL", "sleeper"]);
-    let end = Instant::now() + Duration::from_secs(60);
-    while task_status(&c, "sleeper").as_deref() != Some("STOPPED") {
-        assert!(
-            Instant::now() < end,
-            "never STOPPED: {:?}",
-            task_status(&c, "sleeper")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_stopped(&c, "sleeper", Duration::from_secs(60));
     c.ctr_ok(["task", "delete", "sleeper"]);
     c.ctr_ok(["container", "delete", "sleeper"]);
     assert_clean(&c, &run_dir);
@@ -454,11 +461,7 @@ fn one_vm_per_pod() {
     }
     for id in ["pa", "pb"] {
         c.ctr_ok(["task", "kill", "-s", "SIGKILL", id]);
-        let end = Instant::now() + Duration::from_secs(60);
-        while task_status(&c, id).as_deref() != Some("STOPPED") {
-            assert!(Instant::now() < end, "never STOPPED");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_stopped(&c, id, Duration::from_secs(60));
         c.ctr_ok(["task", "delete", id]);
         c.ctr_ok(["container", "delete", id]);
     }
@@ -685,16 +688,7 @@ fn guest_death_ends_its_tasks() {
             "sleep 2; poweroff -f",
         ],
     );
-    let end = Instant::now() + Duration::from_secs(120);
-    while task_status(&c, "dier").as_deref() != Some("STOPPED") {
-        assert!(
-            Instant::now() < end,
-            "never STOPPED: {:?}\n{}",
-            task_status(&c, "dier"),
-            c.log_tail(40)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_stopped(&c, "dier", Duration::from_secs(120));
     let out = c.ctr_ok(["task", "delete", "dier"]);
     assert!(out.contains("255") || out.is_empty(), "{out}");
     c.ctr_ok(["container", "delete", "dier"]);
@@ -745,11 +739,7 @@ fn containerd_restart_keeps_pods() {
         c.log_tail(40)
     );
     c.ctr_ok(["task", "kill", "-s", "SIGKILL", "survivor"]);
-    let end = Instant::now() + Duration::from_secs(60);
-    while task_status(&c, "survivor").as_deref() != Some("STOPPED") {
-        assert!(Instant::now() < end, "never STOPPED");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_stopped(&c, "survivor", Duration::from_secs(60));
     c.ctr_ok(["task", "delete", "survivor"]);
     c.ctr_ok(["container", "delete", "survivor"]);
     assert_clean(&c, &run_dir);
