@@ -181,6 +181,9 @@ pub struct PodRequest {
     pub annotations: std::collections::BTreeMap<String, String>,
     /// The first container's memory limit, bytes.
     pub memory_limit: Option<i64>,
+    /// The first container's `linux.cgroupsPath` (the sandbox's, for a
+    /// CRI pod): the host cgroup the shim joins.
+    pub cgroups_path: Option<String>,
 }
 
 /// Starts pod VMs.

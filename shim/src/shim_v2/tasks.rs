@@ -1005,5 +1005,6 @@ fn pod_request(id: &str, spec_json: &[u8]) -> Result<PodRequest, TaskError> {
     Ok(PodRequest {
         annotations,
         memory_limit,
+        cgroups_path: super::host_cgroup::cgroups_path(&v),
     })
 }
