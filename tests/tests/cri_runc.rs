@@ -88,14 +88,72 @@ fn host_ping(ip: &str, timeout: Duration) -> Result<(), String> {
 
 /// Runs a busybox container `name` (`command`) in `pod`; returns its id.
 fn run_container(f: &CriFixture, pod: &Pod, name: &str, command: &[&str]) -> String {
+    run_container_with(f, pod, name, command, Vec::new())
+}
+
+/// [`run_container`] with bind `mounts` (kubelet's hostPath, emptyDir and
+/// termination-log volumes are such mounts).
+fn run_container_with(
+    f: &CriFixture,
+    pod: &Pod,
+    name: &str,
+    command: &[&str],
+    mounts: Vec<api::Mount>,
+) -> String {
     let cri = f.cri();
-    let config = container_config(name, &f.busybox, command, &format!("{name}.log"));
+    let mut config = container_config(name, &f.busybox, command, &format!("{name}.log"));
+    config.mounts = mounts;
     let id = cri
         .create_container(&pod.id, &config, &pod.config)
         .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"));
     cri.start_container(&id)
         .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
     id
+}
+
+/// A bind mount of host `host` at `container`.
+fn bind(host: &Path, container: &str, readonly: bool) -> api::Mount {
+    api::Mount {
+        container_path: container.to_string(),
+        host_path: host.to_string_lossy().into_owned(),
+        readonly,
+        ..Default::default()
+    }
+}
+
+/// The pod's volumes, as kubelet would make them: a read-only hostPath
+/// directory, an emptyDir both containers write, and a termination-log
+/// file.
+struct Volumes {
+    host_path: PathBuf,
+    empty_dir: PathBuf,
+    termination_log: PathBuf,
+}
+
+impl Volumes {
+    fn create(root: &Path) -> Volumes {
+        let v = Volumes {
+            host_path: root.join("host-path"),
+            empty_dir: root.join("empty-dir"),
+            termination_log: root.join("termination-log"),
+        };
+        std::fs::create_dir_all(&v.host_path).unwrap();
+        std::fs::write(v.host_path.join("config"), "from the host\n").unwrap();
+        std::fs::create_dir_all(&v.empty_dir).unwrap();
+        std::fs::write(&v.termination_log, "").unwrap();
+        v
+    }
+
+    fn mounts(&self, with_log: bool) -> Vec<api::Mount> {
+        let mut m = vec![
+            bind(&self.host_path, "/config", true),
+            bind(&self.empty_dir, "/scratch", false),
+        ];
+        if with_log {
+            m.push(bind(&self.termination_log, "/dev/termination-log", false));
+        }
+        m
+    }
 }
 
 /// What a runtime's pods are checked for beyond the common flow.
@@ -129,7 +187,13 @@ fn pod_flow(handler: &str, shim: Option<&Path>, opts: Options, expect: Expect) {
 
     // The pod: ready, with an IP of the fixture's subnet in a netns of
     // its own.
-    let pod = f.run_pod("flow").expect("RunPodSandbox");
+    let mut config = f.pod_config("flow");
+    config.dns_config = Some(api::DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    let pod = f.run_pod_with(config).expect("RunPodSandbox");
     clock.lap("RunPodSandbox");
     let status = cri.pod_sandbox_status(&pod.id).unwrap();
     assert_eq!(
@@ -152,9 +216,16 @@ fn pod_flow(handler: &str, shim: Option<&Path>, opts: Options, expect: Expect) {
     assert!(Path::new(&netns).exists(), "{netns}");
     assert_eq!(f.net.veths().len(), 1, "one veth on the bridge");
 
-    // Two containers.
-    let sleeper = run_container(&f, &pod, "sleeper", &["sleep", "600"]);
-    let talker = run_container(&f, &pod, "talker", &["sh", "-c", "echo started; sleep 600"]);
+    // Two containers, with the pod's volumes.
+    let volumes = Volumes::create(&f.log_root.join("volumes"));
+    let sleeper = run_container_with(&f, &pod, "sleeper", &["sleep", "600"], volumes.mounts(true));
+    let talker = run_container_with(
+        &f,
+        &pod,
+        "talker",
+        &["sh", "-c", "echo started; sleep 600"],
+        volumes.mounts(false),
+    );
     clock.lap("Create+StartContainer x2");
     for id in [&sleeper, &talker] {
         let s = cri.container_status(id).unwrap();
@@ -231,6 +302,52 @@ fn pod_flow(handler: &str, shim: Option<&Path>, opts: Options, expect: Expect) {
     }
     let host = cri.exec_sync(&talker, &["hostname"], EXEC_TIMEOUT).unwrap();
     assert_eq!(text(&host.stdout), "flow\n");
+    clock.lap("VM, hostname");
+
+    // Files and volumes: resolv.conf from the pod's DNS config, the pod's
+    // hostname file, a read-only hostPath, an emptyDir shared by both
+    // containers and the host, a termination-log file written back.
+    let sh = |id: &str, script: &str| {
+        let o = cri
+            .exec_sync(id, &["sh", "-c", script], EXEC_TIMEOUT)
+            .unwrap();
+        (o.exit_code, text(&o.stdout), text(&o.stderr))
+    };
+    let (rc, out, err) = sh(
+        &talker,
+        "cat /etc/resolv.conf /etc/hostname /config/config; echo hi > /scratch/from-talker; \
+         echo x > /config/x && echo WROTE-RO; test -s /etc/hosts && echo hosts-ok",
+    );
+    assert_eq!(rc, 0, "{out} {err}");
+    for want in [
+        "nameserver 10.96.0.10",
+        "search svc.cluster.local",
+        "options ndots:5",
+        "flow\n",
+        "from the host",
+        "hosts-ok",
+    ] {
+        assert!(out.contains(want), "{want:?} missing in {out:?} ({err})");
+    }
+    assert!(
+        !out.contains("WROTE-RO"),
+        "a read-only hostPath took a write: {out}"
+    );
+    let (rc, out, err) = sh(
+        &sleeper,
+        "cat /scratch/from-talker; echo bye > /dev/termination-log",
+    );
+    assert_eq!((rc, out.as_str()), (0, "hi\n"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(volumes.empty_dir.join("from-talker")).unwrap(),
+        "hi\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&volumes.termination_log).unwrap(),
+        "bye\n"
+    );
+    assert!(!volumes.host_path.join("x").exists());
+    clock.lap("volumes");
 
     // Stats.
     let stats = cri.container_stats(&sleeper).unwrap();
