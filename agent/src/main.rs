@@ -23,6 +23,12 @@ use husk_agent::{cmdline, echo, AGENT_VERSION, READY_MARKER};
 use husk_agent_protocol::AGENT_VSOCK_PORT;
 
 fn main() {
+    // A CRI pod's sandbox process (PID 1 of its own pid namespace).
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(husk_agent::container::PAUSE_ARG))
+    {
+        std::process::exit(husk_agent::pause::run());
+    }
     if std::process::id() != 1 {
         log(&format!(
             "version {AGENT_VERSION}: not PID 1; nothing to do outside a guest"

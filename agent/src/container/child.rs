@@ -425,6 +425,14 @@ unsafe fn child_main(s: &Setup<'_>) -> libc::c_int {
                 }
             }
             finish_root(r, root);
+        } else {
+            // No root of its own (a light sandbox): the guest's /proc/sys,
+            // whose namespaced files are this process's namespaces'.
+            for (i, (path, value)) in l.sysctl.iter().enumerate() {
+                if let Err(e) = write_path(path, value.as_bytes()) {
+                    fail(r, Step::Sysctl, i, e);
+                }
+            }
         }
         if let Some(h) = l.hostname {
             check(

@@ -40,7 +40,10 @@ use std::time::{Duration, SystemTime};
 
 pub use cgroup::{CpuStats, IoStats, MemoryStats, PidsStats, Stats};
 pub use error::{ContainerError, SpecError};
-pub use spec::{validate_id, CgroupLayout, ContainerSpec, Plan, ProcessPlan};
+pub use spec::{
+    validate_id, CgroupLayout, ContainerSpec, Plan, ProcessPlan, AGENT_BINARY, CRI_CONTAINER_TYPE,
+    CRI_SANDBOX, PAUSE_ARG,
+};
 
 use crate::reaper::{cloexec_pipe, ExitStatus, ExitWatch, Reaper};
 use child::{Launch, LaunchError, StdioFds, Step};
@@ -617,6 +620,13 @@ impl Containers {
         };
         let mut setns = Vec::new();
         let mut join_pid = None;
+        if exec_id.is_some() && plan.light_sandbox {
+            return Err(SpecError::new(
+                "exec",
+                "the pod's sandbox container is the agent's pause (no image, no mount namespace): nothing to exec into",
+            )
+            .into());
+        }
         if exec_id.is_some() {
             let pid =
                 init_pid.ok_or_else(|| state_error(id, None, State::Created, "has no init"))?;
@@ -668,7 +678,7 @@ impl Containers {
             join_pid: join_pid.as_ref(),
             unshare_cgroup: is_init && plan.namespaces.new_cgroup,
             cgroup_procs: procs.as_ref(),
-            root: is_init.then_some(&plan.root),
+            root: (is_init && !plan.light_sandbox).then_some(&plan.root),
             hostname: if is_init {
                 plan.hostname.as_deref()
             } else {

@@ -73,7 +73,25 @@ pub struct Plan {
     pub wants_cgroup_limits: bool,
     pub process: ProcessPlan,
     pub seccomp: Filters,
+    /// A CRI pod's sandbox (pause) container: see [`PAUSE_ARG`].
+    pub light_sandbox: bool,
 }
+
+/// The annotation containerd's CRI puts on a pod's containers, and the
+/// value of its sandbox (pause) container.
+pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const CRI_SANDBOX: &str = "sandbox";
+/// The agent binary in the guest, and the argument that makes it a pause
+/// process. A CRI sandbox container only holds the pod's namespaces (ipc,
+/// uts, pid) for its app containers to join; in a VM pod nothing ever
+/// looks into its root file system. So the agent runs it as itself
+/// (`/init husk-pause`: reaps, exits on SIGTERM/SIGINT) in new ipc, uts and pid
+/// namespaces with the spec's hostname, user, capabilities, rlimits,
+/// seccomp and cgroup, and skips its mount namespace, rootfs and ~30
+/// mounts, and the exec from the image: the larger part of a pod start's
+/// guest work on emulated hosts. Nothing can be exec'd into it.
+pub const AGENT_BINARY: &str = "/init";
+pub const PAUSE_ARG: &str = "husk-pause";
 
 /// Entry point: see the module docs.
 pub struct ContainerSpec;
@@ -382,7 +400,22 @@ impl ContainerSpec {
         let Some(process) = spec.process() else {
             return Err(SpecError::new("process", "missing"));
         };
-        let process = ProcessPlan::from_spec("process", process)?;
+        let mut process = ProcessPlan::from_spec("process", process)?;
+        let light_sandbox = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(CRI_CONTAINER_TYPE))
+            .is_some_and(|t| t == CRI_SANDBOX);
+        if light_sandbox {
+            process.args = vec![
+                c("process.args", AGENT_BINARY)?,
+                c("process.args", PAUSE_ARG)?,
+            ];
+            process.candidates = vec![c("process.args", AGENT_BINARY)?];
+            process.env = Vec::new();
+            process.cwd = c("process.cwd", "/")?;
+            process.terminal = false;
+        }
         if spec.hooks().is_some() {
             return Err(SpecError::new(
                 "hooks",
@@ -474,7 +507,10 @@ impl ContainerSpec {
                 }
             }
         }
-        if ns.clone_flags & libc::CLONE_NEWNS == 0 {
+        if light_sandbox {
+            // No mount namespace, no network one (the VM's is the pod's).
+            ns.clone_flags &= !(libc::CLONE_NEWNS | libc::CLONE_NEWNET);
+        } else if ns.clone_flags & libc::CLONE_NEWNS == 0 {
             return Err(SpecError::new(
                 "linux.namespaces",
                 "no mount namespace: a container needs its own (for its rootfs)",
@@ -527,16 +563,27 @@ impl ContainerSpec {
             ..Default::default()
         };
         let mut dev_tmpfs = false;
-        for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        // A light sandbox mounts nothing (see [`PAUSE_ARG`]).
+        let no_mounts: Vec<oci_spec::runtime::Mount> = Vec::new();
+        let spec_mounts = if light_sandbox {
+            &no_mounts
+        } else {
+            spec.mounts().as_deref().unwrap_or(&no_mounts)
+        };
+        for (i, m) in spec_mounts.iter().enumerate() {
             let (op, is_dev) = mounts::mount_op(&ctx, i, m)?;
             dev_tmpfs |= is_dev;
             root.mounts.push(op);
         }
-        let (devices, symlinks) = mounts::devices(
-            &rootfs,
-            dev_tmpfs,
-            linux.devices().as_deref().unwrap_or(&[]),
-        )?;
+        let (devices, symlinks) = if light_sandbox {
+            (Vec::new(), Vec::new())
+        } else {
+            mounts::devices(
+                &rootfs,
+                dev_tmpfs,
+                linux.devices().as_deref().unwrap_or(&[]),
+            )?
+        };
         root.devices = devices;
         root.symlinks = symlinks;
         let (first, post) = match linux.rootfs_propagation().as_deref() {
@@ -583,7 +630,9 @@ impl ContainerSpec {
             if k.is_empty() || k.contains("..") || k.starts_with('/') || k.starts_with('.') {
                 return Err(SpecError::new(f, "not a sysctl name"));
             }
-            let netns = ns.clone_flags & libc::CLONE_NEWNET != 0
+            // A light sandbox is in the VM's network namespace: the pod's.
+            let netns = light_sandbox
+                || ns.clone_flags & libc::CLONE_NEWNET != 0
                 || ns.join.iter().any(|(t, _, _)| *t == libc::CLONE_NEWNET);
             let ipcns = ns.clone_flags & libc::CLONE_NEWIPC != 0
                 || ns.join.iter().any(|(t, _, _)| *t == libc::CLONE_NEWIPC);
@@ -651,6 +700,7 @@ impl ContainerSpec {
             wants_cgroup_limits: wants,
             process,
             seccomp,
+            light_sandbox,
         })
     }
 }

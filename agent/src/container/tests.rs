@@ -626,3 +626,35 @@ fn each_oom_kill_is_reported_once_whoever_sees_it_first() {
     assert_eq!(s.news("c", 3), Some(oom(2)));
     assert_eq!(s.news("c", 2), None, "a stale read");
 }
+
+/// A CRI sandbox (pause) container is planned as the agent's own pause:
+/// `/init husk-pause`, new ipc/uts/pid namespaces only, no mounts; the
+/// pod's namespaced sysctls (net.* too: the VM's network is the pod's) are
+/// kept.
+#[test]
+fn a_cri_sandbox_is_the_agents_pause() {
+    let c = registry();
+    let mut s = spec(&["/pause"]);
+    s["annotations"] = json!({"io.kubernetes.cri.container-type": "sandbox"});
+    s["linux"]["sysctl"] = json!({"net.ipv4.ip_unprivileged_port_start": "0"});
+    let p = c
+        .validate("sb", s.to_string().as_bytes(), rootfs())
+        .unwrap();
+    assert!(p.light_sandbox);
+    let args: Vec<&str> = p.process.args.iter().map(|a| a.to_str().unwrap()).collect();
+    assert_eq!(args, ["/init", "husk-pause"]);
+    assert_eq!(
+        p.namespaces.clone_flags,
+        libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS
+    );
+    assert!(p.root.mounts.is_empty());
+    assert_eq!(p.sysctl.len(), 1);
+    assert_eq!(p.process.uid, 0);
+    // An app container is planned as before.
+    s["annotations"] = json!({"io.kubernetes.cri.container-type": "container"});
+    let p = c
+        .validate("app", s.to_string().as_bytes(), rootfs())
+        .unwrap();
+    assert!(!p.light_sandbox);
+    assert_eq!(p.root.mounts.len(), 6);
+}
