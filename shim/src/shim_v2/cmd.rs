@@ -204,6 +204,9 @@ fn write_address(bundle: &Path, address: &str) -> Result<(), String> {
     std::fs::write(&p, address).map_err(|e| format!("{}: {e}", p.display()))
 }
 
+/// How long `delete` waits for a killed shim to leave its host cgroup.
+const DEAD_CGROUP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `delete`: cleans up after a dead shim; returns the DeleteResponse.
 pub fn delete(args: &Args) -> Result<Vec<u8>, String> {
     check(args)?;
@@ -237,9 +240,23 @@ pub fn delete(args: &Args) -> Result<Vec<u8>, String> {
                 .ok()
                 .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
             if let Some(path) = spec.as_ref().and_then(host_cgroup::cgroups_path) {
-                let removed = host_cgroup::remove_leaf(&path, &host_cgroup::host_hierarchies());
-                if !removed.is_empty() {
-                    tracing::info!(pod = %pod, cgroup = %path, "removed the dead shim's host cgroup");
+                // A killed shim with a VM takes a moment to leave it (its
+                // guest memory is unmapped as it dies).
+                let h = host_cgroup::host_hierarchies();
+                let end = std::time::Instant::now() + DEAD_CGROUP_WAIT;
+                loop {
+                    let removed = host_cgroup::remove_leaf(&path, &h);
+                    if !removed.is_empty() {
+                        tracing::info!(pod = %pod, cgroup = %path, "removed the dead shim's host cgroup");
+                    }
+                    let left = host_cgroup::leaf_dirs(&path, &h);
+                    if left.is_empty() || std::time::Instant::now() >= end {
+                        if !left.is_empty() {
+                            tracing::warn!(pod = %pod, cgroups = ?left, "the dead shim's host cgroup is still in use; left");
+                        }
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
                 }
             }
         }

@@ -260,6 +260,18 @@ pub fn remove_leaf(cgroups_path: &str, hierarchies: &[Hierarchy]) -> Vec<PathBuf
         .collect()
 }
 
+/// The leaf `cgroups_path` directories that exist, in every hierarchy.
+pub fn leaf_dirs(cgroups_path: &str, hierarchies: &[Hierarchy]) -> Vec<PathBuf> {
+    let Some(rel) = relative(cgroups_path) else {
+        return Vec::new();
+    };
+    hierarchies
+        .iter()
+        .map(|h| h.mount.join(&rel))
+        .filter(|d| d.is_dir())
+        .collect()
+}
+
 /// The hierarchies of this host (empty where mountinfo cannot be read).
 pub fn host_hierarchies() -> Vec<Hierarchy> {
     std::fs::read_to_string("/proc/self/mountinfo")
