@@ -16,6 +16,7 @@ pub mod facts;
 pub mod identity;
 pub mod log;
 pub mod mount;
+pub mod network;
 pub mod reaper;
 pub mod rpc;
 pub mod service;

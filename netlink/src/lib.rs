@@ -147,12 +147,13 @@ impl Netlink {
             let mut off = 0;
             while off < self.buf.len() {
                 let bytes = &self.buf[off..];
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(
-                    |e| NetlinkError::Decode {
-                        what: what.to_string(),
-                        detail: e.to_string(),
-                    },
-                )?;
+                let msg =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(|e| {
+                        NetlinkError::Decode {
+                            what: what.to_string(),
+                            detail: e.to_string(),
+                        }
+                    })?;
                 let len = msg.header.length as usize;
                 if len == 0 {
                     return Err(NetlinkError::Decode {

@@ -129,6 +129,19 @@ impl Netlink {
         )
     }
 
+    /// Moves an interface into the network namespace `netns_fd` refers to
+    /// (what a CNI plugin does with a veth's peer; tests use it).
+    pub fn move_link(&mut self, index: u32, netns_fd: std::os::fd::RawFd) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::NetNsFd(netns_fd));
+        self.change(
+            RouteNetlinkMessage::NewLink(m),
+            0,
+            &format!("moving interface {index} to another namespace"),
+        )
+    }
+
     /// Deletes an interface (a veth takes its peer with it).
     pub fn del_link(&mut self, index: u32) -> Result<()> {
         let mut m = LinkMessage::default();

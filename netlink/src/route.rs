@@ -121,7 +121,10 @@ impl Netlink {
         let r = self.change(
             RouteNetlinkMessage::NewAddress(m),
             NLM_F_CREATE | NLM_F_EXCL,
-            &format!("adding address {}/{} to interface {index}", a.addr, a.prefix_len),
+            &format!(
+                "adding address {}/{} to interface {index}",
+                a.addr, a.prefix_len
+            ),
         );
         ok_if_exists(r)
     }
@@ -165,7 +168,8 @@ impl Netlink {
                 .push(RouteAttribute::Destination(route_address(dest)));
         }
         if let Some(gw) = r.gateway {
-            m.attributes.push(RouteAttribute::Gateway(route_address(gw)));
+            m.attributes
+                .push(RouteAttribute::Gateway(route_address(gw)));
         }
         if let Some(oif) = r.oif {
             m.attributes.push(RouteAttribute::Oif(oif));

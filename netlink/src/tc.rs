@@ -7,9 +7,8 @@
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption,
-    TcActionOption, TcActionType, TcAttribute, TcFilterU32, TcFilterU32Option, TcHandle,
-    TcMessage, TcMirror, TcMirrorActionType, TcOption, TcU32Key, TcU32Selector,
-    TcU32SelectorFlags,
+    TcActionOption, TcActionType, TcAttribute, TcFilterU32, TcFilterU32Option, TcHandle, TcMessage,
+    TcMirror, TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -129,9 +128,9 @@ impl Netlink {
         let mut action = TcAction::default();
         action.attributes = vec![
             TcActionAttribute::Kind(TcActionMirror::KIND.to_string()),
-            TcActionAttribute::Options(vec![TcActionOption::Mirror(
-                TcActionMirrorOption::Parms(mirror),
-            )]),
+            TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(
+                mirror,
+            ))]),
         ];
         let mut m = tc_message(from);
         m.header.parent = TcHandle::from(INGRESS_HANDLE);
