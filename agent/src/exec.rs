@@ -162,6 +162,7 @@ impl ExecSpec {
                 EXEC_DEFAULT_PATH
             }
         };
+        crate::guest_env::add(&mut env);
         let cwd = if req.cwd.is_empty() { "/" } else { &req.cwd };
         let cwd_c = c_string("cwd", "cwd", cwd)?;
         if !cwd.starts_with('/') {

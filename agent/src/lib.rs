@@ -13,6 +13,7 @@ pub mod container;
 pub mod echo;
 pub mod exec;
 pub mod facts;
+pub mod guest_env;
 pub mod identity;
 pub mod log;
 pub mod mount;

@@ -2,11 +2,11 @@
 //! client and fixture of `husk_tests::cri`: RunPodSandbox → two
 //! containers → ExecSync → stats → CRI logs → the pod IP answers from the
 //! host and from a second pod → StopPodSandbox → RemovePodSandbox, and
-//! nothing left behind. Proven with runc (`runc` handler →
-//! io.containerd.runc.v2); the same flow with the `husk` handler is
-//! `#[ignore]`d until the husk shim serves CRI pods (app containers in the
-//! pod VM). Needs root, containerd, the CNI plugins and busybox-static;
-//! skips with a SKIP line without them.
+//! nothing left behind. With runc (`runc` handler →
+//! io.containerd.runc.v2) as the reference, and with the `husk` handler
+//! (one VM per pod, its containers inside; pod stats from the shim's host
+//! cgroup). Needs root, containerd, the CNI plugins and busybox-static
+//! (and /dev/kvm for husk); skips with a SKIP line without them.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -88,14 +88,72 @@ fn host_ping(ip: &str, timeout: Duration) -> Result<(), String> {
 
 /// Runs a busybox container `name` (`command`) in `pod`; returns its id.
 fn run_container(f: &CriFixture, pod: &Pod, name: &str, command: &[&str]) -> String {
+    run_container_with(f, pod, name, command, Vec::new())
+}
+
+/// [`run_container`] with bind `mounts` (kubelet's hostPath, emptyDir and
+/// termination-log volumes are such mounts).
+fn run_container_with(
+    f: &CriFixture,
+    pod: &Pod,
+    name: &str,
+    command: &[&str],
+    mounts: Vec<api::Mount>,
+) -> String {
     let cri = f.cri();
-    let config = container_config(name, &f.busybox, command, &format!("{name}.log"));
+    let mut config = container_config(name, &f.busybox, command, &format!("{name}.log"));
+    config.mounts = mounts;
     let id = cri
         .create_container(&pod.id, &config, &pod.config)
         .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"));
     cri.start_container(&id)
         .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
     id
+}
+
+/// A bind mount of host `host` at `container`.
+fn bind(host: &Path, container: &str, readonly: bool) -> api::Mount {
+    api::Mount {
+        container_path: container.to_string(),
+        host_path: host.to_string_lossy().into_owned(),
+        readonly,
+        ..Default::default()
+    }
+}
+
+/// The pod's volumes, as kubelet would make them: a read-only hostPath
+/// directory, an emptyDir both containers write, and a termination-log
+/// file.
+struct Volumes {
+    host_path: PathBuf,
+    empty_dir: PathBuf,
+    termination_log: PathBuf,
+}
+
+impl Volumes {
+    fn create(root: &Path) -> Volumes {
+        let v = Volumes {
+            host_path: root.join("host-path"),
+            empty_dir: root.join("empty-dir"),
+            termination_log: root.join("termination-log"),
+        };
+        std::fs::create_dir_all(&v.host_path).unwrap();
+        std::fs::write(v.host_path.join("config"), "from the host\n").unwrap();
+        std::fs::create_dir_all(&v.empty_dir).unwrap();
+        std::fs::write(&v.termination_log, "").unwrap();
+        v
+    }
+
+    fn mounts(&self, with_log: bool) -> Vec<api::Mount> {
+        let mut m = vec![
+            bind(&self.host_path, "/config", true),
+            bind(&self.empty_dir, "/scratch", false),
+        ];
+        if with_log {
+            m.push(bind(&self.termination_log, "/dev/termination-log", false));
+        }
+        m
+    }
 }
 
 /// What a runtime's pods are checked for beyond the common flow.
@@ -129,7 +187,13 @@ fn pod_flow(handler: &str, shim: Option<&Path>, opts: Options, expect: Expect) {
 
     // The pod: ready, with an IP of the fixture's subnet in a netns of
     // its own.
-    let pod = f.run_pod("flow").expect("RunPodSandbox");
+    let mut config = f.pod_config("flow");
+    config.dns_config = Some(api::DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    let pod = f.run_pod_with(config).expect("RunPodSandbox");
     clock.lap("RunPodSandbox");
     let status = cri.pod_sandbox_status(&pod.id).unwrap();
     assert_eq!(
@@ -152,9 +216,16 @@ fn pod_flow(handler: &str, shim: Option<&Path>, opts: Options, expect: Expect) {
     assert!(Path::new(&netns).exists(), "{netns}");
     assert_eq!(f.net.veths().len(), 1, "one veth on the bridge");
 
-    // Two containers.
-    let sleeper = run_container(&f, &pod, "sleeper", &["sleep", "600"]);
-    let talker = run_container(&f, &pod, "talker", &["sh", "-c", "echo started; sleep 600"]);
+    // Two containers, with the pod's volumes.
+    let volumes = Volumes::create(&f.log_root.join("volumes"));
+    let sleeper = run_container_with(&f, &pod, "sleeper", &["sleep", "600"], volumes.mounts(true));
+    let talker = run_container_with(
+        &f,
+        &pod,
+        "talker",
+        &["sh", "-c", "echo started; sleep 600"],
+        volumes.mounts(false),
+    );
     clock.lap("Create+StartContainer x2");
     for id in [&sleeper, &talker] {
         let s = cri.container_status(id).unwrap();
@@ -231,6 +302,52 @@ fn pod_flow(handler: &str, shim: Option<&Path>, opts: Options, expect: Expect) {
     }
     let host = cri.exec_sync(&talker, &["hostname"], EXEC_TIMEOUT).unwrap();
     assert_eq!(text(&host.stdout), "flow\n");
+    clock.lap("VM, hostname");
+
+    // Files and volumes: resolv.conf from the pod's DNS config, the pod's
+    // hostname file, a read-only hostPath, an emptyDir shared by both
+    // containers and the host, a termination-log file written back.
+    let sh = |id: &str, script: &str| {
+        let o = cri
+            .exec_sync(id, &["sh", "-c", script], EXEC_TIMEOUT)
+            .unwrap();
+        (o.exit_code, text(&o.stdout), text(&o.stderr))
+    };
+    let (rc, out, err) = sh(
+        &talker,
+        "cat /etc/resolv.conf /etc/hostname /config/config; echo hi > /scratch/from-talker; \
+         echo x > /config/x && echo WROTE-RO; test -s /etc/hosts && echo hosts-ok",
+    );
+    assert_eq!(rc, 0, "{out} {err}");
+    for want in [
+        "nameserver 10.96.0.10",
+        "search svc.cluster.local",
+        "options ndots:5",
+        "flow\n",
+        "from the host",
+        "hosts-ok",
+    ] {
+        assert!(out.contains(want), "{want:?} missing in {out:?} ({err})");
+    }
+    assert!(
+        !out.contains("WROTE-RO"),
+        "a read-only hostPath took a write: {out}"
+    );
+    let (rc, out, err) = sh(
+        &sleeper,
+        "cat /scratch/from-talker; echo bye > /dev/termination-log",
+    );
+    assert_eq!((rc, out.as_str()), (0, "hi\n"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(volumes.empty_dir.join("from-talker")).unwrap(),
+        "hi\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&volumes.termination_log).unwrap(),
+        "bye\n"
+    );
+    assert!(!volumes.host_path.join("x").exists());
+    clock.lap("volumes");
 
     // Stats.
     let stats = cri.container_stats(&sleeper).unwrap();
@@ -261,16 +378,23 @@ fn pod_flow(handler: &str, shim: Option<&Path>, opts: Options, expect: Expect) {
                 mine.is_some(),
                 "pod missing in ListPodSandboxStats: {pods:?}"
             );
+            let linux = mine.and_then(|p| p.linux.as_ref());
             eprintln!(
                 "ListPodSandboxStats: {:?}",
-                mine.and_then(|p| p.linux.as_ref())
-                    .map(|l| (&l.cpu, &l.memory))
+                linux.map(|l| (&l.cpu, &l.memory))
             );
+            // containerd 1.6 reads them from the pod's host cgroup: for a
+            // VM pod, the shim and its VMM threads are there.
+            let mem = linux
+                .and_then(|l| l.memory.as_ref())
+                .and_then(|m| m.working_set_bytes.as_ref())
+                .map_or(0, |v| v.value);
+            let cpu = linux
+                .and_then(|l| l.cpu.as_ref())
+                .and_then(|c| c.usage_core_nano_seconds.as_ref())
+                .map_or(0, |v| v.value);
+            assert!(mem > 0 && cpu > 0, "pod stats without usage: {linux:?}");
         }
-        // containerd 1.6 reads a pod's stats from the host cgroup named by
-        // the sandbox's cgroup parent; a husk pod's processes live in its
-        // VM and the shim does not put itself in that cgroup yet.
-        Err(e) if expect.vm => eprintln!("NOTE ListPodSandboxStats for a VM pod: {e}"),
         Err(e) if e.is_unimplemented() => {
             eprintln!("NOTE ListPodSandboxStats: not implemented by this containerd ({e})")
         }
@@ -363,11 +487,11 @@ fn runc_pod_flow() {
 
 /// The husk shim (`target/debug/containerd-shim-husk-v2`: `cargo build -p
 /// husk-shim --bins`) with the repo's guest image: the pod lifecycle, two
-/// containers in one VM, ExecSync, stats, logs, nothing left. The pod's
+/// containers in one VM, ExecSync, stats (the pod's from the shim's host
+/// cgroup), logs, nothing left. The pod's
 /// network inside the VM (tap + tc redirect, the guest's eth0) is not
 /// there yet: `husk_pod_network` checks it.
 #[test]
-#[ignore = "intermittent: a guest process of the pod (the pause, or a process joining its pid namespace) dies of SIGSEGV in about half the runs here; under investigation (see the closing note)"]
 fn husk_pod_flow() {
     husk_flow(
         "husk_pod_flow",

@@ -178,6 +178,7 @@ impl ProcessPlan {
             }
             env.push(c(&f, kv)?);
         }
+        crate::guest_env::add(&mut env);
         let candidates = if arg0.contains('/') {
             vec![c(&format!("{field}.args[0]"), arg0)?]
         } else {

@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 use super::config::Config;
 use super::events::{timestamp, Publisher, Recorder, RemotePublisher};
+use super::host_cgroup;
 use super::pod::{pod_dir, SandboxFactory};
 use super::rootfs;
 use super::service::TaskService;
@@ -227,6 +228,19 @@ pub fn delete(args: &Args) -> Result<Vec<u8>, String> {
                 tracing::info!(pod = %pod, dir = %dir.display(), "removed the dead shim's pod directory");
             } else {
                 return Err(format!("{}: still has mounts", dir.display()));
+            }
+        }
+        // The pod's host cgroup, joined by the dead shim (the sandbox's
+        // spec names it), now empty.
+        if pod == args.id && config.host_cgroups {
+            let spec = std::fs::read(bundle.join("config.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+            if let Some(path) = spec.as_ref().and_then(host_cgroup::cgroups_path) {
+                let removed = host_cgroup::remove_leaf(&path, &host_cgroup::host_hierarchies());
+                if !removed.is_empty() {
+                    tracing::info!(pod = %pod, cgroup = %path, "removed the dead shim's host cgroup");
+                }
             }
         }
     }

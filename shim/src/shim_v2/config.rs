@@ -21,6 +21,9 @@
 //! # Each pod's guest console goes to <console_dir>/<pod>.log (unset: the
 //! # console's lines go to the shim's log at debug level).
 //! console_dir = "/var/log/husk"
+//! # Move the shim (and its VMM threads) into the sandbox's host cgroup
+//! # (`linux.cgroupsPath`), so the pod's cost is accounted there.
+//! host_cgroups = true
 //! # Debug logging (containerd's `-debug` turns it on too).
 //! debug = false
 //! # How long a restored VM's agent may take to answer, and a cold boot.
@@ -57,6 +60,7 @@ pub struct Config {
     pub template_dir: PathBuf,
     pub run_dir: PathBuf,
     pub console_dir: Option<PathBuf>,
+    pub host_cgroups: bool,
     pub debug: bool,
     pub agent_timeout_s: u64,
     pub boot_timeout_s: u64,
@@ -75,6 +79,7 @@ impl Default for Config {
             template_dir: crate::sandbox::store::DEFAULT_ROOT.into(),
             run_dir: "/run/husk/pods".into(),
             console_dir: None,
+            host_cgroups: true,
             debug: false,
             agent_timeout_s: 60,
             boot_timeout_s: 600,

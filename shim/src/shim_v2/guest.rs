@@ -185,6 +185,9 @@ pub struct PodRequest {
     /// the sandbox spec's network namespace path), whose veth the VM is
     /// connected to; `None`: no network (the VM's NIC has no backend).
     pub netns: Option<std::path::PathBuf>,
+    /// The first container's `linux.cgroupsPath` (the sandbox's, for a
+    /// CRI pod): the host cgroup the shim joins.
+    pub cgroups_path: Option<String>,
 }
 
 /// Starts pod VMs.

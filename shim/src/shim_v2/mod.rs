@@ -10,6 +10,7 @@
 //!   through the pod's virtio-fs, host namespace paths translated).
 //! - [`io`]: containerd's FIFOs ↔ the process's vsock streams.
 //! - [`events`]: task events to containerd; [`stats`]: cgroup v2 metrics.
+//! - [`host_cgroup`]: the shim joins the pod's host cgroup.
 //! - [`config`]: `/etc/husk/config.toml`; [`error`]: errors with ttrpc codes.
 
 pub mod cmd;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod guest;
+pub mod host_cgroup;
 pub mod io;
 pub mod pod;
 pub mod rootfs;

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use super::config::Config;
 use super::error::TaskError;
 use super::guest::{ContainerApi, PodFactory, PodRequest, PodVm};
+use super::host_cgroup::{self, HostCgroup};
 use super::rootfs;
 use super::spec::{self, Volume};
 use crate::agent_client::{AgentClient, MountSource, MountSpec, ProcessStreams, Stdio};
@@ -106,6 +107,22 @@ impl PodFactory for SandboxFactory {
             vcpus: config.vcpus,
             pvm_compat: PvmCompat::Auto,
         };
+        // Before the VM: its threads and memory are accounted to the pod.
+        let host_cgroup = match (&request.cgroups_path, config.host_cgroups) {
+            (Some(path), true) => {
+                match HostCgroup::join(std::process::id(), path, &host_cgroup::host_hierarchies()) {
+                    Ok(c) => {
+                        tracing::info!(pod = %self.pod, cgroup = %path, "the shim joined the pod's host cgroup");
+                        Some(c)
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %self.pod, cgroup = %path, error = %e, "not joining the pod's host cgroup");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let seccomp =
             SeccompMode::from_env(SeccompMode::Enforce).map_err(|e| pod_err(e.to_string()))?;
         let source = if config.templates {
@@ -169,6 +186,7 @@ impl PodFactory for SandboxFactory {
             shared,
             sandbox: Some(sandbox),
             network,
+            host_cgroup: std::sync::Mutex::new(host_cgroup),
         };
         let agent = pod.sandbox().agent();
         let api = match agent.version() {
@@ -219,6 +237,8 @@ pub struct Pod {
     sandbox: Option<Sandbox>,
     /// The pod's tap and tc redirect, removed after the VM (drop order).
     network: Option<PodNetwork>,
+    /// Left once the VM has ended.
+    host_cgroup: std::sync::Mutex<Option<HostCgroup>>,
 }
 
 impl Pod {
@@ -336,6 +356,11 @@ impl Pod {
         } else {
             tracing::warn!(pod = %self.id, mounts = ?left, "mounts left under the pod directory; kept");
         }
+        let cgroup = match self.host_cgroup.lock() {
+            Ok(mut g) => g.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        drop(cgroup);
     }
 }
 

@@ -1017,5 +1017,6 @@ fn pod_request(id: &str, spec_json: &[u8]) -> Result<PodRequest, TaskError> {
         annotations,
         memory_limit,
         netns,
+        cgroups_path: super::host_cgroup::cgroups_path(&v),
     })
 }

@@ -14,6 +14,17 @@ pub const BASE: &str = "console=ttyS0 reboot=k panic=-1 nomodule";
 /// only up to 127 characters. See shared/notes/kvm-here.md.
 pub const PVM_COMPAT: &str = "clearcpuid=xsave,smap,smep,fsgsbase,rdpid,pcid,invpcid,popcnt,rdrand,rdseed,erms,fsrm,cx16,clflushopt,clwb,umip mitigations=off tsc=reliable no-kvmclock noreplace-smp rodata=off io_delay=none quiet";
 
+/// With [`PVM_COMPAT`]: glibc's AVX, AVX2, AVX-512 and FMA code paths off
+/// in every guest process. The guest kernel there saves only x87/SSE state
+/// at a context switch (`clearcpuid=xsave`: the emulator has no XSAVE),
+/// while user code runs natively and sees the host's CPUID; processes that
+/// use the wider registers corrupt each other's (intermittent SIGSEGVs).
+/// The kernel hands this to PID 1 as an environment variable; the agent
+/// passes it on to every process it starts (`agent/src/guest_env.rs`).
+/// Both spellings of the names: glibc ≥ 2.33 (`AVX2`) and older
+/// (`AVX2_Usable`); unknown names are ignored.
+pub const PVM_GUEST_TUNABLES: &str = "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-FMA,-FMA4,-AVX_Fast_Unaligned_Load,-AVX_Usable,-AVX2_Usable,-AVX512F_Usable,-AVX512VL_Usable,-AVX512BW_Usable,-AVX512DQ_Usable,-AVX512CD_Usable,-FMA_Usable,-FMA4_Usable";
+
 /// Tells the agent to power the guest off once it is ready.
 pub const ONESHOT: &str = "husk.oneshot=1";
 
@@ -46,6 +57,7 @@ pub fn build(o: &Options<'_>) -> Result<linux_loader::cmdline::Cmdline, BootErro
     push(BASE)?;
     if o.pvm_compat {
         push(PVM_COMPAT)?;
+        push(PVM_GUEST_TUNABLES)?;
         if let Some(khz) = o.tsc_khz {
             push(&format!("tsc_early_khz={khz}"))?;
         }
@@ -83,6 +95,7 @@ mod tests {
         let text = s(&build(&o).unwrap());
         assert!(text.starts_with(BASE));
         assert!(text.contains("clearcpuid="));
+        assert!(text.contains(" GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,"));
         assert!(text.ends_with(
             "tsc_early_khz=2445404 virtio_mmio.device=4K@0xd0000000:5 loglevel=8 husk.oneshot=1"
         ));
