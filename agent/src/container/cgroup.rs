@@ -285,10 +285,20 @@ impl Cgroup {
     }
 
     /// Writes each value; a file that is not there means its controller is
-    /// not enabled here: refused, naming the field.
+    /// not enabled here: refused, naming the field. The exception is
+    /// `memory.swap.max` next to a `memory.max`: a kernel without swap
+    /// (the guest's) has no swap files, and a process there never swaps,
+    /// so any swap limit holds (containerd's CRI sets one with every
+    /// memory limit).
     pub fn apply(&self, writes: &[Write1]) -> Result<(), CgroupError> {
         for (file, value, field) in writes {
             let path = self.dir.join(file);
+            if file == "memory.swap.max" && !path.exists() && self.dir.join("memory.max").exists() {
+                crate::log::log(&format!(
+                    "container: {field}: ignored (this kernel has no swap)"
+                ));
+                continue;
+            }
             if let Err(e) = write_file(&path, value) {
                 return Err(match e.kind() {
                     io::ErrorKind::NotFound => CgroupError::Spec(SpecError::new(
@@ -606,6 +616,28 @@ mod tests {
         assert_eq!(e.field, "linux.resources.memory.swap");
         let e = resource_writes("linux.resources", &res(r#"{"cpu":{"quota":10}}"#)).unwrap_err();
         assert_eq!(e.field, "linux.resources.cpu.quota");
+    }
+
+    /// A kernel without swap: memory.swap.max is skipped where the memory
+    /// controller is there, refused where it is not.
+    #[test]
+    fn swap_limit_without_swap() {
+        let dir = std::env::temp_dir().join(format!("husk-cg-swap-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let cg = Cgroup { dir: dir.clone() };
+        let w = |f: &str, v: &str| (f.to_owned(), v.to_owned(), format!("r.{f}"));
+        let writes = [w("memory.max", "100"), w("memory.swap.max", "0")];
+        let e = cg.apply(&writes).unwrap_err();
+        assert!(
+            matches!(&e, CgroupError::Spec(s) if s.field == "r.memory.max"),
+            "{e}"
+        );
+        fs::write(dir.join("memory.max"), "max").unwrap();
+        cg.apply(&writes).unwrap();
+        assert_eq!(read_small(&dir.join("memory.max")).unwrap(), "100");
+        assert!(!dir.join("memory.swap.max").exists());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

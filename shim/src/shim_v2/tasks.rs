@@ -41,6 +41,11 @@ use crate::agent_client::{AgentClientError, ContainerEvent, SignalTarget, TtySiz
 const OUTPUT_GRACE: Duration = Duration::from_secs(5);
 /// How long the guest gets to power off when the last task is deleted.
 const POWER_OFF_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the guest has to report a SIGKILLed container's exit before
+/// the pod's VM is stopped ([`Tasks::confirm_kill`]).
+pub const KILL_CONFIRM: Duration = Duration::from_secs(30);
+/// The power-off deadline then (the agent is asked first, half of it).
+const KILL_POWER_OFF: Duration = Duration::from_secs(4);
 /// How long one WaitEvent call waits in the guest for an OOM event (a
 /// long poll: an idle pod's guest is not woken for nothing; the watcher
 /// notices a replaced or stopped VM when the call returns or fails).
@@ -148,6 +153,26 @@ impl Process {
         }
     }
 
+    /// Waits up to `timeout` for it to stop; true when it has.
+    fn wait_stopped_for(&self, timeout: Duration) -> bool {
+        let end = std::time::Instant::now() + timeout;
+        let mut s = lock(&self.state);
+        loop {
+            if s.state == State::Stopped {
+                return true;
+            }
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            s = self
+                .cond
+                .wait_timeout(s, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
     fn stop_io(&self) {
         if let Some(mut io) = lock(&self.io).take() {
             io.stop();
@@ -184,11 +209,23 @@ pub struct Tasks {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// A VM powering off after the last delete.
     stopping: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// See [`Self::confirm_kill`].
+    kill_confirm: Duration,
 }
 
 impl Tasks {
     pub fn new(factory: Box<dyn PodFactory>, publisher: Arc<dyn Publisher>) -> Arc<Self> {
+        Self::with_kill_confirm(factory, publisher, KILL_CONFIRM)
+    }
+
+    /// [`Self::new`] with another grace for SIGKILLed containers.
+    pub fn with_kill_confirm(
+        factory: Box<dyn PodFactory>,
+        publisher: Arc<dyn Publisher>,
+        kill_confirm: Duration,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
+            kill_confirm,
             me: me.clone(),
             factory,
             publisher,
@@ -674,8 +711,47 @@ impl Tasks {
                 let vm = self.vm(&c.id)?;
                 vm.api()
                     .signal_process(&c.id, target, signal)
-                    .map_err(|e| TaskError::agent(&c.id, "kill", e))
+                    .map_err(|e| TaskError::agent(&c.id, "kill", e))?;
+                if signal == libc::SIGKILL && p.exec_id.is_none() {
+                    self.confirm_kill(&p);
+                }
+                Ok(())
             }
+        }
+    }
+
+    /// A container SIGKILLed must end: when the guest has not reported
+    /// its exit within [`KILL_CONFIRM`] (a guest stuck in its kernel, e.g.
+    /// under a fork bomb with processes in uninterruptible waits), the
+    /// pod's VM is stopped, which ends every process of the pod (their
+    /// exits are published as the VM's end), so that containerd's
+    /// StopContainer / StopPodSandbox return.
+    fn confirm_kill(&self, p: &Arc<Process>) {
+        let Some(generation) = self.current_generation() else {
+            return;
+        };
+        let me = self.me.clone();
+        let p = p.clone();
+        let grace = self.kill_confirm;
+        let spawned = std::thread::Builder::new()
+            .name("husk-kill-watch".into())
+            .spawn(move || {
+                if p.wait_stopped_for(grace) {
+                    return;
+                }
+                let Some(t) = me.upgrade() else {
+                    return;
+                };
+                let vm = match lock(&t.pod).as_ref() {
+                    Some(s) if s.generation == generation => s.vm.clone(),
+                    _ => return,
+                };
+                tracing::error!(process = %p.what(), grace_s = grace.as_secs_f64(),
+                    "the guest has not ended a SIGKILLed container; stopping the pod's VM");
+                vm.power_off(KILL_POWER_OFF);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the kill watcher");
         }
     }
 

@@ -133,6 +133,10 @@ fn req_id<T: Default>(f: impl FnOnce(&mut T)) -> T {
 
 impl H {
     fn new(name: &str) -> Self {
+        Self::with_kill_confirm(name, super::tasks::KILL_CONFIRM)
+    }
+
+    fn with_kill_confirm(name: &str, kill_confirm: Duration) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "husk-shimv2-{name}-{}-{}",
@@ -145,7 +149,7 @@ impl H {
         let vms = factory.vms.clone();
         let fail_first_create = factory.fail_first_create.clone();
         let rec = Arc::new(Recorder::default());
-        let tasks = Tasks::new(Box::new(factory), rec.clone());
+        let tasks = Tasks::with_kill_confirm(Box::new(factory), rec.clone(), kill_confirm);
         Self {
             tasks,
             rec,
@@ -584,6 +588,28 @@ fn kill_running() {
     assert_eq!((exit.pid, exit.exit_status), (pid, 143));
     assert_eq!(code(h.kill("c1", "", 9)), Code::NOT_FOUND);
     assert_eq!(h.delete("c1", "").unwrap().exit_status, 143);
+}
+
+/// A guest that takes a SIGKILL and never ends the container (stuck in
+/// its kernel): after the grace the pod's VM is powered off and every
+/// process of the pod is reported ended, so StopContainer returns. A
+/// SIGTERM alone never does that.
+#[test]
+fn sigkill_the_guest_cannot_carry_out_stops_the_vm() {
+    let h = H::with_kill_confirm("deaf", Duration::from_millis(300));
+    h.create("c1");
+    h.start("c1", "");
+    h.create("c2");
+    h.start("c2", "");
+    h.vm().lock().deaf = true;
+    h.kill("c1", "", 15).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(!h.vm().lock().powered_off);
+    assert_eq!(h.status("c1", ""), Status::RUNNING);
+    h.kill("c1", "", 9).unwrap();
+    assert_eq!(h.wait("c1", ""), super::tasks::VM_GONE_EXIT);
+    assert_eq!(h.wait("c2", ""), super::tasks::VM_GONE_EXIT);
+    assert!(h.vm().lock().powered_off);
 }
 
 /// A task created and never started: a kill ends it (nothing runs to

@@ -62,6 +62,8 @@ pub struct Inner {
     /// Why the VM ended, once it did.
     pub ended: Option<String>,
     pub powered_off: bool,
+    /// Signals are taken and do nothing (a guest stuck in its kernel).
+    pub deaf: bool,
     pub attached: Vec<String>,
     /// Container id → the volumes attached (until detached).
     pub volumes: HashMap<String, Vec<Volume>>,
@@ -310,7 +312,9 @@ impl ContainerApi for FakeApi {
             .push((id.to_owned(), format!("{target:?}"), signal));
         let mut any = false;
         for k in &keys {
-            if signal == 0 {
+            if g.deaf {
+                any |= g.procs.get(k).is_some_and(|p| p.exit.is_none());
+            } else if signal == 0 {
                 any |= g.procs.get(k).is_some_and(|p| p.exit.is_none());
             } else {
                 any |= end_process(&mut g, k, 128 + signal, Some(signal));
