@@ -504,7 +504,6 @@ fn husk_pod_flow() {
 
 /// The pod IP inside the VM, answering the host and another pod.
 #[test]
-#[ignore = "the pod's network is wired (guest log: `network: eth0 is the pod's eth0`), but the pause process dies (exit 139, the intermittent guest SIGSEGV) before the app containers join it in 3 of 3 runs here; unignore with the fix"]
 fn husk_pod_network() {
     husk_flow(
         "husk_pod_network",
