@@ -17,6 +17,7 @@ pub mod guest_env;
 pub mod identity;
 pub mod log;
 pub mod mount;
+pub mod network;
 pub mod pause;
 pub mod reaper;
 pub mod rpc;

@@ -13,15 +13,15 @@ mod containers;
 pub use containers::{ContainerRpcError, ContainerService};
 
 use husk_agent_protocol::agent::{
-    CloseStdinRequest, ContainerStatsRequest, ContainerStatsResponse, CreateContainerRequest,
-    CreateContainerResponse, Empty, ExecProcessRequest, ExecProcessResponse, ExecRequest,
-    ExecResponse, GuestInfoRequest, GuestInfoResponse, HealthRequest, HealthResponse,
-    ListPidsRequest, ListPidsResponse, MountRequest, MountResponse, PauseContainerRequest,
-    ReidentifyRequest, ReidentifyResponse, RemoveContainerRequest, ResizeTtyRequest,
-    ResumeContainerRequest, ShutdownRequest, ShutdownResponse, SignalProcessRequest,
-    StartContainerRequest, StartContainerResponse, UnmountRequest, UnmountResponse,
-    UpdateResourcesRequest, VersionRequest, VersionResponse, WaitEventRequest, WaitEventResponse,
-    WaitProcessRequest, WaitProcessResponse,
+    CloseStdinRequest, ConfigureNetworkRequest, ConfigureNetworkResponse, ContainerStatsRequest,
+    ContainerStatsResponse, CreateContainerRequest, CreateContainerResponse, Empty,
+    ExecProcessRequest, ExecProcessResponse, ExecRequest, ExecResponse, GuestInfoRequest,
+    GuestInfoResponse, HealthRequest, HealthResponse, ListPidsRequest, ListPidsResponse,
+    MountRequest, MountResponse, PauseContainerRequest, ReidentifyRequest, ReidentifyResponse,
+    RemoveContainerRequest, ResizeTtyRequest, ResumeContainerRequest, ShutdownRequest,
+    ShutdownResponse, SignalProcessRequest, StartContainerRequest, StartContainerResponse,
+    UnmountRequest, UnmountResponse, UpdateResourcesRequest, VersionRequest, VersionResponse,
+    WaitEventRequest, WaitEventResponse, WaitProcessRequest, WaitProcessResponse,
 };
 use husk_agent_protocol::agent_ttrpc::{create_agent, Agent};
 use husk_agent_protocol::{API_VERSION, HEALTH_SERVING};
@@ -302,6 +302,31 @@ impl<F: Guest> Agent for AgentService<F> {
                 Err(status(e.code(), format!("unmount: {e}")))
             }
         }
+    }
+
+    fn configure_network(
+        &self,
+        _: &TtrpcContext,
+        req: ConfigureNetworkRequest,
+    ) -> ttrpc::Result<ConfigureNetworkResponse> {
+        let t0 = std::time::Instant::now();
+        let result = crate::network::NetworkPlan::from_request(&req).and_then(|p| {
+            let r = p.apply()?;
+            log(&format!(
+                "network: {} is the pod's {} ({} addresses, {} routes, skipped {:?}) in {} ms",
+                r.guest_interface,
+                p.host_name,
+                p.addresses.len(),
+                p.routes.len(),
+                r.skipped,
+                t0.elapsed().as_millis()
+            ));
+            Ok(r)
+        });
+        result.map_err(|e| {
+            log(&format!("configure network failed: {e}"));
+            status(e.code(), format!("configure network: {e}"))
+        })
     }
 
     fn exec(&self, _: &TtrpcContext, req: ExecRequest) -> ttrpc::Result<ExecResponse> {

@@ -15,6 +15,7 @@
 mod containers;
 mod guest_ops;
 mod identity;
+mod network;
 pub mod stdio;
 
 use std::io::{self, Read, Write};
@@ -34,6 +35,7 @@ use ttrpc::context::{self, Context};
 pub use containers::{ContainerEvent, ContainerStats, ProcessExit, SignalTarget, Stdio, TtySize};
 pub use guest_ops::{ExecCommand, ExecOutput, ExecStatus, MountSource, MountSpec, Mounted};
 pub use identity::{uuid_v4, Identity, ReidentifyOutcome, FRESH_SEED_LEN};
+pub use network::{network_request, NetworkConfigured};
 pub use stdio::{ProcessStreams, StdioError, StreamKind};
 
 /// The longest handshake reply line accepted, `\n` included.

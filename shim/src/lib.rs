@@ -4,5 +4,6 @@
 
 pub mod agent_client;
 pub mod cli;
+pub mod pod_net;
 pub mod sandbox;
 pub mod shim_v2;

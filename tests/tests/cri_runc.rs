@@ -504,7 +504,6 @@ fn husk_pod_flow() {
 
 /// The pod IP inside the VM, answering the host and another pod.
 #[test]
-#[ignore = "pod networking in the VM (tap + tc redirect, the guest's eth0) is not wired yet"]
 fn husk_pod_network() {
     husk_flow(
         "husk_pod_network",

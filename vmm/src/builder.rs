@@ -11,7 +11,7 @@ use husk_devices::bus::{Bus, SharedDevice};
 use husk_devices::legacy::{cmos, i8042, serial, Cmos, ConsoleSink, ConsoleWatch, Serial, I8042};
 use husk_devices::virtio::block::Block;
 use husk_devices::virtio::fs::{isolate_umask, Fs};
-use husk_devices::virtio::net::{Net, Tap};
+use husk_devices::virtio::net::{open_backend, Net};
 use husk_devices::virtio::transport::mmio::MmioTransportState;
 use husk_devices::virtio::vsock::Vsock;
 use husk_devices::virtio::VirtioDevice;
@@ -310,7 +310,7 @@ fn build_restored(config: RestoreConfig) -> Result<VmmHandle, VmmError> {
     }
     let mut nets = Vec::with_capacity(saved_nets.len());
     for (n, tap) in saved_nets.iter().zip(&config.nets) {
-        let dev = Net::from_state(&n.device, Box::new(Tap::open(tap)?))?;
+        let dev = Net::from_state(&n.device, open_backend(tap)?)?;
         let at = Some(Saved::of(n));
         nets.push(attach(&mut devices, &vm, &mem, &mut mmio, dev, at)?);
     }

@@ -32,7 +32,8 @@ pub const LOG_VSOCK_PORT: u32 = 1025;
 /// 4: containers (`CreateContainer` ... `WaitEvent`) and their stdio
 ///    streams on [`STDIO_VSOCK_PORT`]; an older agent answers them "not
 ///    supported" (ttrpc NOT_FOUND for an unknown method).
-pub const API_VERSION: u32 = 4;
+/// 5: `ConfigureNetwork` (pod networking: the guest's eth0 made the pod's).
+pub const API_VERSION: u32 = 5;
 /// The vsock port the agent takes containers' stdio streams on (one
 /// connection per stream, opened by the host; see `agent.proto`).
 pub const STDIO_VSOCK_PORT: u32 = 1027;

@@ -24,8 +24,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use husk_vmm::{
-    ConsoleConfig, DiskConfig, ExitNotifier, PvmCompat, RestoreConfig, SeccompMode, ShareConfig,
-    VmConfig, VmOutcome, VmmError, VmmHandle, VsockConfig,
+    ConsoleConfig, DiskConfig, ExitNotifier, NetConfig, PvmCompat, RestoreConfig, SeccompMode,
+    ShareConfig, TapSource, VmConfig, VmOutcome, VmmError, VmmHandle, VsockConfig,
 };
 
 use crate::agent_client::AgentClient;
@@ -42,6 +42,21 @@ pub const VSOCK_SOCKET: &str = "agent.vsock";
 pub const DEFAULT_RESTORED_AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default bound on a cold boot to the agent's first answer.
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The MAC of every sandbox's net device as the guest boots (or was
+/// snapshotted) with it; the agent gives eth0 the pod's own
+/// (`ConfigureNetwork`). Locally administered, unicast.
+pub const POD_NET_MAC: [u8; 6] = [0x02, 0x68, 0x75, 0x73, 0x6b, 0x00];
+
+/// The sandbox's one net device over `tap`. No MTU is offered: the guest's
+/// eth0 may then take any MTU, and the agent sets the pod's.
+pub fn pod_net_config(tap: TapSource) -> NetConfig {
+    NetConfig {
+        tap,
+        mac: POD_NET_MAC,
+        mtu: None,
+    }
+}
 
 /// The identity of this husk build: what templates are keyed by (a
 /// snapshot from another build is refused).
@@ -91,6 +106,10 @@ pub struct SandboxConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-fs shares, each with its directory.
     pub shares: Vec<ShareConfig>,
+    /// The backend of the sandbox's one net device (eth0 in the guest):
+    /// the pod's tap, or [`TapSource::Disconnected`] (the default) for a
+    /// pod without a network.
+    pub tap: TapSource,
     /// The guest's hostname (default: from the id).
     pub hostname: Option<String>,
     pub console: ConsoleConfig,
@@ -112,6 +131,7 @@ impl SandboxConfig {
             source,
             disks: Vec::new(),
             shares: Vec::new(),
+            tap: TapSource::Disconnected,
             hostname: None,
             console: ConsoleConfig {
                 file: None,
@@ -349,7 +369,8 @@ fn launch(cfg: &SandboxConfig, vsock: &std::path::Path) -> Result<Launched, Sand
                         cfg.disks.len()
                     )));
                 }
-                husk_vmm::restore(restore_config(cfg, dir, vsock))?
+                let nets = snap.devices.nets.len();
+                husk_vmm::restore(restore_config(cfg, dir, vsock, nets))?
             },
             restored: true,
             template_key: None,
@@ -389,6 +410,7 @@ fn boot(
         }),
         disks: cfg.disks.clone(),
         shares: cfg.shares.clone(),
+        nets: vec![pod_net_config(cfg.tap.clone())],
         seccomp: cfg.seccomp,
         ..VmConfig::default()
     })?;
@@ -400,10 +422,13 @@ fn boot(
     })
 }
 
+/// `nets`: how many net devices the snapshot has (a store template: one);
+/// the first gets the sandbox's tap, any other none.
 fn restore_config(
     cfg: &SandboxConfig,
     dir: &std::path::Path,
     vsock: &std::path::Path,
+    nets: usize,
 ) -> RestoreConfig {
     RestoreConfig {
         name: cfg.id.clone(),
@@ -418,8 +443,15 @@ fn restore_config(
             .iter()
             .filter_map(|s| Some((s.tag.clone(), s.shared_dir.clone()?)))
             .collect(),
-        // The pod's tap is attached here once the shim creates one.
-        nets: Vec::new(),
+        nets: (0..nets)
+            .map(|i| {
+                if i == 0 {
+                    cfg.tap.clone()
+                } else {
+                    TapSource::Disconnected
+                }
+            })
+            .collect(),
         seccomp: cfg.seccomp,
     }
 }
@@ -490,7 +522,8 @@ fn from_store(
                 return boot(cfg, guest, vsock);
             }
         };
-        match husk_vmm::restore(restore_config(cfg, &tpl.dir, vsock)) {
+        // Every store template has the one net device (`template_build`).
+        match husk_vmm::restore(restore_config(cfg, &tpl.dir, vsock, 1)) {
             Ok(vm) => {
                 return Ok(Launched {
                     vm,

@@ -107,6 +107,9 @@ impl VmTemplateBuilder {
                     read_only: s.read_only,
                 })
                 .collect(),
+            // The pod's net device, with no backend: each VM restored from
+            // the template attaches its own tap (or none).
+            nets: vec![super::pod_net_config(husk_vmm::TapSource::Disconnected)],
             seccomp: self.seccomp,
             ..VmConfig::default()
         };

@@ -60,7 +60,9 @@ impl TemplateSpec {
     pub fn describe(&self, build_id: &str) -> std::io::Result<String> {
         let mut s = String::new();
         // Writing to a String cannot fail.
-        let _ = writeln!(s, "husk-template 1");
+        // 2: every template has one virtio-net device (pod networking),
+        // made with no backend; version 1 templates had none.
+        let _ = writeln!(s, "husk-template 2");
         let _ = writeln!(s, "build {build_id}");
         let _ = writeln!(s, "kernel {}", file_identity(&self.kernel)?);
         let _ = writeln!(s, "initrd {}", file_identity(&self.initrd)?);
@@ -78,6 +80,7 @@ impl TemplateSpec {
         for sh in &self.shares {
             let _ = writeln!(s, "share {:?} ro={}", sh.tag, sh.read_only);
         }
+        let _ = writeln!(s, "net mac={:02x?} mtu=none", super::POD_NET_MAC);
         Ok(s)
     }
 }

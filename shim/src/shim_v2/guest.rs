@@ -181,6 +181,10 @@ pub struct PodRequest {
     pub annotations: std::collections::BTreeMap<String, String>,
     /// The first container's memory limit, bytes.
     pub memory_limit: Option<i64>,
+    /// The pod's host network namespace (CNI's `/var/run/netns/cni-…`,
+    /// the sandbox spec's network namespace path), whose veth the VM is
+    /// connected to; `None`: no network (the VM's NIC has no backend).
+    pub netns: Option<std::path::PathBuf>,
     /// The first container's `linux.cgroupsPath` (the sandbox's, for a
     /// CRI pod): the host cgroup the shim joins.
     pub cgroups_path: Option<String>,

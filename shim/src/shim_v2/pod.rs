@@ -24,6 +24,7 @@ use super::host_cgroup::{self, HostCgroup};
 use super::rootfs;
 use super::spec::{self, Volume};
 use crate::agent_client::{AgentClient, MountSource, MountSpec, ProcessStreams, Stdio};
+use crate::pod_net::PodNetwork;
 use crate::sandbox::store::TemplateStore;
 use crate::sandbox::template_build::VmTemplateBuilder;
 use crate::sandbox::{build_id, GuestSpec, Sandbox, SandboxConfig, Source};
@@ -34,6 +35,8 @@ pub const POD_SHARE_TAG: &str = "pod";
 pub const GUEST_SHARE: &str = "/run/husk/pod";
 /// The agent API that serves containers.
 const CONTAINER_API: u32 = 4;
+/// The agent API that configures the pod's network.
+const NETWORK_API: u32 = 5;
 /// A pod's vsock socket, in its directory.
 const VSOCK: &str = "v.sock";
 
@@ -159,6 +162,16 @@ impl PodFactory for SandboxFactory {
         cfg.agent_timeout = Some(config.agent_timeout());
         std::fs::create_dir_all(&shared)
             .map_err(|e| pod_err(format!("creating {}: {e}", shared.display())))?;
+        // The tap in the pod's netns, attached to the VM at restore.
+        let network = match &request.netns {
+            Some(ns) => {
+                let net = PodNetwork::setup(&self.pod, ns)
+                    .map_err(|e| pod_err(crate::cli::error_chain(&e)))?;
+                cfg.tap = net.tap_source();
+                Some(net)
+            }
+            None => None,
+        };
         let sandbox = match Sandbox::start(cfg) {
             Ok(s) => s,
             Err(e) => {
@@ -172,11 +185,12 @@ impl PodFactory for SandboxFactory {
             dir,
             shared,
             sandbox: Some(sandbox),
+            network,
             host_cgroup: std::sync::Mutex::new(host_cgroup),
         };
         let agent = pod.sandbox().agent();
-        match agent.version() {
-            Ok(v) if v.api_version >= CONTAINER_API => {}
+        let api = match agent.version() {
+            Ok(v) if v.api_version >= CONTAINER_API => v.api_version,
             Ok(v) => {
                 return Err(pod_err(format!(
                     "the guest agent {} speaks API {}; containers need API {CONTAINER_API}",
@@ -184,13 +198,28 @@ impl PodFactory for SandboxFactory {
                 )))
             }
             Err(e) => return Err(pod_err(format!("asking the agent its version: {e}"))),
-        }
+        };
         agent
             .mount(&MountSpec::new(
                 MountSource::Share(POD_SHARE_TAG.into()),
                 GUEST_SHARE,
             ))
             .map_err(|e| pod_err(format!("mounting the pod share: {e}")))?;
+        if let Some(net) = &pod.network {
+            let t0 = std::time::Instant::now();
+            let done = if api < NETWORK_API {
+                Err(format!(
+                    "the guest agent speaks API {api}; pod networking needs API {NETWORK_API}"
+                ))
+            } else {
+                agent
+                    .configure_network(net.guest())
+                    .map_err(|e| e.to_string())
+            }
+            .map_err(|e| pod_err(format!("configuring the guest's network: {e}")))?;
+            tracing::info!(pod = %self.pod, guest_interface = %done.guest_interface, skipped = ?done.skipped,
+                ms = t0.elapsed().as_millis() as u64, "pod network configured in the guest");
+        }
         let info = pod.sandbox().start_info();
         tracing::info!(pod = %self.pod, restored = info.restored, template_created = info.template_created,
             agent_ready_s = info.agent_ready.as_secs_f64(), "pod VM ready");
@@ -206,6 +235,8 @@ pub struct Pod {
     shared: PathBuf,
     /// Present until drop.
     sandbox: Option<Sandbox>,
+    /// The pod's tap and tc redirect, removed after the VM (drop order).
+    network: Option<PodNetwork>,
     /// Left once the VM has ended.
     host_cgroup: std::sync::Mutex<Option<HostCgroup>>,
 }
@@ -335,8 +366,10 @@ impl Pod {
 
 impl Drop for Pod {
     fn drop(&mut self) {
-        // The VM first (stopped, its threads joined), then the host files.
+        // The VM first (stopped, its threads joined), then its network, then
+        // the host files.
         drop(self.sandbox.take());
+        drop(self.network.take());
         self.release_host_files();
     }
 }

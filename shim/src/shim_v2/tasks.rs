@@ -1078,9 +1078,21 @@ fn pod_request(id: &str, spec_json: &[u8]) -> Result<PodRequest, TaskError> {
     let memory_limit = v
         .pointer("/linux/resources/memory/limit")
         .and_then(serde_json::Value::as_i64);
+    // A host path (not a guest /proc one this shim reported).
+    let netns = v
+        .pointer("/linux/namespaces")
+        .and_then(serde_json::Value::as_array)
+        .and_then(|list| {
+            list.iter()
+                .find(|n| n.get("type").and_then(|t| t.as_str()) == Some("network"))
+        })
+        .and_then(|n| n.get("path").and_then(|p| p.as_str()))
+        .filter(|p| !p.is_empty() && !p.starts_with("/proc/"))
+        .map(std::path::PathBuf::from);
     Ok(PodRequest {
         annotations,
         memory_limit,
+        netns,
         cgroups_path: super::host_cgroup::cgroups_path(&v),
     })
 }

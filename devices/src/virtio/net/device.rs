@@ -16,7 +16,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::frame::{offered_offloads, parse_rx, parse_tx, set_num_buffers, tun_offloads, RxBuffer};
-use super::tap::{NetBackend, Tap};
+use super::tap::NetBackend;
 use super::{
     format_mac, NetConfig, NetError, NetStats, MAX_BATCH, MAX_FRAME, MIN_MTU, QUEUE_SIZE, RX_QUEUE,
     TX_QUEUE, VNET_HDR_LEN,
@@ -104,11 +104,14 @@ pub struct Net {
 }
 
 impl Net {
-    /// Opens the tap and creates the device.
+    /// Opens the tap (or none, [`TapSource::Disconnected`]) and creates
+    /// the device.
+    ///
+    /// [`TapSource::Disconnected`]: super::TapSource::Disconnected
     pub fn new(config: NetConfig) -> Result<Net, NetError> {
         check_mac(&config.mac)?;
-        let tap = Tap::open(&config.tap)?;
-        Self::with_backend(Box::new(tap), config.mac, config.mtu)
+        let backend = super::tap::open_backend(&config.tap)?;
+        Self::with_backend(backend, config.mac, config.mtu)
     }
 
     /// Creates the device over any backend.

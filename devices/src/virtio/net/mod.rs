@@ -53,7 +53,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 pub use device::{Net, NetState};
-pub use tap::{NetBackend, Tap};
+pub use tap::{open_backend, Disconnected, NetBackend, Tap};
 
 /// Queue indices and size.
 pub const RX_QUEUE: usize = 0;
@@ -79,6 +79,11 @@ pub enum TapSource {
     /// An already-open `/dev/net/tun` fd attached to a TAP (the device
     /// duplicates it).
     Fd(Arc<OwnedFd>),
+    /// No backend: the guest sees a link that is up, what it sends is
+    /// dropped (and counted), nothing arrives. What a template's net device
+    /// is made with, and what a pod without a network gets at restore:
+    /// nothing to create on the host, nothing to remove.
+    Disconnected,
 }
 
 impl PartialEq for TapSource {
@@ -86,6 +91,7 @@ impl PartialEq for TapSource {
         match (self, other) {
             (Self::Name(a), Self::Name(b)) => a == b,
             (Self::Fd(a), Self::Fd(b)) => a.as_raw_fd() == b.as_raw_fd(),
+            (Self::Disconnected, Self::Disconnected) => true,
             _ => false,
         }
     }
@@ -98,6 +104,7 @@ impl std::fmt::Display for TapSource {
         match self {
             Self::Name(n) => write!(f, "tap {n}"),
             Self::Fd(fd) => write!(f, "tap fd {}", fd.as_raw_fd()),
+            Self::Disconnected => write!(f, "no backend"),
         }
     }
 }

@@ -1,0 +1,324 @@
+//! A CRI pod's network on the host: the VM's tap in the pod's network
+//! namespace, wired to the pod's veth with tc (Kata's "tc filter" model).
+//!
+//! CNI made the pod's netns (`/var/run/netns/cni-…`) and put one end of a
+//! veth in it with the pod's addresses and routes. [`PodNetwork::setup`],
+//! on a thread of its own that enters that namespace (the shim's other
+//! threads stay in the host's):
+//! - finds the veth (the one interface besides lo, or `eth0` among several),
+//! - creates the tap [`TAP_NAME`] (`/dev/net/tun`, `IFF_TAP | IFF_NO_PI |
+//!   IFF_VNET_HDR`, what the VMM's net device expects), MTU = the veth's, up,
+//! - adds an ingress qdisc to both and a u32 match-all filter on each with
+//!   a mirred egress redirect to the other: every frame the bridge sends
+//!   the veth goes to the guest, every frame the guest sends leaves by the
+//!   veth,
+//! - reads the veth's MAC, MTU, addresses and routes: what the guest's eth0
+//!   is given ([`GuestNetwork`], through the agent's `ConfigureNetwork`).
+//!
+//! The tap's fd goes to the VMM ([`TapSource::Fd`]); the tap is not
+//! persistent, so it and its qdisc go when the last fd closes (the VM's and
+//! ours). [`PodNetwork`]'s drop removes the veth's qdisc (and with it the
+//! filter), so nothing of ours is left in the namespace, which CNI removes.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use husk_netlink::{Address, Link, LinkChange, Netlink, NetlinkError, Route, PROTO_KERNEL};
+use husk_vmm::TapSource;
+
+/// The tap's name in the pod's namespace.
+pub const TAP_NAME: &str = "tap0_husk";
+
+/// Why the pod's network could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PodNetError {
+    #[error("pod {pod}: opening its network namespace {}: {source}", netns.display())]
+    Netns {
+        pod: String,
+        netns: PathBuf,
+        source: io::Error,
+    },
+    #[error("pod {pod}: entering its network namespace {}: {source}", netns.display())]
+    Setns {
+        pod: String,
+        netns: PathBuf,
+        source: io::Error,
+    },
+    #[error("pod {pod}: its network namespace {} has no interface besides lo to connect the VM to", netns.display())]
+    NoInterface { pod: String, netns: PathBuf },
+    #[error("pod {pod}: creating tap {TAP_NAME}: {what}: {source}")]
+    Tap {
+        pod: String,
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("pod {pod}: {step}: {source}")]
+    Netlink {
+        pod: String,
+        step: String,
+        source: NetlinkError,
+    },
+    #[error("pod {pod}: the network thread: {detail}")]
+    Thread { pod: String, detail: String },
+}
+
+/// What the guest's interface is given: the veth's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestNetwork {
+    /// The veth's name (for logs).
+    pub host_name: String,
+    pub mac: [u8; 6],
+    pub mtu: Option<u32>,
+    pub addresses: Vec<Address>,
+    /// The veth's routes, less those the kernel makes itself for an
+    /// address (the guest's kernel makes them again).
+    pub routes: Vec<Route>,
+}
+
+/// The pod's tap and tc redirect; removed on drop.
+#[derive(Debug)]
+pub struct PodNetwork {
+    pod: String,
+    /// The namespace, held open: teardown enters it even after its
+    /// `/var/run/netns` mount is gone.
+    netns: Arc<File>,
+    veth_index: u32,
+    tap: Arc<OwnedFd>,
+    tap_index: u32,
+    guest: GuestNetwork,
+}
+
+impl PodNetwork {
+    /// Sets up the pod's tap and redirect in the namespace at `netns`.
+    pub fn setup(pod: &str, netns: &Path) -> Result<PodNetwork, PodNetError> {
+        let file = File::open(netns).map_err(|source| PodNetError::Netns {
+            pod: pod.into(),
+            netns: netns.into(),
+            source,
+        })?;
+        let netns_file = Arc::new(file);
+        let (pod_s, path) = (pod.to_string(), netns.to_path_buf());
+        let ns = netns_file.clone();
+        let t0 = std::time::Instant::now();
+        let r = in_netns(pod, &netns_file, netns, move || setup_here(&pod_s, &path))?;
+        let (tap, tap_index, veth_index, guest) = r?;
+        tracing::info!(pod, veth = %guest.host_name, tap = TAP_NAME, mtu = ?guest.mtu,
+            addresses = guest.addresses.len(), routes = guest.routes.len(),
+            setup_ms = t0.elapsed().as_millis() as u64, "pod network: tap redirected to the veth");
+        Ok(PodNetwork {
+            pod: pod.to_string(),
+            netns: ns,
+            veth_index,
+            tap: Arc::new(tap),
+            tap_index,
+            guest,
+        })
+    }
+
+    /// The VM's net device backend: the tap's fd (the VMM takes a copy).
+    pub fn tap_source(&self) -> TapSource {
+        TapSource::Fd(self.tap.clone())
+    }
+
+    /// What the guest's interface is given.
+    pub fn guest(&self) -> &GuestNetwork {
+        &self.guest
+    }
+
+    /// The tap's interface index in the pod's namespace.
+    pub fn tap_index(&self) -> u32 {
+        self.tap_index
+    }
+
+    /// The veth's interface index in the pod's namespace.
+    pub fn veth_index(&self) -> u32 {
+        self.veth_index
+    }
+}
+
+impl Drop for PodNetwork {
+    fn drop(&mut self) {
+        // The tap goes with its last fd (this one and the VM's); the veth's
+        // qdisc must be removed. A veth already gone (CNI DEL ran) took it.
+        let veth = self.veth_index;
+        let pod = self.pod.clone();
+        let r = in_netns(&self.pod, &self.netns, Path::new("(held)"), move || {
+            let mut nl = Netlink::new()?;
+            nl.del_ingress_qdisc(veth)
+        });
+        match r {
+            Ok(Ok(())) => tracing::info!(pod, "pod network: redirect removed"),
+            Ok(Err(e)) if matches!(e.errno(), Some(libc::ENODEV | libc::ENOENT | libc::EINVAL)) => {
+                tracing::debug!(pod, error = %e, "pod network: the veth or its qdisc is gone already")
+            }
+            Ok(Err(e)) => tracing::warn!(pod, error = %e, "pod network: removing the veth's qdisc"),
+            Err(e) => {
+                tracing::warn!(pod, error = %e, "pod network: entering its namespace for teardown")
+            }
+        }
+    }
+}
+
+/// Runs `f` on a new thread that entered the namespace `netns` (the
+/// caller's threads stay where they are).
+fn in_netns<T: Send + 'static>(
+    pod: &str,
+    netns: &Arc<File>,
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PodNetError> {
+    let ns = netns.clone();
+    let handle = std::thread::Builder::new()
+        .name("husk-netns".into())
+        .spawn(move || {
+            // SAFETY: setns on an open namespace fd we hold; it changes
+            // only this thread's network namespace, and the thread ends
+            // with `f`.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(f())
+        })
+        .map_err(|e| PodNetError::Thread {
+            pod: pod.into(),
+            detail: e.to_string(),
+        })?;
+    let joined = handle.join().map_err(|_| PodNetError::Thread {
+        pod: pod.into(),
+        detail: "panicked".into(),
+    })?;
+    joined.map_err(|source| PodNetError::Setns {
+        pod: pod.into(),
+        netns: path.into(),
+        source,
+    })
+}
+
+/// The veth: the one interface besides lo and our tap; `eth0` (what CRI
+/// asks CNI for) when there are several.
+fn pick_veth(links: &[Link]) -> Option<&Link> {
+    let candidates: Vec<&Link> = links
+        .iter()
+        .filter(|l| !l.loopback && l.name != TAP_NAME && l.mac.is_some())
+        .collect();
+    match candidates.as_slice() {
+        [one] => Some(one),
+        many => many.iter().copied().find(|l| l.name == "eth0"),
+    }
+}
+
+type Setup = (OwnedFd, u32, u32, GuestNetwork);
+
+/// The work done inside the namespace. On failure what it made is undone.
+fn setup_here(pod: &str, netns: &Path) -> Result<Setup, PodNetError> {
+    let nl_err = |step: String| {
+        let pod = pod.to_string();
+        move |source| PodNetError::Netlink { pod, step, source }
+    };
+    let mut nl = Netlink::new().map_err(nl_err("opening a netlink socket".into()))?;
+    let links = nl.links().map_err(nl_err("listing interfaces".into()))?;
+    let veth = pick_veth(&links)
+        .cloned()
+        .ok_or_else(|| PodNetError::NoInterface {
+            pod: pod.into(),
+            netns: netns.into(),
+        })?;
+    let tap = open_tap(pod)?;
+    let result = (|| {
+        let t = nl
+            .link_by_name(TAP_NAME)
+            .map_err(nl_err("finding the new tap".into()))?;
+        let change = LinkChange {
+            mtu: veth.mtu,
+            mac: None,
+            up: Some(true),
+        };
+        nl.set_link(t.index, change)
+            .map_err(nl_err(format!("setting {TAP_NAME}'s MTU and up")))?;
+        for (i, name) in [(veth.index, &veth.name), (t.index, &t.name)] {
+            nl.add_ingress_qdisc(i)
+                .map_err(nl_err(format!("adding an ingress qdisc to {name}")))?;
+        }
+        nl.add_redirect(veth.index, t.index)
+            .map_err(nl_err(format!("redirecting {} to {TAP_NAME}", veth.name)))?;
+        nl.add_redirect(t.index, veth.index)
+            .map_err(nl_err(format!("redirecting {TAP_NAME} to {}", veth.name)))?;
+        // IPv6 link-local addresses are the interface's own (the guest's
+        // kernel makes its eth0 one).
+        let addresses = nl
+            .addresses(veth.index)
+            .map_err(nl_err(format!("reading {}'s addresses", veth.name)))?
+            .into_iter()
+            .filter(|a| !matches!(a.addr, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
+            .collect();
+        let routes = nl
+            .routes()
+            .map_err(nl_err("reading the routes".into()))?
+            .into_iter()
+            .filter(|r| r.oif == Some(veth.index) && r.protocol != PROTO_KERNEL)
+            .collect();
+        Ok((t.index, addresses, routes))
+    })();
+    match result {
+        Ok((tap_index, addresses, routes)) => {
+            let guest = GuestNetwork {
+                host_name: veth.name.clone(),
+                // pick_veth takes only interfaces with a MAC.
+                mac: veth.mac.unwrap_or_default(),
+                mtu: veth.mtu,
+                addresses,
+                routes,
+            };
+            Ok((tap, tap_index, veth.index, guest))
+        }
+        Err(e) => {
+            // The tap (and its qdisc) goes with its fd; the veth's qdisc
+            // may have been added.
+            let _ = nl.del_ingress_qdisc(veth.index);
+            Err(e)
+        }
+    }
+}
+
+const IFNAMSIZ: usize = 16;
+
+/// `struct ifreq` with the flags member of its union (40 bytes).
+#[repr(C)]
+struct IfReq {
+    name: [u8; IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Creates the tap [`TAP_NAME`] in this thread's namespace.
+fn open_tap(pod: &str) -> Result<OwnedFd, PodNetError> {
+    let err = |what| {
+        let pod = pod.to_string();
+        move |source| PodNetError::Tap { pod, what, source }
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(err("opening /dev/net/tun"))?;
+    let mut req = IfReq {
+        name: [0; IFNAMSIZ],
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+        _pad: [0; 22],
+    };
+    req.name[..TAP_NAME.len()].copy_from_slice(TAP_NAME.as_bytes());
+    // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` is one
+    // (name, flags, padding to its 40 bytes) and outlives the call.
+    if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
+        return Err(err("TUNSETIFF")(io::Error::last_os_error()));
+    }
+    Ok(OwnedFd::from(file))
+}
+
+#[cfg(test)]
+mod tests;
