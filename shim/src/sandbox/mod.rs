@@ -117,6 +117,10 @@ pub struct SandboxConfig {
     /// How long the agent may take to answer once the VM runs (default: 60 s
     /// after a restore, 600 s after a cold boot).
     pub agent_timeout: Option<Duration>,
+    /// Each later agent call's bound (default
+    /// [`crate::agent_client::DEFAULT_CALL_TIMEOUT`]): a guest whose one
+    /// vCPU is shared with many others answers slowly, not wrongly.
+    pub call_timeout: Option<Duration>,
     /// The vsock device's socket (default `<run_dir>/<id>/agent.vsock`).
     pub vsock_socket: Option<PathBuf>,
 }
@@ -139,6 +143,7 @@ impl SandboxConfig {
             },
             seccomp: SeccompMode::Enforce,
             agent_timeout: None,
+            call_timeout: None,
             vsock_socket: None,
         }
     }
@@ -213,6 +218,10 @@ impl Sandbox {
             agent_ready::first_answer(&launched.vm, &vsock_socket, agent_timeout)
         }
         .map_err(err)?;
+        let agent = match config.call_timeout {
+            Some(t) => agent.with_call_timeout(t),
+            None => agent,
+        };
         let info = StartInfo {
             restored: launched.restored,
             template_key: launched.template_key,

@@ -160,6 +160,9 @@ impl PodFactory for SandboxFactory {
         };
         cfg.seccomp = seccomp;
         cfg.agent_timeout = Some(config.agent_timeout());
+        // A pod's calls (mounts, network, containers) wait as long as its
+        // first answer may: on a loaded node they are slow, not lost.
+        cfg.call_timeout = Some(config.agent_timeout());
         std::fs::create_dir_all(&shared)
             .map_err(|e| pod_err(format!("creating {}: {e}", shared.display())))?;
         // The tap in the pod's netns, attached to the VM at restore.
