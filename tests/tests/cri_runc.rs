@@ -565,10 +565,23 @@ fn husk_setup(test: &str) -> Option<(PathBuf, Options, RemoveDir)> {
 }
 
 fn husk_flow(test: &str, expect: Expect) {
-    let Some((shim, opts, _cleanup)) = husk_setup(test) else {
+    let Some((shim, opts, cleanup)) = husk_setup(test) else {
         return;
     };
     pod_flow("husk", Some(&shim), opts, expect);
+    // The pods' host directories (vsock socket, shared dir and the rootfs
+    // and volume mounts in it) went with them.
+    let pods = cleanup.0.join("pods");
+    let left: Vec<_> = std::fs::read_dir(&pods)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "pod directories left: {left:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let pods_s = pods.to_string_lossy();
+    assert!(
+        !mounts.contains(pods_s.as_ref()),
+        "mounts left under {pods_s}"
+    );
 }
 
 /// The seed's isolation demo: a fork bomb in one pod's container (with a
