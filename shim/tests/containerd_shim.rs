@@ -52,7 +52,28 @@ fn husk_config(name: &str, extra: &str) -> (PathBuf, PathBuf) {
     (path, run_dir)
 }
 
-fn containerd(name: &str, extra_config: &str) -> (Containerd, PathBuf) {
+/// The pods' run dir of a test; dropping it removes the test's whole dir
+/// (config, consoles), unless `HUSK_KEEP_CONTAINERD` is set.
+struct RunDir(PathBuf);
+
+impl std::ops::Deref for RunDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if std::env::var_os("HUSK_KEEP_CONTAINERD").is_none() {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
+fn containerd(name: &str, extra_config: &str) -> (Containerd, RunDir) {
     let (config, run_dir) = husk_config(name, extra_config);
     let c = Containerd::start_with(
         Options::new()
@@ -61,7 +82,7 @@ fn containerd(name: &str, extra_config: &str) -> (Containerd, PathBuf) {
             .debug(true),
     )
     .expect("start containerd");
-    (c, run_dir)
+    (c, RunDir(run_dir))
 }
 
 fn text(b: &[u8]) -> String {
