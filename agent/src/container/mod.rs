@@ -174,6 +174,9 @@ struct ExitCell {
 #[derive(Default)]
 struct ExitSlot {
     info: Option<ExitInfo>,
+    /// Its container was removed (a process never started never exits):
+    /// waiters stop waiting on it.
+    orphaned: bool,
     /// Write ends of [`ExitNotify`] pipes: closed on exit.
     notify: Vec<OwnedFd>,
 }
@@ -192,6 +195,11 @@ impl ExitCell {
 
     fn get(&self) -> Option<ExitInfo> {
         lock(&self.slot).info
+    }
+
+    fn orphan(&self) {
+        lock(&self.slot).orphaned = true;
+        self.cond.notify_all();
     }
 }
 
@@ -806,6 +814,9 @@ impl Containers {
             if let Some(info) = slot.info {
                 return Ok(Some(info));
             }
+            if slot.orphaned {
+                return Ok(None);
+            }
             slot = match until {
                 None => cell.cond.wait(slot).unwrap_or_else(PoisonError::into_inner),
                 Some(u) => {
@@ -987,6 +998,7 @@ impl Containers {
         if let Some(c) = self.table().get_mut(id) {
             c.execs.remove(exec_id);
         }
+        cell.orphan();
         Ok(info)
     }
 
@@ -1048,6 +1060,10 @@ impl Containers {
         if let Some(c) = self.table().remove(id) {
             c.oom.removed.store(true, Ordering::SeqCst);
             let _ = (&self.inner.wake).write(&[1]);
+            // Waiters on a process that never started learn it now.
+            for p in std::iter::once(&c.init).chain(c.execs.values()) {
+                p.exit.orphan();
+            }
         }
         Ok(())
     }

@@ -658,3 +658,26 @@ fn a_cri_sandbox_is_the_agents_pause() {
     assert!(!p.light_sandbox);
     assert_eq!(p.root.mounts.len(), 6);
 }
+
+/// A wait on the init of a container that is removed before it started
+/// (so never exits) returns at the removal, not at its timeout.
+#[test]
+fn removal_wakes_the_waiters_of_a_never_started_process() {
+    need_root!("removal_wakes_the_waiters_of_a_never_started_process");
+    let c = std::sync::Arc::new(registry());
+    let id = id("orphan");
+    let plan = c
+        .validate(&id, spec(&["true"]).to_string().as_bytes(), rootfs())
+        .unwrap();
+    c.create(plan, Stdio::Null).unwrap();
+    let (c2, id2) = (c.clone(), id.clone());
+    let t0 = std::time::Instant::now();
+    let waiter = std::thread::spawn(move || {
+        c2.wait(&id2, None, Some(std::time::Duration::from_secs(300)))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    c.remove(&id).unwrap();
+    let r = waiter.join().unwrap();
+    assert!(matches!(r, Ok(None)), "{r:?}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(60));
+}
