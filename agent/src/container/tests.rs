@@ -672,9 +672,8 @@ fn removal_wakes_the_waiters_of_a_never_started_process() {
     c.create(plan, Stdio::Null).unwrap();
     let (c2, id2) = (c.clone(), id.clone());
     let t0 = std::time::Instant::now();
-    let waiter = std::thread::spawn(move || {
-        c2.wait(&id2, None, Some(std::time::Duration::from_secs(300)))
-    });
+    let waiter =
+        std::thread::spawn(move || c2.wait(&id2, None, Some(std::time::Duration::from_secs(300))));
     std::thread::sleep(std::time::Duration::from_millis(200));
     c.remove(&id).unwrap();
     let r = waiter.join().unwrap();
