@@ -890,7 +890,8 @@ fn list_tree(dir: &Path) -> Vec<String> {
 }
 
 /// A process's argv (empty when it is gone).
-fn cmdline(pid: u32) -> Vec<String> {
+/// A process's argv (empty when it is gone).
+pub fn cmdline(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| {
             b.split(|&c| c == 0)
@@ -911,7 +912,8 @@ fn address_of(pid: u32) -> Option<String> {
         .and_then(|i| argv.get(i + 1).cloned())
 }
 
-fn all_pids() -> Vec<u32> {
+/// Every pid in /proc now.
+pub fn all_pids() -> Vec<u32> {
     std::fs::read_dir("/proc")
         .map(|d| {
             d.flatten()

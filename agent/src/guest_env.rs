@@ -42,30 +42,22 @@ pub fn add(env: &mut Vec<CString>) {
 /// Appends `tunables` to the `GLIBC_TUNABLES` entry of `env`, or adds one.
 pub fn merge(env: &mut Vec<CString>, tunables: &str) {
     let prefix = format!("{VAR}=");
-    let entry = env
-        .iter_mut()
-        .rev()
-        .find(|e| e.as_bytes().starts_with(prefix.as_bytes()));
-    let value = match entry {
-        Some(e) => {
-            let have = String::from_utf8_lossy(&e.as_bytes()[prefix.len()..]).into_owned();
-            if have.is_empty() {
-                format!("{prefix}{tunables}")
-            } else {
-                format!("{prefix}{have}:{tunables}")
-            }
-        }
-        None => format!("{prefix}{tunables}"),
+    let at = env
+        .iter()
+        .rposition(|e| e.as_bytes().starts_with(prefix.as_bytes()));
+    let have = at.map_or("".into(), |i| {
+        String::from_utf8_lossy(&env[i].as_bytes()[prefix.len()..]).into_owned()
+    });
+    let value = if have.is_empty() {
+        format!("{prefix}{tunables}")
+    } else {
+        format!("{prefix}{have}:{tunables}")
     };
     let Ok(value) = CString::new(value) else {
         return;
     };
-    match env
-        .iter_mut()
-        .rev()
-        .find(|e| e.as_bytes().starts_with(prefix.as_bytes()))
-    {
-        Some(e) => *e = value,
+    match at {
+        Some(i) => env[i] = value,
         None => env.push(value),
     }
 }

@@ -23,7 +23,6 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -50,11 +49,10 @@ pub enum PodNetError {
     },
     #[error("pod {pod}: its network namespace {} has no interface besides lo to connect the VM to", netns.display())]
     NoInterface { pod: String, netns: PathBuf },
-    #[error("pod {pod}: creating tap {TAP_NAME}: {what}: {source}")]
+    #[error("pod {pod}: creating tap {TAP_NAME}: {source}")]
     Tap {
         pod: String,
-        what: &'static str,
-        source: io::Error,
+        source: husk_devices::virtio::net::NetError,
     },
     #[error("pod {pod}: {step}: {source}")]
     Netlink {
@@ -284,40 +282,12 @@ fn setup_here(pod: &str, netns: &Path) -> Result<Setup, PodNetError> {
     }
 }
 
-const IFNAMSIZ: usize = 16;
-
-/// `struct ifreq` with the flags member of its union (40 bytes).
-#[repr(C)]
-struct IfReq {
-    name: [u8; IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
 /// Creates the tap [`TAP_NAME`] in this thread's namespace.
 fn open_tap(pod: &str) -> Result<OwnedFd, PodNetError> {
-    let err = |what| {
-        let pod = pod.to_string();
-        move |source| PodNetError::Tap { pod, what, source }
-    };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open("/dev/net/tun")
-        .map_err(err("opening /dev/net/tun"))?;
-    let mut req = IfReq {
-        name: [0; IFNAMSIZ],
-        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
-        _pad: [0; 22],
-    };
-    req.name[..TAP_NAME.len()].copy_from_slice(TAP_NAME.as_bytes());
-    // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` is one
-    // (name, flags, padding to its 40 bytes) and outlives the call.
-    if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
-        return Err(err("TUNSETIFF")(io::Error::last_os_error()));
-    }
-    Ok(OwnedFd::from(file))
+    husk_devices::virtio::net::tap::create_tap(TAP_NAME).map_err(|source| PodNetError::Tap {
+        pod: pod.to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@
 //! is reported. A failed pod is reported (step and error), not hidden; the
 //! fixture's Drop removes everything even when this program fails.
 
-use husk_tests::containerd::Options;
+use husk_tests::containerd::{all_pids, cmdline, Options};
 use husk_tests::cri::{container_config, pod_config, v1 as api, Cri, CriFixture};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -155,25 +155,6 @@ fn proc_stat(pid: u32) -> Option<(u32, u64)> {
     let f: Vec<&str> = s.rsplit_once(") ")?.1.split_whitespace().collect();
     let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
     Some((n(1) as u32, n(11) + n(12) + n(13) + n(14)))
-}
-
-fn cmdline(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap_or_default()
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
-}
-
-fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// `pid` and every process under it.

@@ -417,22 +417,23 @@ unsafe fn child_main(s: &Setup<'_>) -> libc::c_int {
         if l.unshare_cgroup {
             check(libc::unshare(libc::CLONE_NEWCGROUP), Step::UnshareCgroup, 0);
         }
-        if let Some(root) = l.root {
-            setup_root(r, root);
+        // Under the container's /proc/sys; with no root of its own (a
+        // light sandbox) the guest's, whose namespaced files are this
+        // process's namespaces'.
+        let sysctls = || {
             for (i, (path, value)) in l.sysctl.iter().enumerate() {
                 if let Err(e) = write_path(path, value.as_bytes()) {
                     fail(r, Step::Sysctl, i, e);
                 }
             }
-            finish_root(r, root);
-        } else {
-            // No root of its own (a light sandbox): the guest's /proc/sys,
-            // whose namespaced files are this process's namespaces'.
-            for (i, (path, value)) in l.sysctl.iter().enumerate() {
-                if let Err(e) = write_path(path, value.as_bytes()) {
-                    fail(r, Step::Sysctl, i, e);
-                }
+        };
+        match l.root {
+            Some(root) => {
+                setup_root(r, root);
+                sysctls();
+                finish_root(r, root);
             }
+            None => sysctls(),
         }
         if let Some(h) = l.hostname {
             check(

@@ -250,13 +250,9 @@ impl Drop for HostCgroup {
 /// Removes the (empty) leaf `cgroups_path` in every hierarchy: `delete`
 /// after a shim died in it. Returns the directories removed.
 pub fn remove_leaf(cgroups_path: &str, hierarchies: &[Hierarchy]) -> Vec<PathBuf> {
-    let Some(rel) = relative(cgroups_path) else {
-        return Vec::new();
-    };
-    hierarchies
-        .iter()
-        .map(|h| h.mount.join(&rel))
-        .filter(|d| d.is_dir() && std::fs::remove_dir(d).is_ok())
+    leaf_dirs(cgroups_path, hierarchies)
+        .into_iter()
+        .filter(|d| std::fs::remove_dir(d).is_ok())
         .collect()
 }
 

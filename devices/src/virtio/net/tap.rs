@@ -88,34 +88,8 @@ impl Tap {
 
     /// Opens `/dev/net/tun` and attaches to (or creates) the TAP `name`.
     pub fn open_named(name: &str) -> Result<Tap, NetError> {
-        let label = format!("tap {name}");
-        let bytes = name.as_bytes();
-        if bytes.is_empty() || bytes.len() >= IFNAMSIZ || bytes.contains(&0) {
-            return Err(NetError::BadName { tap: label });
-        }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(|source| NetError::OpenTun {
-                tap: label.clone(),
-                source,
-            })?;
-        let mut req = IfReq::new();
-        req.name[..bytes.len()].copy_from_slice(bytes);
-        req.flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
-        // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` is one
-        // (name, flags, padding to its 40 bytes) and outlives the call.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
-        if rc < 0 {
-            return Err(NetError::Sys {
-                tap: label,
-                what: "TUNSETIFF",
-                source: io::Error::last_os_error(),
-            });
-        }
-        Self::finish(label, file)
+        let file = create_tap(name)?;
+        Self::finish(format!("tap {name}"), File::from(file))
     }
 
     /// Takes a duplicate of `fd`, a `/dev/net/tun` fd already attached to a
@@ -234,6 +208,42 @@ impl NetBackend for Tap {
         }
         Ok(())
     }
+}
+
+/// Opens `/dev/net/tun` (non-blocking, close-on-exec) and attaches it to
+/// the TAP `name` with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, creating the
+/// TAP in the calling thread's network namespace if there is none: the fd
+/// [`Tap::open_named`] uses, and what a caller hands a VM as
+/// [`TapSource::Fd`].
+pub fn create_tap(name: &str) -> Result<OwnedFd, NetError> {
+    let label = format!("tap {name}");
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= IFNAMSIZ || bytes.contains(&0) {
+        return Err(NetError::BadName { tap: label });
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(|source| NetError::OpenTun {
+            tap: label.clone(),
+            source,
+        })?;
+    let mut req = IfReq::new();
+    req.name[..bytes.len()].copy_from_slice(bytes);
+    req.flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` is one
+    // (name, flags, padding to its 40 bytes) and outlives the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+    if rc < 0 {
+        return Err(NetError::Sys {
+            tap: label,
+            what: "TUNSETIFF",
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(OwnedFd::from(file))
 }
 
 /// The backend `src` names: a [`Tap`], or [`Disconnected`].
