@@ -1373,11 +1373,16 @@ fn monitor(inner: std::sync::Weak<Inner>, rx: Receiver<Watch>, mut wake: File) {
                 status,
                 exited_at: SystemTime::now(),
             };
-            cell.set(info);
             if exec_id.is_none() {
-                if let Some(c) = lock(&inner.table).get_mut(&id) {
+                // Under the table lock, so whoever the exit wakes reads the
+                // container as stopped.
+                let mut table = lock(&inner.table);
+                if let Some(c) = table.get_mut(&id) {
                     c.state = State::Stopped;
                 }
+                cell.set(info);
+            } else {
+                cell.set(info);
             }
             events.push(Event::Exited {
                 id,
