@@ -73,9 +73,8 @@ fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
-/// A registry whose pod cgroup (`husk-test-<pid>`, shared by this process's
-/// tests) is removed by whichever test drops it last (rmdir fails while
-/// another still has containers in it).
+/// A registry with a pod cgroup of its own (`husk-test-<pid>-<n>`), removed
+/// when the test drops it.
 struct TestRegistry(Containers);
 
 impl std::ops::Deref for TestRegistry {
@@ -94,9 +93,13 @@ impl Drop for TestRegistry {
 }
 
 fn registry() -> TestRegistry {
+    // One parent per registry: a test that ends removes its parent, which
+    // must not be another running test's.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let config = Config {
         cgroup_root: cgroup2_root(),
-        cgroup_parent: format!("husk-test-{}", std::process::id()),
+        cgroup_parent: format!("husk-test-{}-{n}", std::process::id()),
     };
     TestRegistry(Containers::new(Arc::new(Reaper::new(ReapMode::PerChild)), config).unwrap())
 }
