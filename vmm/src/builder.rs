@@ -251,15 +251,7 @@ fn build_restored(config: RestoreConfig) -> Result<VmmHandle, VmmError> {
         })?;
         let dev = Vsock::new(v.device.guest_cid, uds)?;
         let at = Some(Saved::of(v));
-        let handles = attach(&mut devices, &vm, &mem, &mut mmio, dev, at)?;
-        // Connections never survive a restore: the guest's driver resets
-        // its sockets on this event; its listeners keep working.
-        handles
-            .device
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .send_transport_reset();
-        vsock = Some(handles);
+        vsock = Some(attach(&mut devices, &vm, &mem, &mut mmio, dev, at)?);
     }
     let saved_disks = &snap.devices.disks;
     if !config.disks.is_empty() && config.disks.len() != saved_disks.len() {
@@ -321,6 +313,18 @@ fn build_restored(config: RestoreConfig) -> Result<VmmHandle, VmmError> {
         let v = Vcpu::new(vm.fd(), st.id)?;
         v.restore(&supported, snap.vcpus, st)?;
         vcpus.push(v);
+    }
+    // Connections never survive a restore: the guest's driver resets its
+    // sockets on this event; its listeners keep working. Only now: its
+    // interrupt, raised before the vCPUs' local APICs were restored, would
+    // be overwritten by their saved state, and a guest snapshotted idle
+    // (no timer due) would then sleep on, never taking the event, while
+    // the device holds host connections back until it does.
+    if let Some(v) = &vsock {
+        v.device
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .send_transport_reset();
     }
     let facts = Facts {
         name: config.name.clone(),
