@@ -203,10 +203,14 @@ pub fn power_off(why: &str) -> ! {
     }
 }
 
-/// The `Shutdown` RPC's action: power off [`SHUTDOWN_DELAY`] from now, on a
-/// thread of its own, so the reply goes out first.
+/// The `Shutdown` RPC's action: sync the file systems, then power off
+/// [`SHUTDOWN_DELAY`] from now, on a thread of its own, so the reply goes
+/// out first. A host that has the reply may stop the VM at once: nothing
+/// written in the guest is left unsynced.
 pub fn power_off_soon() {
     log("shutdown requested by the host");
+    // SAFETY: sync takes no arguments.
+    unsafe { libc::sync() };
     let spawned = std::thread::Builder::new()
         .name("power-off".into())
         .spawn(|| {

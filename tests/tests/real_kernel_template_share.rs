@@ -3,8 +3,8 @@
 //! restore. The template also has a virtio-blk disk the guest probed before
 //! the snapshot: each restored VM names its own image for it and mounts it
 //! through the restored queue. Before that, mounting the tag fails cleanly; once a share is
-//! mounted the VM can no longer be snapshotted (the server's open files are
-//! not state), and says so.
+//! used (beyond the mount) the VM can no longer be snapshotted (the server's
+//! open files are not state), and says so.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 

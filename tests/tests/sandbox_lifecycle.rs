@@ -11,10 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use husk_shim::agent_client::{ExecCommand, ExecStatus, MountSource, MountSpec};
+use husk_shim::agent_client::{ExecCommand, ExecStatus};
 use husk_shim::sandbox::store::TemplateStore;
 use husk_shim::sandbox::template_build::VmTemplateBuilder;
-use husk_shim::sandbox::{build_id, GuestSpec, Sandbox, SandboxConfig, Source};
+use husk_shim::sandbox::{build_id, GuestSpec, Sandbox, SandboxConfig, ShareMount, Source};
 use husk_tests::{census, debug_guest_image, kvm_available, settle_to, temp_path};
 use husk_vmm::{ConsoleConfig, ExitReason, PvmCompat, SeccompMode, ShareConfig};
 
@@ -51,6 +51,9 @@ fn config(dir: &Path, i: usize) -> SandboxConfig {
         shared_dir: Some(share),
         read_only: false,
     }];
+    // Mounted in the template already: each restored VM has it, served
+    // from its own directory.
+    cfg.share_mounts = vec![ShareMount::new("data", "/mnt/data")];
     cfg.console = ConsoleConfig {
         file: Some(dir.join(format!("console{i}.log"))),
         log: false,
@@ -113,15 +116,6 @@ fn sandboxes_from_the_store_notify_their_end_and_leave_nothing() {
         let g = s.agent().guest_info().unwrap();
         assert_eq!(g.hostname, format!("pod-{i}"));
         assert_eq!(g.instance_id, s.instance_id());
-        s.agent()
-            .mount(&MountSpec {
-                source: MountSource::Share("data".into()),
-                target: "/mnt/data".into(),
-                fstype: None,
-                read_only: false,
-                options: String::new(),
-            })
-            .unwrap();
         assert_eq!(sh(s, "cat /mnt/data/whoami"), format!("sandbox {i}\n"));
     }
 
@@ -162,7 +156,16 @@ fn sandboxes_from_the_store_notify_their_end_and_leave_nothing() {
     // stop() with a deadline, on a guest that has a share mounted.
     let t = std::time::Instant::now();
     let o = c.stop(Duration::from_secs(60)).unwrap();
-    assert_eq!(o.reason, ExitReason::GuestShutdown);
+    // The host stops the VM once the agent (synced) answers, unless the
+    // guest's power-off won the race.
+    assert!(
+        matches!(
+            o.reason,
+            ExitReason::HostRequest | ExitReason::GuestShutdown
+        ),
+        "{}",
+        o.reason
+    );
     eprintln!("stop took {:.2} s", t.elapsed().as_secs_f64());
 
     drop((a, na));

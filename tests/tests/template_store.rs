@@ -43,7 +43,7 @@ fn builder() -> VmTemplateBuilder {
 /// One of the two processes: asks the store for the guest's template.
 fn child(root: &Path) {
     let store = TemplateStore::open(root, build_id()).unwrap();
-    let spec = template_spec(&guest(), &[], &[]).unwrap();
+    let spec = template_spec(&guest(), &[], &[], &[]).unwrap();
     let t = store.get_or_create(&spec, &builder()).unwrap();
     println!("RESULT created={} key={}", t.created, t.key);
 }

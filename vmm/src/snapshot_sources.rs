@@ -74,7 +74,8 @@ impl SnapshotSources {
         facts: &SnapshotFacts,
         vcpu_states: Vec<VcpuState>,
     ) -> Result<u64, SnapshotError> {
-        // A mounted share cannot be saved: refuse before writing anything.
+        // A share the guest used cannot be saved: refuse before writing
+        // anything.
         for sh in &self.shares {
             lock(&sh.device).snapshot_check()?;
         }

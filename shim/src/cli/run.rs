@@ -3,10 +3,11 @@
 //!
 //! Step by step: make the spec (`runc spec`'s, or a bundle's, with the
 //! flags over it); start a sandbox from the template store with one
-//! virtio-fs share, tag `rootfs`, of the rootfs directory (a template's
-//! shares are layout only, so every `husk run` shares one template); check
-//! that the agent serves containers (API 4); mount the share at
-//! [`GUEST_ROOTFS`]; open the stdio streams; create and start the
+//! virtio-fs share, tag `rootfs`, of the rootfs directory, mounted at
+//! [`GUEST_ROOTFS`] (a template's shares are layout only, so every
+//! `husk run` shares one template, which has the share mounted already:
+//! a restore just serves it from this run's directory); check that the
+//! agent serves containers (API 4); open the stdio streams; create and start the
 //! container; copy the streams (or one tty stream in raw mode) while
 //! forwarding SIGINT/SIGTERM (and SIGWINCH as a resize); wait for the
 //! process and for its output to end; stop the sandbox (the container
@@ -26,10 +27,10 @@ use std::time::Duration;
 use husk_vmm::{ConsoleConfig, PvmCompat, SeccompMode, ShareConfig};
 
 use crate::agent_client::stdio::is_valid_id;
-use crate::agent_client::{MountSource, MountSpec, ProcessStreams, Stdio};
+use crate::agent_client::{ProcessStreams, Stdio};
 use crate::sandbox::store::TemplateStore;
 use crate::sandbox::template_build::VmTemplateBuilder;
-use crate::sandbox::{build_id, GuestSpec, Sandbox, SandboxConfig, Source};
+use crate::sandbox::{build_id, GuestSpec, Sandbox, SandboxConfig, ShareMount, Source};
 
 use self::attach::HostIo;
 use self::signals::Signals;
@@ -256,6 +257,7 @@ impl RunArgs {
             shared_dir: Some(p.rootfs.clone()),
             read_only: false,
         }];
+        cfg.share_mounts = vec![ShareMount::new(ROOTFS_TAG, GUEST_ROOTFS)];
         cfg.console = ConsoleConfig {
             file: self.console.clone(),
             log: false,
@@ -384,10 +386,7 @@ fn run_container(sandbox: &Sandbox, p: &Prepared, signals: &Signals, timings: &T
         }
         Err(e) => return before("asking the agent its version", &e),
     }
-    let mount = MountSpec::new(MountSource::Share(ROOTFS_TAG.into()), GUEST_ROOTFS);
-    if let Err(e) = agent.mount(&mount) {
-        return before("mounting the rootfs share", &e);
-    }
+    // Mounted by the sandbox (in its template already).
     timings.mark("rootfs_mounted_s");
     let streams = match ProcessStreams::open(sandbox.vsock_socket(), id, None, &p.stdio) {
         Ok(s) => s,

@@ -83,7 +83,7 @@ pub fn run_create(args: &CreateArgs) -> i32 {
         .map(|(i, d)| d.config(i))
         .collect();
     let shares: Vec<ShareConfig> = args.shares.iter().map(ShareArg::config).collect();
-    let spec = match template_spec(&guest, &disks, &shares) {
+    let spec = match template_spec(&guest, &disks, &shares, &[]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("husk: {e}");

@@ -45,6 +45,13 @@ pub enum SandboxErrorKind {
     Vm(#[from] husk_vmm::StartError),
     #[error("the agent did not answer: {0}")]
     Agent(#[source] AgentClientError),
+    #[error("mounting share {tag:?} on {target} in the guest: {source}")]
+    ShareMount {
+        tag: String,
+        target: String,
+        #[source]
+        source: Box<AgentClientError>,
+    },
     #[error(
         "the VM ended before its agent answered ({reason}){}",
         tail_text(console_tail)

@@ -3,8 +3,11 @@
 //! [`Sandbox::start`] brings up one VM with vsock, its disks and shares:
 //! restored from the [template store](store) when the config names one
 //! (making the template on first use), cold-booted otherwise. It returns
-//! once the agent has answered; a restored guest has its own identity by
-//! then. The [`Sandbox`] owns the VMM handle, one agent connection, its
+//! once the agent has answered and the config's [share mounts](ShareMount)
+//! are in place; a restored guest has its own identity by then. A store
+//! template is made with those shares already mounted (on an empty stand-in
+//! directory), so a restored VM finds them mounted on its own directories
+//! and no guest mount is left to do. The [`Sandbox`] owns the VMM handle, one agent connection, its
 //! directory of sockets and files, and gives its owner the agent client,
 //! an [exit notifier](Sandbox::exit_notifier), [`stop`](Sandbox::stop) with
 //! a deadline, and a `Drop` that leaves nothing behind (no thread, socket,
@@ -28,7 +31,7 @@ use husk_vmm::{
     ShareConfig, TapSource, VmConfig, VmOutcome, VmmError, VmmHandle, VsockConfig,
 };
 
-use crate::agent_client::AgentClient;
+use crate::agent_client::{AgentClient, MountSource, MountSpec};
 pub use agent_ready::sanitize_hostname;
 pub use error::{SandboxError, SandboxErrorKind};
 use run_dir::RunDir;
@@ -106,6 +109,9 @@ pub struct SandboxConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-fs shares, each with its directory.
     pub shares: Vec<ShareConfig>,
+    /// Shares mounted in the guest by the time [`Sandbox::start`] returns
+    /// (in a store template already: part of its key).
+    pub share_mounts: Vec<ShareMount>,
     /// The backend of the sandbox's one net device (eth0 in the guest):
     /// the pod's tap, or [`TapSource::Disconnected`] (the default) for a
     /// pod without a network.
@@ -135,6 +141,7 @@ impl SandboxConfig {
             source,
             disks: Vec::new(),
             shares: Vec::new(),
+            share_mounts: Vec::new(),
             tap: TapSource::Disconnected,
             hostname: None,
             console: ConsoleConfig {
@@ -146,6 +153,31 @@ impl SandboxConfig {
             call_timeout: None,
             vsock_socket: None,
         }
+    }
+}
+
+/// A share the sandbox mounts in the guest: `tag` (one of the config's
+/// shares) on `target`, read-only when the share is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareMount {
+    pub tag: String,
+    /// An absolute guest path (the agent creates it).
+    pub target: String,
+}
+
+impl ShareMount {
+    pub fn new(tag: impl Into<String>, target: impl Into<String>) -> Self {
+        Self {
+            tag: tag.into(),
+            target: target.into(),
+        }
+    }
+
+    /// The agent's mount request for it.
+    pub fn spec(&self, read_only: bool) -> MountSpec {
+        let mut m = MountSpec::new(MountSource::Share(self.tag.clone()), self.target.clone());
+        m.read_only = read_only;
+        m
     }
 }
 
@@ -222,6 +254,19 @@ impl Sandbox {
             Some(t) => agent.with_call_timeout(t),
             None => agent,
         };
+        for m in &config.share_mounts {
+            if launched.mounted.contains(&m.tag) {
+                continue;
+            }
+            let read_only = config.shares.iter().any(|s| s.tag == m.tag && s.read_only);
+            agent.mount(&m.spec(read_only)).map_err(|source| {
+                err(SandboxErrorKind::ShareMount {
+                    tag: m.tag.clone(),
+                    target: m.target.clone(),
+                    source: Box::new(source),
+                })
+            })?;
+        }
         let info = StartInfo {
             restored: launched.restored,
             template_key: launched.template_key,
@@ -301,35 +346,44 @@ impl Sandbox {
         self.vm().outcome()
     }
 
-    /// Stops the sandbox within `deadline`: asks the guest to power off
-    /// (it syncs its file systems), and stops the VM outright if it has not
-    /// ended by then. Everything is released when this returns.
-    pub fn stop(mut self, deadline: Duration) -> Result<VmOutcome, SandboxError> {
+    /// Powers the VM off within `deadline`; returns how it ended (`None`:
+    /// it would not stop). The guest is asked first, and its agent syncs
+    /// its file systems before it answers: from then on nothing in the
+    /// guest is the host's to wait for, and the VM is stopped at once
+    /// rather than after the guest's own power-off. A guest that does not
+    /// answer within half the deadline gets the rest to end, then the VM is
+    /// stopped outright.
+    pub fn power_off(&self, deadline: Duration) -> Option<VmOutcome> {
         let end = Instant::now() + deadline;
         let left = || end.saturating_duration_since(Instant::now());
-        let vm = self
-            .vm
-            .take()
-            .unwrap_or_else(|| unreachable!("VM taken before drop"));
+        let vm = self.vm();
         if vm.outcome().is_none() {
-            if let Some(agent) = self.agent.as_ref() {
-                // Half the time for the guest's own shutdown.
-                if let Err(e) = agent.shutdown_within(left() / 2) {
-                    tracing::info!(sandbox = %self.id, error = %e, "the guest did not take the shutdown request; stopping the VM");
+            match self.agent().shutdown_within(left() / 2) {
+                Ok(()) => {
+                    let _ = vm.stop();
+                }
+                Err(e) => {
+                    tracing::info!(sandbox = %self.id, error = %e, "the guest did not take the shutdown request")
                 }
             }
         }
-        drop(self.agent.take());
-        let outcome = match vm.wait(Some(left())) {
+        match vm.wait(Some(left())) {
             Some(o) => Some(o),
             None => {
                 tracing::warn!(sandbox = %self.id, "the guest did not power off in time; stopping the VM");
                 let _ = vm.stop();
                 vm.wait(Some(husk_vmm::api::DROP_STOP_TIMEOUT))
             }
-        };
-        drop(vm);
-        outcome.ok_or_else(|| SandboxError::new(&self.id, SandboxErrorKind::WouldNotStop))
+        }
+    }
+
+    /// Stops the sandbox within `deadline` ([`power_off`](Self::power_off)).
+    /// Everything is released when this returns.
+    pub fn stop(self, deadline: Duration) -> Result<VmOutcome, SandboxError> {
+        let outcome = self.power_off(deadline);
+        let id = self.id.clone();
+        drop(self);
+        outcome.ok_or_else(|| SandboxError::new(&id, SandboxErrorKind::WouldNotStop))
     }
 }
 
@@ -356,35 +410,44 @@ struct Launched {
     restored: bool,
     template_key: Option<String>,
     template_created: bool,
+    /// The tags of the shares the guest has mounted already.
+    mounted: Vec<String>,
 }
 
 fn launch(cfg: &SandboxConfig, vsock: &std::path::Path) -> Result<Launched, SandboxErrorKind> {
     match &cfg.source {
         Source::Boot(guest) => boot(cfg, guest, vsock),
-        Source::TemplateDir(dir) => Ok(Launched {
-            vm: {
-                // A template's disks are layout only: each VM brings its
-                // images (the template's stand-ins are gone).
-                let snap =
-                    husk_vmm::snapshot::Snapshot::read(dir).map_err(|e| husk_vmm::StartError {
-                        vm: cfg.id.clone(),
-                        source: e.into(),
-                    })?;
-                let want = snap.devices.disks.len();
-                if cfg.disks.len() != want {
-                    return Err(SandboxErrorKind::InvalidConfig(format!(
-                        "template {} has {want} disk(s); {} image(s) given (one per disk, in order)",
-                        dir.display(),
-                        cfg.disks.len()
-                    )));
-                }
-                let nets = snap.devices.nets.len();
-                husk_vmm::restore(restore_config(cfg, dir, vsock, nets))?
-            },
-            restored: true,
-            template_key: None,
-            template_created: false,
-        }),
+        Source::TemplateDir(dir) => {
+            // A template's disks are layout only: each VM brings its images
+            // (the template's stand-ins are gone).
+            let snap =
+                husk_vmm::snapshot::Snapshot::read(dir).map_err(|e| husk_vmm::StartError {
+                    vm: cfg.id.clone(),
+                    source: e.into(),
+                })?;
+            let want = snap.devices.disks.len();
+            if cfg.disks.len() != want {
+                return Err(SandboxErrorKind::InvalidConfig(format!(
+                    "template {} has {want} disk(s); {} image(s) given (one per disk, in order)",
+                    dir.display(),
+                    cfg.disks.len()
+                )));
+            }
+            let nets = snap.devices.nets.len();
+            Ok(Launched {
+                vm: husk_vmm::restore(restore_config(cfg, dir, vsock, nets))?,
+                restored: true,
+                template_key: None,
+                template_created: false,
+                mounted: snap
+                    .devices
+                    .shares
+                    .iter()
+                    .filter(|s| s.device.mounted)
+                    .map(|s| s.device.tag.clone())
+                    .collect(),
+            })
+        }
         Source::Store {
             guest,
             store,
@@ -428,6 +491,7 @@ fn boot(
         restored: false,
         template_key: None,
         template_created: false,
+        mounted: Vec::new(),
     })
 }
 
@@ -465,12 +529,34 @@ fn restore_config(
     }
 }
 
-/// The template spec of a sandbox: its guest and device layout.
+/// The template spec of a sandbox: its guest and device layout, and where
+/// its shares are mounted (`mounts`: each tag one of `shares`, at most once).
 pub fn template_spec(
     guest: &GuestSpec,
     disks: &[DiskConfig],
     shares: &[ShareConfig],
+    mounts: &[ShareMount],
 ) -> Result<TemplateSpec, SandboxErrorKind> {
+    for (i, m) in mounts.iter().enumerate() {
+        if !shares.iter().any(|s| s.tag == m.tag) {
+            return Err(SandboxErrorKind::InvalidConfig(format!(
+                "share mount {:?} on {}: no share has that tag",
+                m.tag, m.target
+            )));
+        }
+        if mounts[..i].iter().any(|o| o.tag == m.tag) {
+            return Err(SandboxErrorKind::InvalidConfig(format!(
+                "share {:?} is mounted twice",
+                m.tag
+            )));
+        }
+        if !m.target.starts_with('/') {
+            return Err(SandboxErrorKind::InvalidConfig(format!(
+                "share mount {:?}: target {:?} is not an absolute path",
+                m.tag, m.target
+            )));
+        }
+    }
     let mut tdisks = Vec::with_capacity(disks.len());
     for d in disks {
         let size_bytes = std::fs::metadata(&d.path)
@@ -502,6 +588,10 @@ pub fn template_spec(
             .map(|s| TemplateShare {
                 tag: s.tag.clone(),
                 read_only: s.read_only,
+                mount: mounts
+                    .iter()
+                    .find(|m| m.tag == s.tag)
+                    .map(|m| m.target.clone()),
             })
             .collect(),
     })
@@ -514,7 +604,7 @@ fn from_store(
     builder: &VmTemplateBuilder,
     vsock: &std::path::Path,
 ) -> Result<Launched, SandboxErrorKind> {
-    let spec = template_spec(guest, &cfg.disks, &cfg.shares)?;
+    let spec = template_spec(guest, &cfg.disks, &cfg.shares, &cfg.share_mounts)?;
     // A template whose files fail the restore is removed and made again,
     // once.
     let mut remade = false;
@@ -534,12 +624,14 @@ fn from_store(
         // Every store template has the one net device (`template_build`).
         match husk_vmm::restore(restore_config(cfg, &tpl.dir, vsock, 1)) {
             Ok(vm) => {
+                // The key holds the mounts: the template made them.
                 return Ok(Launched {
                     vm,
                     restored: true,
                     template_key: Some(tpl.key),
                     template_created: tpl.created,
-                })
+                    mounted: cfg.share_mounts.iter().map(|m| m.tag.clone()).collect(),
+                });
             }
             Err(e) if !remade && template_at_fault(&e.source) => {
                 tracing::warn!(sandbox = %cfg.id, template = %tpl.key, error = %e, "template refused; making it again");

@@ -1,4 +1,5 @@
-//! Making a template: boot the guest once to agent-ready, warm the agent,
+//! Making a template: boot the guest once to agent-ready, mount the shares
+//! the spec mounts (each on an empty stand-in directory), warm the agent,
 //! pause, snapshot.
 
 use std::path::{Path, PathBuf};
@@ -11,10 +12,14 @@ use husk_vmm::{
 
 use super::store::TemplateBuilder;
 use super::template_key::TemplateSpec;
+use super::ShareMount;
 use crate::agent_client::{AgentClient, AgentClientError};
 
 /// The console of the template's boot, kept in the template for debugging.
 pub const CONSOLE_FILE: &str = "console.log";
+
+/// Longer than the virtio-fs device's attribute timeout (1 s).
+const SHARE_ATTR_TIMEOUT: Duration = Duration::from_millis(1200);
 
 /// Why a template could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +82,28 @@ impl VmTemplateBuilder {
             SocketDir::create().map_err(io("socket directory", &std::env::temp_dir()))?;
         let uds = sock_dir.0.join("v.sock");
         let console = dir.join(CONSOLE_FILE);
+        // A share the template mounts is served from an empty stand-in
+        // until a restore gives it the VM's directory; the guest asks it
+        // nothing but the mount (the snapshot refuses a share used beyond
+        // that).
+        let mut stand_ins = Vec::new();
+        let mut shares = Vec::with_capacity(spec.shares.len());
+        for (i, s) in spec.shares.iter().enumerate() {
+            let shared_dir = match &s.mount {
+                Some(_) => {
+                    let path = dir.join(format!("share{i}"));
+                    std::fs::create_dir_all(&path).map_err(io("share stand-in", &path))?;
+                    stand_ins.push(path.clone());
+                    Some(path)
+                }
+                None => None,
+            };
+            shares.push(ShareConfig {
+                tag: s.tag.clone(),
+                shared_dir,
+                read_only: s.read_only,
+            });
+        }
         let cfg = VmConfig {
             name: "template".into(),
             kernel: spec.kernel.clone(),
@@ -98,15 +125,7 @@ impl VmTemplateBuilder {
                 uds_path: uds.clone(),
             }),
             disks,
-            shares: spec
-                .shares
-                .iter()
-                .map(|s| ShareConfig {
-                    tag: s.tag.clone(),
-                    shared_dir: None,
-                    read_only: s.read_only,
-                })
-                .collect(),
+            shares,
             // The pod's net device, with no backend: each VM restored from
             // the template attaches its own tap (or none).
             nets: vec![super::pod_net_config(husk_vmm::TapSource::Disconnected)],
@@ -123,9 +142,22 @@ impl VmTemplateBuilder {
             // before the snapshot (connections never survive a restore).
             let client = AgentClient::connect(&uds, self.boot_timeout).map_err(agent_err)?;
             client.version().map_err(agent_err)?;
+            let mounted = std::time::Instant::now();
+            for s in &spec.shares {
+                if let Some(target) = &s.mount {
+                    let m = ShareMount::new(s.tag.clone(), target.clone());
+                    client.mount(&m.spec(s.read_only)).map_err(agent_err)?;
+                }
+            }
             // Every request path once, so VMs restored from the template
             // find the agent's threads, stacks and buffers resident.
             client.warm_up().map_err(agent_err)?;
+            // The guest caches the stand-in root's attributes for the
+            // share's attribute timeout: let that pass before the snapshot,
+            // so a restored VM asks its own directory's.
+            if !stand_ins.is_empty() {
+                std::thread::sleep(SHARE_ATTR_TIMEOUT.saturating_sub(mounted.elapsed()));
+            }
         }
         if let Some(o) = handle.outcome() {
             return Err(TemplateBuildError::Stopped(o.reason.to_string()));
@@ -141,6 +173,9 @@ impl VmTemplateBuilder {
         drop(handle);
         for i in 0..spec.disks.len() {
             let _ = std::fs::remove_file(dir.join(format!("disk{i}.img")));
+        }
+        for d in &stand_ins {
+            let _ = std::fs::remove_dir(d);
         }
         Ok(written)
     }

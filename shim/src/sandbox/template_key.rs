@@ -4,7 +4,7 @@
 //! A restore is only right when the guest in the snapshot is the guest the
 //! caller would have booted: the same kernel and initramfs, command line,
 //! memory, vCPUs, device layout (disks with their ids, read-only flags and
-//! sizes; shares with their tags and read-only flags) and the same husk
+//! sizes; shares with their tags, read-only flags and guest mount points) and the same husk
 //! build (the state layout and device code). [`TemplateSpec`] holds those;
 //! [`TemplateSpec::describe`] turns them into a canonical text whose
 //! SHA-256 is the key. Files are identified by canonical path, size,
@@ -33,6 +33,9 @@ pub struct TemplateDisk {
 pub struct TemplateShare {
     pub tag: String,
     pub read_only: bool,
+    /// Where the template's guest has it mounted (on an empty stand-in
+    /// directory until a restore gives it the VM's), if it has.
+    pub mount: Option<String>,
 }
 
 /// Everything a template's guest is made of.
@@ -78,7 +81,15 @@ impl TemplateSpec {
             );
         }
         for sh in &self.shares {
-            let _ = writeln!(s, "share {:?} ro={}", sh.tag, sh.read_only);
+            let _ = write!(s, "share {:?} ro={}", sh.tag, sh.read_only);
+            match &sh.mount {
+                Some(m) => {
+                    let _ = writeln!(s, " mount={m:?}");
+                }
+                None => {
+                    let _ = writeln!(s);
+                }
+            }
         }
         let _ = writeln!(s, "net mac={:02x?} mtu=none", super::POD_NET_MAC);
         Ok(s)
@@ -177,6 +188,14 @@ mod tests {
                 s.shares.push(TemplateShare {
                     tag: "t".into(),
                     read_only: true,
+                    mount: None,
+                })
+            },
+            |s| {
+                s.shares.push(TemplateShare {
+                    tag: "t".into(),
+                    read_only: true,
+                    mount: Some("/run/t".into()),
                 })
             },
         ];

@@ -1,6 +1,7 @@
 //! The real pod VM: a [`Sandbox`] started from the template store, with
 //! one virtio-fs share (tag [`POD_SHARE_TAG`]) of the pod's shared
-//! directory, mounted once in the guest at [`GUEST_SHARE`]. A container's
+//! directory, mounted in the guest at [`GUEST_SHARE`] (by the sandbox: in
+//! the template already, so a restored pod VM has it). A container's
 //! rootfs is mounted on the host at `<shared>/<cid>/rootfs` and so appears
 //! in the guest at `/run/husk/pod/<cid>/rootfs` with no device change;
 //! its bind volumes likewise at `<shared>/<cid>/mounts/<i>` (see
@@ -23,11 +24,11 @@ use super::guest::{ContainerApi, PodFactory, PodRequest, PodVm};
 use super::host_cgroup::{self, HostCgroup};
 use super::rootfs;
 use super::spec::{self, Volume};
-use crate::agent_client::{AgentClient, MountSource, MountSpec, ProcessStreams, Stdio};
+use crate::agent_client::{AgentClient, ProcessStreams, Stdio};
 use crate::pod_net::PodNetwork;
 use crate::sandbox::store::TemplateStore;
 use crate::sandbox::template_build::VmTemplateBuilder;
-use crate::sandbox::{build_id, GuestSpec, Sandbox, SandboxConfig, Source};
+use crate::sandbox::{build_id, GuestSpec, Sandbox, SandboxConfig, ShareMount, Source};
 
 /// The tag of the pod's virtio-fs share.
 pub const POD_SHARE_TAG: &str = "pod";
@@ -151,6 +152,7 @@ impl PodFactory for SandboxFactory {
             shared_dir: Some(shared.clone()),
             read_only: false,
         }];
+        cfg.share_mounts = vec![ShareMount::new(POD_SHARE_TAG, GUEST_SHARE)];
         cfg.console = ConsoleConfig {
             file: config
                 .console_dir
@@ -202,12 +204,6 @@ impl PodFactory for SandboxFactory {
             }
             Err(e) => return Err(pod_err(format!("asking the agent its version: {e}"))),
         };
-        agent
-            .mount(&MountSpec::new(
-                MountSource::Share(POD_SHARE_TAG.into()),
-                GUEST_SHARE,
-            ))
-            .map_err(|e| pod_err(format!("mounting the pod share: {e}")))?;
         if let Some(net) = &pod.network {
             let t0 = std::time::Instant::now();
             let done = if api < NETWORK_API {
@@ -330,16 +326,8 @@ impl PodVm for Pod {
     }
 
     fn power_off(&self, deadline: Duration) {
-        let vm = self.sandbox().vmm();
-        if vm.outcome().is_none() {
-            if let Err(e) = self.sandbox().agent().shutdown_within(deadline / 2) {
-                tracing::info!(pod = %self.id, error = %e, "the guest did not take the shutdown request");
-            }
-            if vm.wait(Some(deadline / 2)).is_none() {
-                tracing::warn!(pod = %self.id, "the guest did not power off in time; stopping the VM");
-                let _ = vm.stop();
-                let _ = vm.wait(Some(husk_vmm::api::DROP_STOP_TIMEOUT));
-            }
+        if self.sandbox().power_off(deadline).is_none() {
+            tracing::warn!(pod = %self.id, "the pod VM did not stop");
         }
         // The VM is gone: its host files can go now, whoever drops it.
         self.release_host_files();

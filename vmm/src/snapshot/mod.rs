@@ -59,8 +59,8 @@ pub struct DeviceSnapshot<S> {
 pub type VsockSnapshot = DeviceSnapshot<VsockState>;
 /// A virtio-blk disk in a snapshot.
 pub type DiskSnapshot = DeviceSnapshot<BlockState>;
-/// A virtio-fs share in a snapshot (never mounted: its directory is given
-/// at restore).
+/// A virtio-fs share in a snapshot (its directory is given at restore; if
+/// the guest had it mounted, it had asked nothing of it but the mount).
 pub type ShareSnapshot = DeviceSnapshot<FsState>;
 /// A virtio-net device in a snapshot: layout only (MAC, MTU, features,
 /// queues); the restored VM names its own tap.

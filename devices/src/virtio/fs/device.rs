@@ -46,18 +46,22 @@ pub(super) struct Active {
 }
 
 /// A virtio-fs device's state, as saved in a snapshot (the queues are saved
-/// by the transport). Only a device the guest has not mounted can be saved:
-/// the server's inode and handle tables (open host fds) are not state.
-/// After a restore the VMM creates the device with [`Fs::from_state`],
-/// choosing the directory then.
+/// by the transport). The server's inode and handle tables (open host fds)
+/// are not state, so a device can be saved only while it has none: not
+/// mounted, or mounted with nothing asked of it since the INIT but the
+/// root's attributes and the file system's statistics (a template that
+/// mounts the share before its snapshot: every VM restored from it finds
+/// the share mounted, served from the directory it brings). After a restore
+/// the VMM creates the device with [`Fs::from_state`], choosing the
+/// directory then.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FsState {
     pub tag: String,
     pub read_only: bool,
     pub acked_features: u64,
-    /// The guest had sent FUSE_INIT (and no DESTROY since): always false in
-    /// a state [`Fs::state`] returned; a snapshot file saying true is refused.
+    /// The guest had sent FUSE_INIT (and no DESTROY since), and nothing
+    /// but GETATTR and STATFS after it.
     pub mounted: bool,
 }
 
@@ -86,6 +90,10 @@ struct Share {
     backend: Option<Backend>,
     /// An INIT reached the server and no DESTROY or reset since.
     mounted: bool,
+    /// Since the INIT the guest asked only what leaves no state in the
+    /// server or names in the guest's caches (GETATTR, STATFS): the mount
+    /// can be saved in a snapshot.
+    pristine: bool,
     /// A reset asked for a fresh server; the event loop builds it (the
     /// reset runs on a vCPU thread, whose seccomp filter allows no file
     /// system calls).
@@ -123,6 +131,7 @@ impl Fs {
                 read_only,
                 backend,
                 mounted: false,
+                pristine: false,
                 stale: false,
                 warn: WarnLimiter::default(),
             },
@@ -136,10 +145,10 @@ impl Fs {
     }
 
     /// Re-creates a device from its snapshot state, sharing `shared_dir`
-    /// (`None`: a template again).
+    /// (`None`: a template again, which a mounted share cannot be).
     pub fn from_state(state: &FsState, shared_dir: Option<PathBuf>) -> Result<Fs, FsError> {
-        if state.mounted {
-            return Err(FsError::Mounted {
+        if state.mounted && shared_dir.is_none() {
+            return Err(FsError::MountedNoDir {
                 tag: state.tag.clone(),
             });
         }
@@ -149,13 +158,18 @@ impl Fs {
             read_only: state.read_only,
         })?;
         dev.acked_features = state.acked_features & dev.features();
+        // The guest's FUSE session goes on: the new server's root (imported
+        // at creation) is the node the guest knows, and it knows no other.
+        dev.share.mounted = state.mounted;
+        dev.share.pristine = state.mounted;
         Ok(dev)
     }
 
-    /// Whether the device can be snapshotted: not once the guest mounted it.
-    /// Call it before pausing for a snapshot to fail early.
+    /// Whether the device can be snapshotted: not once the guest used a
+    /// mounted share beyond its root's attributes. Call it before pausing
+    /// for a snapshot to fail early.
     pub fn snapshot_check(&self) -> Result<(), FsError> {
-        if self.share.mounted {
+        if self.share.mounted && !self.share.pristine {
             return Err(FsError::Mounted {
                 tag: self.share.tag.clone(),
             });
@@ -163,7 +177,7 @@ impl Fs {
         Ok(())
     }
 
-    /// The device's snapshot state; refused once the guest mounted it.
+    /// The device's snapshot state; refused once the guest used the share.
     pub fn state(&self) -> Result<FsState, FsError> {
         self.snapshot_check()?;
         Ok(FsState {
@@ -318,6 +332,9 @@ impl Share {
         };
         let op = head.header.opcode;
         let unique = head.header.unique;
+        if !matches!(op, opcode::INIT | opcode::GETATTR | opcode::STATFS) {
+            self.pristine = false;
+        }
         let backend = match decide(&head, self.read_only, self.backend.is_some()) {
             Verdict::Drop => return 0,
             Verdict::Reply(errno) => {
@@ -333,6 +350,7 @@ impl Share {
             Ok(n) => match op {
                 opcode::INIT => {
                     self.mounted = true;
+                    self.pristine = true;
                     super::init::amend_init_reply(mem, &layout.readable, &layout.writable, n);
                     n
                 }
@@ -351,6 +369,7 @@ impl Share {
                 if op == opcode::INIT {
                     // The server may have imported the root: be safe.
                     self.mounted = true;
+                    self.pristine = false;
                 }
                 if is_one_way(op) {
                     0

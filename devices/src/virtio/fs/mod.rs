@@ -117,8 +117,10 @@ pub enum FsError {
         dir: PathBuf,
         source: std::io::Error,
     },
-    #[error("virtio-fs {tag}: the guest has mounted it; take templates before mounting")]
+    #[error("virtio-fs {tag}: the guest has used the mounted share; take templates before anything but the mount")]
     Mounted { tag: String },
+    #[error("virtio-fs {tag}: the snapshot has it mounted: a restore must give it a directory")]
+    MountedNoDir { tag: String },
     #[error("virtio-fs {tag}: {what}: {source}")]
     Sys {
         tag: String,

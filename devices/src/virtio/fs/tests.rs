@@ -747,19 +747,50 @@ fn state_round_trip_serves_the_new_directory() {
 }
 
 #[test]
-fn snapshots_are_refused_once_mounted() {
+fn a_pristine_mount_restores_mounted_on_the_new_directory() {
+    let mut rig = Rig::new(false);
+    rig.init().unwrap();
+    rig.getattr(ROOT).unwrap();
+    let state = rig.dev.lock().unwrap().state().unwrap();
+    assert!(state.mounted);
+    let json = serde_json::to_string(&state).unwrap();
+    let back: FsState = serde_json::from_str(&json).unwrap();
+
+    let newdir = TempDir::new_with_prefix("/tmp/husk-fs-new-").unwrap();
+    std::fs::write(newdir.as_path().join("only-here"), b"new").unwrap();
+    let dev = Fs::from_state(&back, Some(newdir.as_path().to_path_buf())).unwrap();
+    assert!(dev.mounted());
+    // Saved again at once, it is still a pristine mount.
+    assert_eq!(dev.state().unwrap(), back);
+    // The guest goes on without a new INIT: the root is the new directory.
+    let mut rig2 = Rig::with_device(dev, Some(newdir));
+    let e = rig2.lookup(ROOT, b"only-here").unwrap();
+    assert_eq!(e.attr.size, 3);
+    let fh = rig2.open(e.nodeid, libc::O_RDONLY).unwrap();
+    assert_eq!(rig2.read(e.nodeid, fh, 0, 16).unwrap(), b"new");
+    assert!(rig2.dev.lock().unwrap().snapshot_check().is_err());
+}
+
+#[test]
+fn snapshots_are_refused_once_the_mount_is_used() {
     let mut rig = Rig::new(false);
     rig.dev.lock().unwrap().snapshot_check().unwrap();
     rig.init().unwrap();
+    // Mounted, only the root's attributes asked: it can be saved.
+    rig.getattr(ROOT).unwrap();
+    rig.dev.lock().unwrap().snapshot_check().unwrap();
+    assert!(rig.dev.lock().unwrap().state().unwrap().mounted);
+    // A lookup (even one that finds nothing: the guest caches that) can't.
+    assert_eq!(rig.lookup(ROOT, b"nothing-here").err(), Some(libc::ENOENT));
     let e = rig.dev.lock().unwrap().snapshot_check().unwrap_err();
     assert!(matches!(e, FsError::Mounted { .. }));
     assert_eq!(
         e.to_string(),
-        "virtio-fs share: the guest has mounted it; take templates before mounting"
+        "virtio-fs share: the guest has used the mounted share; take templates before anything but the mount"
     );
     assert!(rig.dev.lock().unwrap().state().is_err());
 
-    // A snapshot file claiming a mount is refused.
+    // A snapshot with the share mounted needs a directory at restore.
     let mounted = FsState {
         tag: "share".into(),
         read_only: false,
@@ -767,15 +798,17 @@ fn snapshots_are_refused_once_mounted() {
         mounted: true,
     };
     assert!(matches!(
-        Fs::from_state(&mounted, Some(rig.root().to_path_buf())),
-        Err(FsError::Mounted { .. })
+        Fs::from_state(&mounted, None),
+        Err(FsError::MountedNoDir { .. })
     ));
 
     // DESTROY (umount) ends the session: snapshots are possible again.
     let r = rig.call(opcode::DESTROY, 0, &[], REPLY_ROOM);
     assert_eq!((r.used, r.errno()), (16, 0));
     rig.dev.lock().unwrap().snapshot_check().unwrap();
+    assert!(!rig.dev.lock().unwrap().state().unwrap().mounted);
     rig.init().unwrap();
+    rig.lookup(ROOT, b"nothing-here").unwrap_err();
     assert!(rig.dev.lock().unwrap().snapshot_check().is_err());
 
     // So does a device reset; the device serves again once reactivated.
