@@ -213,7 +213,10 @@ pub fn delete(args: &Args) -> Result<Vec<u8>, String> {
     let bundle = bundle_dir(args)?;
     let pod = pod_of(&bundle, &args.id);
     let sock = socket_path(&args.address, &args.namespace, &pod);
-    if UnixStream::connect(&sock).is_ok() {
+    // A killed shim's socket keeps taking connections (into its backlog)
+    // until the process is done exiting, which with a VM's memory to unmap
+    // takes a while: the pid it was started with must be alive too.
+    if UnixStream::connect(&sock).is_ok() && !recorded_shim_dead(&bundle) {
         tracing::info!(pod = %pod, task = %args.id, "the pod's shim still runs; it owns the pod");
     } else {
         // Nothing answers there: the socket is stale whatever else fails.
@@ -268,6 +271,41 @@ pub fn delete(args: &Args) -> Result<Vec<u8>, String> {
         ..Default::default()
     };
     r.write_to_bytes().map_err(|e| e.to_string())
+}
+
+/// Whether the bundle's `shim.pid` (written by the `start` that spawned
+/// the shim) names a process that is gone or exiting (a zombie, or
+/// PF_EXITING: killed, its memory still being unmapped). False without the
+/// file (a bundle of a later container of the pod).
+fn recorded_shim_dead(bundle: &Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(bundle.join("shim.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => process_exiting(&stat),
+        Err(_) => true,
+    }
+}
+
+/// From a `/proc/<pid>/stat` line: the process is a zombie or dead, or its
+/// main thread is exiting.
+fn process_exiting(stat: &str) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    // The fields after the command (which may hold spaces and parentheses).
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first().copied().unwrap_or("");
+    // flags is field 9 of stat, the 7th after the command.
+    let flags = fields
+        .get(6)
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0);
+    matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0
 }
 
 /// A private mount namespace (before any thread exists): the shim's
@@ -442,6 +480,28 @@ mod tests {
 
     fn os(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn exiting_processes_from_their_stat_line() {
+        // pid (comm) state ppid pgrp session tty tpgid flags ...
+        let line = |comm: &str, state: &str, flags: u64| {
+            format!("42 ({comm}) {state} 1 42 42 0 -1 {flags} 0 0 0 0 0 0")
+        };
+        assert!(!process_exiting(&line("shim", "S", 0x40_0100)));
+        assert!(process_exiting(&line("shim", "S", 0x40_0104)));
+        assert!(process_exiting(&line("a) b", "Z", 0)));
+        assert!(!process_exiting(&line("a) R (b", "R", 0)));
+        assert!(!process_exiting("garbage"));
+        // This process runs; a pid that is not there is dead.
+        let dir = std::env::temp_dir().join(format!("husk-pidfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(!recorded_shim_dead(&dir), "no file: not known dead");
+        std::fs::write(dir.join("shim.pid"), std::process::id().to_string()).unwrap();
+        assert!(!recorded_shim_dead(&dir));
+        std::fs::write(dir.join("shim.pid"), "999999999").unwrap();
+        assert!(recorded_shim_dead(&dir));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
