@@ -35,6 +35,9 @@
 //!   a call).
 //! - CRI tests in one process run one at a time (a fixture holds a
 //!   process-wide lock): they share containerd's fixed `k8s.io` namespace.
+//! - Streaming `Exec` (the URL of containerd's streaming server) is run by
+//!   [`stream_exec`], a WebSocket client of kubelet's remotecommand
+//!   protocol ([`stream`]).
 //! - No pulls: images are built locally ([`crate::oci`]) and imported with
 //!   `ctr -n k8s.io images import`.
 
@@ -50,6 +53,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use k8s_cri::v1;
+pub use stream::{stream_exec, StreamInput};
+
+pub mod stream;
 
 use api::image_service_client::ImageServiceClient;
 use api::runtime_service_client::RuntimeServiceClient;
@@ -110,7 +116,7 @@ impl From<CriError> for io::Error {
     }
 }
 
-/// What [`Cri::exec_sync`] returns.
+/// What [`Cri::exec_sync`] and [`stream_exec`] return.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecOutput {
     pub stdout: Vec<u8>,
@@ -451,6 +457,26 @@ impl Cri {
             stderr: r.stderr,
             exit_code: r.exit_code,
         })
+    }
+
+    /// `Exec`: the URL of the runtime's streaming server that runs `req`
+    /// once connected to ([`stream_exec`]; containerd's token is single-use
+    /// and expires after a minute).
+    pub fn exec(&self, req: api::ExecRequest) -> Result<String, CriError> {
+        self.call("Exec", |mut c| async move { c.exec(req).await })
+            .map(|r| r.url)
+    }
+
+    /// [`Self::exec`] of `req`, then [`stream_exec`] of its URL with
+    /// `input`, bounded by `timeout`.
+    pub fn exec_stream(
+        &self,
+        req: api::ExecRequest,
+        input: &StreamInput,
+        timeout: Duration,
+    ) -> io::Result<ExecOutput> {
+        let url = self.exec(req)?;
+        stream_exec(&url, input, timeout)
     }
 
     /// `ContainerStats`.

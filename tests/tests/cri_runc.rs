@@ -7,16 +7,20 @@
 //! (one VM per pod, its containers inside; pod stats from the shim's host
 //! cgroup). Needs root, containerd, the CNI plugins and busybox-static
 //! (and /dev/kvm for husk); skips with a SKIP line without them.
+//! `*_streaming_exec`: CRI's streaming `Exec` (a WebSocket to containerd's
+//! streaming server, as `kubectl exec`), plain and with a terminal.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use husk_tests::containerd::{find_in_path, run_timeout, Options};
-use husk_tests::cri::{container_config, parse_cri_log, v1 as api, CriFixture, Pod};
+use husk_tests::cri::{container_config, parse_cri_log, v1 as api, CriFixture, Pod, StreamInput};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const EXEC_TIMEOUT: Duration = Duration::from_secs(10);
+/// A whole streaming exec: the upgrade, the process, its status.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -569,8 +573,12 @@ fn husk_flow(test: &str, expect: Expect) {
         return;
     };
     pod_flow("husk", Some(&shim), opts, expect);
-    // The pods' host directories (vsock socket, shared dir and the rootfs
-    // and volume mounts in it) went with them.
+    assert_no_pod_dirs(&cleanup);
+}
+
+/// The pods' host directories (vsock socket, shared dir and the rootfs
+/// and volume mounts in it) went with them.
+fn assert_no_pod_dirs(cleanup: &RemoveDir) {
     let pods = cleanup.0.join("pods");
     let left: Vec<_> = std::fs::read_dir(&pods)
         .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -755,4 +763,134 @@ fn cri_fixture_drop_cleans_a_running_pod() {
             "shim {pid} alive after drop"
         );
     }
+}
+
+/// A streaming `Exec` request of `cmd` in container `id`.
+fn exec_request(id: &str, cmd: &[&str], stdin: bool, tty: bool) -> api::ExecRequest {
+    api::ExecRequest {
+        container_id: id.to_string(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty,
+        stdin,
+        stdout: true,
+        // CRI: a terminal has one output stream.
+        stderr: !tty,
+    }
+}
+
+/// CRI streaming exec (`Exec` → containerd's streaming server → a
+/// WebSocket, as `kubectl exec` goes through kubelet) with runtime handler
+/// `handler`: stdin reaches the process, stdout and stderr come back apart,
+/// the exit code arrives in the status; then a terminal exec: a pty, the
+/// client's terminal size, typed input echoed; then the pod goes and
+/// nothing is left.
+fn streaming_exec(handler: &str, shim: Option<&Path>, opts: Options) {
+    let mut clock = Clock::new();
+    let f = CriFixture::start(handler, shim, opts).expect("start the CRI fixture");
+    let cri = f.cri();
+    clock.lap("fixture");
+    let pod = f.run_pod("stream").expect("RunPodSandbox");
+    let c = run_container(&f, &pod, "shell", &["sleep", "600"]);
+    clock.lap("pod+container");
+
+    let exec = |req: api::ExecRequest, input: StreamInput| {
+        let what = format!("{:?}", req.cmd);
+        cri.exec_stream(req, &input, STREAM_TIMEOUT)
+            .unwrap_or_else(|e| panic!("streaming exec {what}: {e}"))
+    };
+    // stdin in, both outputs out, a non-zero exit.
+    let out = exec(
+        exec_request(
+            &c,
+            &["sh", "-c", "read x; echo out:$x; echo err >&2; exit 3"],
+            true,
+            false,
+        ),
+        StreamInput {
+            stdin: Some(b"hi\n".to_vec()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        (
+            text(&out.stdout).as_str(),
+            text(&out.stderr).as_str(),
+            out.exit_code
+        ),
+        ("out:hi\n", "err\n", 3),
+        "{out:?}"
+    );
+    // No stdin, exit 0: the Success status.
+    let out = exec(
+        exec_request(&c, &["echo", "ok"], false, false),
+        StreamInput::default(),
+    );
+    assert_eq!(
+        (text(&out.stdout).as_str(), out.exit_code),
+        ("ok\n", 0),
+        "{out:?}"
+    );
+    clock.lap("exec x2");
+
+    // A terminal: the process's stdin/stdout are a pty, of the size the
+    // client sent (applied after the start: the command polls for it),
+    // and typed input is echoed before the process reads it.
+    let script = "tty; for i in $(seq 100); do s=$(stty size); \
+                  [ \"$s\" = '30 100' ] && break; sleep 0.1; done; \
+                  echo size:$s; read x; echo got:$x; exit 0";
+    let out = exec(
+        exec_request(&c, &["sh", "-c", script], true, true),
+        StreamInput {
+            stdin: Some(b"typed\n".to_vec()),
+            tty_size: Some((100, 30)),
+        },
+    );
+    let tty_out = text(&out.stdout);
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    for want in ["/dev/pts/", "size:30 100\r\n", "typed\r\n", "got:typed\r\n"] {
+        assert!(tty_out.contains(want), "{want:?} missing in {tty_out:?}");
+    }
+    // A terminal's exit code comes back too.
+    let out = exec(
+        exec_request(
+            &c,
+            &["sh", "-c", "test -t 0 && test -t 1 && exit 7"],
+            false,
+            true,
+        ),
+        StreamInput::default(),
+    );
+    assert_eq!(out.exit_code, 7, "{out:?}");
+    clock.lap("tty exec x2");
+
+    cri.stop_pod_sandbox(&pod.id).expect("StopPodSandbox");
+    cri.remove_pod_sandbox(&pod.id).expect("RemovePodSandbox");
+    f.assert_no_leaks(Duration::from_secs(10));
+    clock.lap("stop+remove+census");
+    clock.report(&format!("{handler}, streaming exec"));
+}
+
+#[test]
+fn runc_streaming_exec() {
+    let test = "runc_streaming_exec";
+    if !CriFixture::available(test) {
+        return;
+    }
+    if find_in_path("runc").is_none() || find_in_path("containerd-shim-runc-v2").is_none() {
+        eprintln!("SKIP {test}: runc not installed (apt-get install runc containerd)");
+        return;
+    }
+    streaming_exec("runc", None, Options::new());
+}
+
+/// Streaming exec in a husk pod VM: the exec's stdin FIFO, its output
+/// FIFOs and its pty (ResizePty) all go through the shim to the guest.
+#[test]
+fn husk_streaming_exec() {
+    let Some((shim, opts, cleanup)) = husk_setup("husk_streaming_exec") else {
+        return;
+    };
+    streaming_exec("husk", Some(&shim), opts);
+    assert_no_pod_dirs(&cleanup);
 }

@@ -778,60 +778,6 @@ unsafe fn finish_root(r: RawFd, root: &RootfsPlan) {
     }
 }
 
-/// Opens a pty pair: the master (for the caller) and the slave (the
-/// process's stdio and controlling terminal), both close-on-exec.
-pub(super) fn open_pty(size: Option<(u16, u16)>) -> io::Result<(OwnedFd, OwnedFd)> {
-    // SAFETY: open of a constant path; the result is checked.
-    let m = unsafe {
-        libc::open(
-            c"/dev/ptmx".as_ptr(),
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        )
-    };
-    if m < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor nothing else owns.
-    let master = unsafe { OwnedFd::from_raw_fd(m) };
-    let unlock: libc::c_int = 0;
-    // SAFETY: TIOCSPTLCK reads an int.
-    if unsafe { libc::ioctl(m, libc::TIOCSPTLCK, &unlock) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: TIOCGPTPEER opens the slave and returns its descriptor.
-    let s = unsafe {
-        libc::ioctl(
-            m,
-            libc::TIOCGPTPEER,
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        )
-    };
-    if s < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    let slave = unsafe { OwnedFd::from_raw_fd(s) };
-    if let Some((rows, cols)) = size {
-        resize(&master, rows, cols)?;
-    }
-    Ok((master, slave))
-}
-
-/// TIOCSWINSZ on a pty master.
-pub(super) fn resize(master: &OwnedFd, rows: u16, cols: u16) -> io::Result<()> {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads a winsize.
-    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// `fd` duplicated above 2, close-on-exec (so placing stdio cannot clobber
 /// it).
 pub(super) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {

@@ -21,6 +21,7 @@ pub mod cgroup;
 mod child;
 mod error;
 mod mounts;
+mod pty;
 mod seccomp;
 mod spec;
 mod syscalls;
@@ -89,8 +90,9 @@ pub enum Stdio {
         stdout: OwnedFd,
         stderr: OwnedFd,
     },
-    /// A pty: the agent opens /dev/ptmx; the slave is the process's stdio
-    /// and controlling terminal, the master comes back to the caller.
+    /// A pty: the agent opens one (an exec's of its container's devpts,
+    /// see [`pty`]); the slave is the process's stdio and controlling
+    /// terminal, the master comes back to the caller.
     Terminal,
     /// /dev/null for all three.
     Null,
@@ -419,7 +421,7 @@ impl Containers {
                 let _ = std::fs::remove_dir(&cg.dir);
             }
         };
-        let (prepared, master) = match prepare_stdio(stdio, plan.process.console_size) {
+        let (prepared, master) = match prepare_stdio(stdio, plan.process.console_size, None) {
             Ok(x) => x,
             Err(e) => {
                 cleanup(&cgroup);
@@ -484,7 +486,7 @@ impl Containers {
             )
             .into());
         }
-        {
+        let init_pid = {
             let table = self.table();
             let c = get(&table, id)?;
             if c.execs.contains_key(exec_id) {
@@ -496,8 +498,11 @@ impl Containers {
             if !matches!(c.state, State::Running) {
                 return Err(state_error(id, None, c.state, "want running to exec"));
             }
-        }
-        let (prepared, master) = prepare_stdio(stdio, plan.console_size)
+            // The agent's pause has no mount namespace of its own (and
+            // takes no exec).
+            c.init.pid.filter(|_| !c.plan.light_sandbox)
+        };
+        let (prepared, master) = prepare_stdio(stdio, plan.console_size, init_pid)
             .map_err(ContainerError::io(id, "set up stdio"))?;
         let (ours, theirs) =
             dup_pair(master).map_err(ContainerError::io(id, "dup the pty master"))?;
@@ -864,7 +869,7 @@ impl Containers {
         let Some(m) = &p.pty_master else {
             return Err(state_error(id, exec_id, State::Running, "has no terminal"));
         };
-        child::resize(m, rows, cols).map_err(ContainerError::io(id, "resize the terminal"))
+        pty::resize(m, rows, cols).map_err(ContainerError::io(id, "resize the terminal"))
     }
 
     /// The processes in the container's cgroup (or its known processes
@@ -1177,9 +1182,12 @@ fn dev_null(write: bool) -> io::Result<OwnedFd> {
         .into())
 }
 
+/// The process's stdio; a pty of the container whose init is `init_pid`
+/// when it joins a running one (an exec), see [`pty`].
 fn prepare_stdio(
     stdio: Stdio,
     size: Option<(u16, u16)>,
+    init_pid: Option<libc::pid_t>,
 ) -> io::Result<(PreparedStdio, Option<OwnedFd>)> {
     let (stdin, stdout, stderr, ctty, master) = match stdio {
         Stdio::Pipes {
@@ -1201,7 +1209,10 @@ fn prepare_stdio(
             None,
         ),
         Stdio::Terminal => {
-            let (master, slave) = child::open_pty(size)?;
+            let (master, slave) = match init_pid {
+                Some(pid) => pty::open_pty_in(pid, size)?,
+                None => pty::open_pty(size)?,
+            };
             (
                 slave.try_clone()?,
                 slave.try_clone()?,

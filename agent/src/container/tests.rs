@@ -402,6 +402,44 @@ fn terminal() {
     c.remove(&id).unwrap();
 }
 
+/// An exec's terminal is a pty of the container's own devpts: `tty` (its
+/// ttyname) names it, `/dev/pts/0`, the container's first, as under runc;
+/// the console size applies.
+#[test]
+fn exec_terminal_is_named_in_the_container() {
+    need_root!("exec_terminal_is_named_in_the_container");
+    let c = registry();
+    let id = id("exectty");
+    let plan = c
+        .validate(&id, sh("exec sleep 30").to_string().as_bytes(), rootfs())
+        .unwrap();
+    c.create(plan, Stdio::Null).unwrap();
+    c.start(&id, None).unwrap();
+    let process = json!({
+        "args": ["sh", "-c", "tty; stty size"], "terminal": true,
+        "consoleSize": {"height": 30, "width": 100},
+        "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}
+    });
+    let master = c
+        .exec(&id, "t", process.to_string().as_bytes(), Stdio::Terminal)
+        .unwrap()
+        .unwrap();
+    c.start(&id, Some("t")).unwrap();
+    let mut out = Vec::new();
+    // EIO once the slave side is gone.
+    let _ = File::from(master).read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).replace('\r', "");
+    assert_eq!(out, "/dev/pts/0\n30 100\n");
+    let info = c
+        .wait(&id, Some("t"), Some(Duration::from_secs(30)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.exit_code(), 0);
+    c.signal(&id, None, libc::SIGKILL, false).unwrap();
+    c.wait(&id, None, Some(Duration::from_secs(30))).unwrap();
+    c.remove(&id).unwrap();
+}
+
 #[test]
 fn bad_specs_name_the_field() {
     let c = registry();
