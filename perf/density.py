@@ -70,7 +70,7 @@ MARKS = [
 PHASES = [
     ("RunPodSandbox -> shim serving (CRI, CNI, shim start)", "begin", "pod.serving"),
     ("VM restored, agent answered", "pod.serving", "pod.restored"),
-    ("pod share mounted in the guest", "pod.restored", "pod.vm_ready"),
+    ("agent version, guest network configured", "pod.restored", "pod.vm_ready"),
     ("pause: task created in the guest", "pod.vm_ready", "pod.created"),
     ("pause: started (namespaces, mounts, exec)", "pod.created", "pod.started"),
     ("-> RunPodSandbox returned", "pod.started", "sandbox"),
