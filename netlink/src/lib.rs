@@ -34,7 +34,7 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 pub use link::{Link, LinkChange};
 pub use route::{Address, Route, RouteScope, PROTO_KERNEL, SCOPE_HOST, SCOPE_LINK, SCOPE_UNIVERSE};
-pub use tc::{Filter, Qdisc, INGRESS_HANDLE};
+pub use tc::{Filter, Qdisc, ETH_P_ALL, INGRESS_HANDLE};
 
 /// Why a netlink request failed.
 #[derive(Debug, thiserror::Error)]

@@ -18,10 +18,8 @@ use crate::{Netlink, Result};
 pub const INGRESS_HANDLE: u32 = 0xffff_0000;
 /// `TC_H_INGRESS`: the parent an ingress qdisc hangs from.
 const TC_H_INGRESS: u32 = 0xffff_fff1;
-/// `ETH_P_ALL`, in the network byte order `tcm_info` carries it in.
-fn eth_p_all_be() -> u16 {
-    (libc::ETH_P_ALL as u16).to_be()
-}
+/// Every ethertype (`ETH_P_ALL`), for [`Netlink::add_redirect_of`].
+pub const ETH_P_ALL: u16 = libc::ETH_P_ALL as u16;
 
 /// A qdisc as the kernel lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +36,8 @@ pub struct Filter {
     pub kind: String,
     /// The interface a mirred action redirects to, if it has one.
     pub redirect_to: Option<u32>,
+    /// The ethertype it matches ([`ETH_P_ALL`]: every frame).
+    pub protocol: u16,
 }
 
 fn tc_message(index: u32) -> TcMessage {
@@ -114,6 +114,13 @@ impl Netlink {
     /// match-all filter with a mirred action on `from`'s ingress qdisc
     /// (which must exist).
     pub fn add_redirect(&mut self, from: u32, to: u32) -> Result<()> {
+        self.add_redirect_of(from, to, ETH_P_ALL)
+    }
+
+    /// Redirects the frames of one ethertype (`protocol`, host order;
+    /// [`ETH_P_ALL`]: every frame) arriving on `from` to `to`'s egress;
+    /// each call adds a filter of its own (the kernel picks its priority).
+    pub fn add_redirect_of(&mut self, from: u32, to: u32, protocol: u16) -> Result<()> {
         let mut sel = TcU32Selector::default();
         sel.flags = TcU32SelectorFlags::Terminal;
         sel.nkeys = 1;
@@ -134,7 +141,9 @@ impl Netlink {
         ];
         let mut m = tc_message(from);
         m.header.parent = TcHandle::from(INGRESS_HANDLE);
-        m.header.info = u32::from(eth_p_all_be());
+        // tcm_info: priority (0: the kernel's choice) in the high half,
+        // the protocol in network byte order in the low one.
+        m.header.info = u32::from(protocol.to_be());
         m.attributes
             .push(TcAttribute::Kind(TcFilterU32::KIND.to_string()));
         m.attributes.push(TcAttribute::Options(vec![
@@ -144,7 +153,9 @@ impl Netlink {
         self.change(
             RouteNetlinkMessage::NewTrafficFilter(m),
             NLM_F_CREATE | NLM_F_EXCL,
-            &format!("redirecting interface {from}'s ingress to interface {to}"),
+            &format!(
+                "redirecting interface {from}'s ingress (ethertype {protocol:#06x}) to interface {to}"
+            ),
         )
     }
 
@@ -164,6 +175,7 @@ impl Netlink {
             let mut filter = Filter {
                 kind: String::new(),
                 redirect_to: None,
+                protocol: u16::from_be(f.header.info as u16),
             };
             for a in &f.attributes {
                 match a {

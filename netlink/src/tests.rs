@@ -153,6 +153,17 @@ fn ingress_redirect_both_ways_and_removal() {
             fb.iter().filter_map(|f| f.redirect_to).collect::<Vec<_>>(),
             vec![a]
         );
+        assert!(fb.iter().all(|f| f.protocol == crate::ETH_P_ALL), "{fb:?}");
+        // One ethertype, a filter of its own beside the first.
+        nl.add_redirect_of(b, a, libc::ETH_P_ARP as u16).unwrap();
+        let fb = nl.ingress_filters(b).unwrap();
+        let mut p: Vec<u16> = fb
+            .iter()
+            .filter(|f| f.redirect_to == Some(a))
+            .map(|f| f.protocol)
+            .collect();
+        p.sort_unstable();
+        assert_eq!(p, vec![libc::ETH_P_ALL as u16, libc::ETH_P_ARP as u16]);
 
         nl.del_ingress_qdisc(a).unwrap();
         assert!(nl.qdiscs(a).unwrap().iter().all(|q| q.kind != "ingress"));

@@ -8,10 +8,10 @@
 //! - finds the veth (the one interface besides lo, or `eth0` among several),
 //! - creates the tap [`TAP_NAME`] (`/dev/net/tun`, `IFF_TAP | IFF_NO_PI |
 //!   IFF_VNET_HDR`, what the VMM's net device expects), MTU = the veth's, up,
-//! - adds an ingress qdisc to both and a u32 match-all filter on each with
-//!   a mirred egress redirect to the other: every frame the bridge sends
-//!   the veth goes to the guest, every frame the guest sends leaves by the
-//!   veth,
+//! - adds an ingress qdisc to both and u32 filters with a mirred egress
+//!   redirect to the other: the ARP and IPv4 frames (IPv6 too when the pod
+//!   has an IPv6 address) the bridge sends the veth go to the guest, every
+//!   frame the guest sends leaves by the veth,
 //! - reads the veth's MAC, MTU, addresses and routes: what the guest's eth0
 //!   is given ([`GuestNetwork`], through the agent's `ConfigureNetwork`).
 //!
@@ -241,18 +241,20 @@ fn setup_here(pod: &str, netns: &Path) -> Result<Setup, PodNetError> {
             nl.add_ingress_qdisc(i)
                 .map_err(nl_err(format!("adding an ingress qdisc to {name}")))?;
         }
-        nl.add_redirect(veth.index, t.index)
-            .map_err(nl_err(format!("redirecting {} to {TAP_NAME}", veth.name)))?;
-        nl.add_redirect(t.index, veth.index)
-            .map_err(nl_err(format!("redirecting {TAP_NAME} to {}", veth.name)))?;
         // IPv6 link-local addresses are the interface's own (the guest's
         // kernel makes its eth0 one).
-        let addresses = nl
+        let addresses: Vec<_> = nl
             .addresses(veth.index)
             .map_err(nl_err(format!("reading {}'s addresses", veth.name)))?
             .into_iter()
             .filter(|a| !matches!(a.addr, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
             .collect();
+        for protocol in guest_ethertypes(&addresses) {
+            nl.add_redirect_of(veth.index, t.index, protocol)
+                .map_err(nl_err(format!("redirecting {} to {TAP_NAME}", veth.name)))?;
+        }
+        nl.add_redirect(t.index, veth.index)
+            .map_err(nl_err(format!("redirecting {TAP_NAME} to {}", veth.name)))?;
         let routes = nl
             .routes()
             .map_err(nl_err("reading the routes".into()))?
@@ -280,6 +282,19 @@ fn setup_here(pod: &str, netns: &Path) -> Result<Setup, PodNetError> {
             Err(e)
         }
     }
+}
+
+/// What the veth passes on to the guest: ARP and IPv4, and IPv6 only when
+/// the pod has an IPv6 address of its own. The rest (the IPv6 neighbour,
+/// router and multicast-listener chatter every new veth on the bridge
+/// sends, flooded to every pod) would only cost each guest an interrupt
+/// and a frame handled in its kernel, to be dropped.
+fn guest_ethertypes(addresses: &[Address]) -> Vec<u16> {
+    let mut p = vec![libc::ETH_P_ARP as u16, libc::ETH_P_IP as u16];
+    if addresses.iter().any(|a| a.addr.is_ipv6()) {
+        p.push(libc::ETH_P_IPV6 as u16);
+    }
+    p
 }
 
 /// Creates the tap [`TAP_NAME`] in this thread's namespace.

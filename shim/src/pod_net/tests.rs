@@ -185,13 +185,25 @@ fn setup_redirects_both_ways_and_drop_removes_everything() {
             "{q:?}"
         );
     }
+    // Into the guest: ARP and IPv4 only (this pod has no IPv6 address);
+    // out of it: everything.
+    let mut into: Vec<(u32, u16)> = fv
+        .iter()
+        .filter_map(|f| Some((f.redirect_to?, f.protocol)))
+        .collect();
+    into.sort_unstable();
     assert_eq!(
-        fv.iter().filter_map(|f| f.redirect_to).collect::<Vec<_>>(),
-        vec![tapi]
+        into,
+        vec![
+            (tapi, libc::ETH_P_IP as u16),
+            (tapi, libc::ETH_P_ARP as u16)
+        ]
     );
     assert_eq!(
-        ft.iter().filter_map(|f| f.redirect_to).collect::<Vec<_>>(),
-        vec![veth]
+        ft.iter()
+            .filter_map(|f| Some((f.redirect_to?, f.protocol)))
+            .collect::<Vec<_>>(),
+        vec![(veth, husk_netlink::ETH_P_ALL)]
     );
 
     // The guest's ARP request leaves by the veth; the host's reply comes
