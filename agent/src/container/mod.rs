@@ -1384,17 +1384,14 @@ fn monitor(inner: std::sync::Weak<Inner>, rx: Receiver<Watch>, mut wake: File) {
                 status,
                 exited_at: SystemTime::now(),
             };
-            if exec_id.is_none() {
-                // Under the table lock, so whoever the exit wakes reads the
-                // container as stopped.
-                let mut table = lock(&inner.table);
-                if let Some(c) = table.get_mut(&id) {
-                    c.state = State::Stopped;
-                }
-                cell.set(info);
-            } else {
-                cell.set(info);
+            // An init's exit is set under the table lock, after the
+            // state: whoever it wakes reads the container as stopped.
+            let mut table = exec_id.is_none().then(|| lock(&inner.table));
+            if let Some(c) = table.as_mut().and_then(|t| t.get_mut(&id)) {
+                c.state = State::Stopped;
             }
+            cell.set(info);
+            drop(table);
             events.push(Event::Exited {
                 id,
                 exec_id,
