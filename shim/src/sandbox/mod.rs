@@ -380,10 +380,8 @@ impl Sandbox {
     /// Stops the sandbox within `deadline` ([`power_off`](Self::power_off)).
     /// Everything is released when this returns.
     pub fn stop(self, deadline: Duration) -> Result<VmOutcome, SandboxError> {
-        let outcome = self.power_off(deadline);
-        let id = self.id.clone();
-        drop(self);
-        outcome.ok_or_else(|| SandboxError::new(&id, SandboxErrorKind::WouldNotStop))
+        self.power_off(deadline)
+            .ok_or_else(|| SandboxError::new(&self.id, SandboxErrorKind::WouldNotStop))
     }
 }
 

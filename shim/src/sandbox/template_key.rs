@@ -81,15 +81,12 @@ impl TemplateSpec {
             );
         }
         for sh in &self.shares {
-            let _ = write!(s, "share {:?} ro={}", sh.tag, sh.read_only);
-            match &sh.mount {
-                Some(m) => {
-                    let _ = writeln!(s, " mount={m:?}");
-                }
-                None => {
-                    let _ = writeln!(s);
-                }
-            }
+            let mount = sh
+                .mount
+                .as_ref()
+                .map(|m| format!(" mount={m:?}"))
+                .unwrap_or_default();
+            let _ = writeln!(s, "share {:?} ro={}{mount}", sh.tag, sh.read_only);
         }
         let _ = writeln!(s, "net mac={:02x?} mtu=none", super::POD_NET_MAC);
         Ok(s)
