@@ -163,7 +163,7 @@ fn ingress_redirect_both_ways_and_removal() {
             .map(|f| f.protocol)
             .collect();
         p.sort_unstable();
-        assert_eq!(p, vec![libc::ETH_P_ALL as u16, libc::ETH_P_ARP as u16]);
+        assert_eq!(p, vec![crate::ETH_P_ALL, libc::ETH_P_ARP as u16]);
 
         nl.del_ingress_qdisc(a).unwrap();
         assert!(nl.qdiscs(a).unwrap().iter().all(|q| q.kind != "ingress"));

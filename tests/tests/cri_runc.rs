@@ -469,13 +469,21 @@ fn pod_flow(handler: &str, shim: Option<&Path>, opts: Options, expect: Expect) {
     clock.report(handler);
 }
 
-#[test]
-fn runc_pod_flow() {
-    if !CriFixture::available("runc_pod_flow") {
-        return;
+/// Whether the CRI prerequisites and runc are here (else a SKIP line).
+fn runc_available(test: &str) -> bool {
+    if !CriFixture::available(test) {
+        return false;
     }
     if find_in_path("runc").is_none() || find_in_path("containerd-shim-runc-v2").is_none() {
-        eprintln!("SKIP runc_pod_flow: runc not installed (apt-get install runc containerd)");
+        eprintln!("SKIP {test}: runc not installed (apt-get install runc containerd)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn runc_pod_flow() {
+    if !runc_available("runc_pod_flow") {
         return;
     }
     pod_flow(
@@ -724,11 +732,7 @@ fn husk_fork_bomb_stays_in_its_pod() {
 #[test]
 fn cri_fixture_drop_cleans_a_running_pod() {
     let test = "cri_fixture_drop_cleans_a_running_pod";
-    if !CriFixture::available(test) {
-        return;
-    }
-    if find_in_path("runc").is_none() || find_in_path("containerd-shim-runc-v2").is_none() {
-        eprintln!("SKIP {test}: runc not installed (apt-get install runc containerd)");
+    if !runc_available(test) {
         return;
     }
     let f = CriFixture::start("runc", None, Options::new()).expect("start the CRI fixture");
@@ -874,11 +878,7 @@ fn streaming_exec(handler: &str, shim: Option<&Path>, opts: Options) {
 #[test]
 fn runc_streaming_exec() {
     let test = "runc_streaming_exec";
-    if !CriFixture::available(test) {
-        return;
-    }
-    if find_in_path("runc").is_none() || find_in_path("containerd-shim-runc-v2").is_none() {
-        eprintln!("SKIP {test}: runc not installed (apt-get install runc containerd)");
+    if !runc_available(test) {
         return;
     }
     streaming_exec("runc", None, Options::new());
