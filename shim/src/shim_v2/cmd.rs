@@ -29,8 +29,8 @@ use sha2::{Digest, Sha256};
 use super::config::Config;
 use super::events::{timestamp, Publisher, Recorder, RemotePublisher};
 use super::host_cgroup;
+use super::host_fs;
 use super::pod::{pod_dir, SandboxFactory};
-use super::rootfs;
 use super::service::TaskService;
 use super::tasks::Tasks;
 
@@ -223,18 +223,12 @@ pub fn delete(args: &Args) -> Result<Vec<u8>, String> {
         let _ = std::fs::remove_file(&sock);
         let config = Config::load().map_err(|e| e.to_string())?;
         let dir = pod_dir(&config.run_dir, &args.namespace, &pod);
-        // The dead shim's mounts died with its mount namespace; any seen
-        // here are someone else's and are only detached.
-        for mp in rootfs::mounts_below(&dir).iter().rev() {
-            rootfs::unmount_all(Path::new(mp));
-        }
+        // The dead shim's mounts died with its mount namespace. The walk
+        // never follows a link or enters a mount point: a mount seen there
+        // is someone else's, and the directory is kept.
         if dir.exists() {
-            if rootfs::mounts_below(&dir).is_empty() {
-                std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                tracing::info!(pod = %pod, dir = %dir.display(), "removed the dead shim's pod directory");
-            } else {
-                return Err(format!("{}: still has mounts", dir.display()));
-            }
+            host_fs::remove_host_tree(&dir).map_err(|e| e.to_string())?;
+            tracing::info!(pod = %pod, dir = %dir.display(), "removed the dead shim's pod directory");
         }
         // The pod's host cgroup, joined by the dead shim (the sandbox's
         // spec names it), now empty.

@@ -5,7 +5,11 @@
 //! - [`service`] → [`tasks`]: the Task service and its state machine.
 //! - [`guest`]: what the service needs from a VM (traits; faked in tests);
 //!   [`pod`]: the real one (a [`crate::sandbox::Sandbox`] from the
-//!   template store, the pod's virtio-fs share, rootfs mounts).
+//!   template store, the pod's network and host cgroup, its share).
+//! - [`host_fs`]: all host file work under a pod's directory: the VM's
+//!   host-private container tree and its read-only view (the share),
+//!   rootfs and volume mounts, by descriptors, never following links.
+//! - [`rootfs`]: containerd's mount options as mount(2) flags.
 //! - [`spec`]: the bundle's spec for the guest (bind volumes shared
 //!   through the pod's virtio-fs, host namespace paths translated).
 //! - [`io`]: containerd's FIFOs ↔ the process's vsock streams.
@@ -19,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod guest;
 pub mod host_cgroup;
+pub mod host_fs;
 pub mod io;
 pub mod pod;
 pub mod rootfs;

@@ -1,14 +1,15 @@
 //! The real pod VM: a [`Sandbox`] started from the template store, with
-//! one virtio-fs share (tag [`POD_SHARE_TAG`]) of the pod's shared
-//! directory, mounted in the guest at [`GUEST_SHARE`] (by the sandbox: in
-//! the template already, so a restored pod VM has it). A container's
-//! rootfs is mounted on the host at `<shared>/<cid>/rootfs` and so appears
-//! in the guest at `/run/husk/pod/<cid>/rootfs` with no device change;
-//! its bind volumes likewise at `<shared>/<cid>/mounts/<i>` (see
-//! [`spec`]).
+//! one virtio-fs share (tag [`POD_SHARE_TAG`]) mounted in the guest at
+//! [`GUEST_SHARE`] (by the sandbox: in the template already, so a restored
+//! pod VM has it). The share is the read-only view of the pod VM's
+//! host-private container tree ([`PodTree`], `host_fs`): a container's
+//! rootfs is mounted there at `<cid>/rootfs` and appears in the guest at
+//! `/run/husk/pod/<cid>/rootfs` with no device change; its bind volumes
+//! likewise at `<cid>/mounts/<i>` (see [`spec`]).
 //!
-//! The pod's host directory (`<run_dir>/<pod key>/`, see
-//! [`pod_dir`]) holds the vsock socket (`v.sock`) and `shared/`.
+//! Each VM of a pod has a directory of its own under the pod's
+//! (`<run_dir>/<pod key>/`, see [`pod_dir`]): an old VM's teardown never
+//! touches a newer one's files.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,8 +23,8 @@ use super::config::Config;
 use super::error::TaskError;
 use super::guest::{ContainerApi, PodFactory, PodRequest, PodVm};
 use super::host_cgroup::{self, HostCgroup};
-use super::rootfs;
-use super::spec::{self, Volume};
+use super::host_fs::{HostFsError, PodTree};
+use super::spec::Volume;
 use crate::agent_client::{AgentClient, ProcessStreams, Stdio};
 use crate::pod_net::PodNetwork;
 use crate::sandbox::store::TemplateStore;
@@ -99,7 +100,6 @@ impl PodFactory for SandboxFactory {
             }
         }
         let dir = pod_dir(&config.run_dir, &self.namespace, &self.pod);
-        let shared = dir.join("shared");
         let guest = GuestSpec {
             kernel: config.kernel.clone(),
             initrd: config.initramfs.clone(),
@@ -145,11 +145,15 @@ impl PodFactory for SandboxFactory {
             Source::Boot(guest)
         };
         let id = sandbox_id(&self.pod);
-        let mut cfg = SandboxConfig::new(&id, &dir, source);
-        cfg.vsock_socket = Some(dir.join(VSOCK));
+        // The VM's own directory, its container tree and share; released
+        // (unmounted, removed) when dropped.
+        let tree =
+            PodTree::create(&self.pod, &dir).map_err(|e| pod_err(crate::cli::error_chain(&e)))?;
+        let mut cfg = SandboxConfig::new(&id, tree.run_dir(), source);
+        cfg.vsock_socket = Some(tree.dir().join(VSOCK));
         cfg.shares = vec![ShareConfig {
             tag: POD_SHARE_TAG.into(),
-            shared_dir: Some(shared.clone()),
+            shared_dir: Some(tree.share_dir()),
             read_only: false,
         }];
         cfg.share_mounts = vec![ShareMount::new(POD_SHARE_TAG, GUEST_SHARE)];
@@ -165,8 +169,6 @@ impl PodFactory for SandboxFactory {
         // A pod's calls (mounts, network, containers) wait as long as its
         // first answer may: on a loaded node they are slow, not lost.
         cfg.call_timeout = Some(config.agent_timeout());
-        std::fs::create_dir_all(&shared)
-            .map_err(|e| pod_err(format!("creating {}: {e}", shared.display())))?;
         // The tap in the pod's netns, attached to the VM at restore.
         let network = match &request.netns {
             Some(ns) => {
@@ -177,18 +179,12 @@ impl PodFactory for SandboxFactory {
             }
             None => None,
         };
-        let sandbox = match Sandbox::start(cfg) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(pod_err(crate::cli::error_chain(&e)));
-            }
-        };
+        // On error the tree is dropped: its directory goes.
+        let sandbox = Sandbox::start(cfg).map_err(|e| pod_err(crate::cli::error_chain(&e)))?;
         // From here a failure drops the pod: VM stopped, directory removed.
         let pod = Pod {
             id: self.pod.clone(),
-            dir,
-            shared,
+            tree,
             sandbox: Some(sandbox),
             network,
             host_cgroup: std::sync::Mutex::new(host_cgroup),
@@ -229,9 +225,8 @@ impl PodFactory for SandboxFactory {
 /// One pod's VM.
 pub struct Pod {
     id: String,
-    /// The pod's directory (removed on drop).
-    dir: PathBuf,
-    shared: PathBuf,
+    /// The VM's directory and container tree (released after the VM).
+    tree: PodTree,
     /// Present until drop.
     sandbox: Option<Sandbox>,
     /// The pod's tap and tc redirect, removed after the VM (drop order).
@@ -245,10 +240,6 @@ impl Pod {
         self.sandbox
             .as_ref()
             .unwrap_or_else(|| unreachable!("sandbox taken before drop"))
-    }
-
-    fn rootfs_dir(&self, cid: &str) -> PathBuf {
-        self.shared.join(cid)
     }
 }
 
@@ -276,31 +267,22 @@ impl PodVm for Pod {
         bundle: &Path,
         mounts: &[Mount],
     ) -> Result<String, TaskError> {
-        let dir = self.rootfs_dir(cid);
-        let target = dir.join("rootfs");
-        rootfs::mount_rootfs(mounts, &bundle.join("rootfs"), &target).map_err(|e| {
-            let _ = std::fs::remove_dir_all(&dir);
-            TaskError::internal(
-                cid,
-                format!("mounting its rootfs on {}: {e}", target.display()),
-            )
-        })?;
+        self.tree
+            .attach_rootfs(cid, mounts, &bundle.join("rootfs"))
+            .map_err(|e| host_fs_error(cid, "mounting its rootfs", e))?;
         Ok(format!("{GUEST_SHARE}/{cid}/rootfs"))
     }
 
     fn attach_volumes(&self, cid: &str, volumes: &[Volume]) -> Result<(), TaskError> {
-        spec::mount_volumes(cid, &self.rootfs_dir(cid), volumes)
+        self.tree
+            .attach_volumes(cid, volumes)
+            .map_err(|e| host_fs_error(cid, "mounting its volumes", e))
     }
 
     fn detach_rootfs(&self, cid: &str) {
-        let dir = self.rootfs_dir(cid);
-        spec::unmount_volumes(&dir);
-        rootfs::unmount_all(&dir.join("rootfs"));
-        let left = rootfs::mounts_below(&dir);
-        if left.is_empty() {
-            let _ = std::fs::remove_dir_all(&dir);
-        } else {
-            tracing::warn!(container = cid, mounts = ?left, "rootfs still mounted; directory kept");
+        if let Err(e) = self.tree.detach(cid) {
+            tracing::warn!(pod = %self.id, container = cid, error = %crate::cli::error_chain(&e),
+                "detaching its rootfs and volumes; kept until the VM ends");
         }
     }
 
@@ -334,19 +316,20 @@ impl PodVm for Pod {
     }
 }
 
+/// A host file error as the task's: a bad volume source is the caller's
+/// (INVALID_ARGUMENT), the rest internal.
+fn host_fs_error(cid: &str, what: &str, e: HostFsError) -> TaskError {
+    match e {
+        HostFsError::Source { .. } => TaskError::invalid(cid, e.to_string()),
+        _ => TaskError::internal(cid, format!("{what}: {}", crate::cli::error_chain(&e))),
+    }
+}
+
 impl Pod {
-    /// Unmounts the rootfs mounts left (containers never deleted) and
-    /// removes the pod's directory; call once the VM has ended.
+    /// Unmounts what the pod's tree mounted and removes the VM's
+    /// directory; call once the VM has ended.
     fn release_host_files(&self) {
-        for mp in rootfs::mounts_below(&self.shared).iter().rev() {
-            rootfs::unmount_all(Path::new(mp));
-        }
-        let left = rootfs::mounts_below(&self.dir);
-        if left.is_empty() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            tracing::warn!(pod = %self.id, mounts = ?left, "mounts left under the pod directory; kept");
-        }
+        self.tree.release();
         let cgroup = match self.host_cgroup.lock() {
             Ok(mut g) => g.take(),
             Err(p) => p.into_inner().take(),

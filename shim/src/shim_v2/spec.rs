@@ -6,9 +6,9 @@
 //! - **Bind mounts** (`type: bind`, or a `bind`/`rbind` option): hostPath,
 //!   emptyDir, configmap/secret directories, `/etc/hosts`, `/etc/hostname`,
 //!   `/etc/resolv.conf`, the termination log, `ctr run --mount`. Each one's
-//!   source is bind-mounted on the host at `<shared>/<cid>/mounts/<i>`
-//!   (`i` = its index in `mounts`; read-only there too when the spec says
-//!   `ro`) and its `source` rewritten to the guest's view of that path,
+//!   source is bind-mounted on the host at `<cid>/mounts/<i>` of the pod
+//!   VM's container tree (`i` = its index in `mounts`; read-only there too,
+//!   recursively, when the spec says `ro`) and its `source` rewritten to the guest's view of that path,
 //!   `/run/husk/pod/<cid>/mounts/<i>`, which the agent then binds into the
 //!   container with the spec's options. One host mount per container and
 //!   volume: two containers of a pod using one volume get one bind each
@@ -26,7 +26,7 @@
 //!   refused (INVALID_ARGUMENT: the VM cannot join a host namespace).
 //!
 //! [`adapt`] is pure (the spec, the bundle path and a lookup of the
-//! sandbox's pid); [`mount_volumes`] / [`unmount_volumes`] do the host side.
+//! sandbox's pid); the host side is `host_fs`'s.
 
 use std::path::{Path, PathBuf};
 
@@ -54,13 +54,6 @@ pub struct Volume {
     /// `rbind`: submounts of the source come along.
     pub recursive: bool,
     pub read_only: bool,
-}
-
-impl Volume {
-    /// Its mount point under a container's shared directory.
-    pub fn host_path(&self, container_dir: &Path) -> PathBuf {
-        container_dir.join(MOUNTS_DIR).join(self.index.to_string())
-    }
 }
 
 /// The spec for the guest, and the host mounts it needs.
@@ -266,79 +259,6 @@ fn namespaces(
         list.remove(i);
     }
     Ok(())
-}
-
-/// Mounts `volumes` of the container whose shared directory is
-/// `container_dir`; on error nothing of them stays mounted. A source that
-/// does not exist is INVALID_ARGUMENT naming the mount.
-pub fn mount_volumes(cid: &str, container_dir: &Path, volumes: &[Volume]) -> Result<(), TaskError> {
-    if volumes.is_empty() {
-        return Ok(());
-    }
-    let dir = container_dir.join(MOUNTS_DIR);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| TaskError::internal(cid, format!("creating {}: {e}", dir.display())))?;
-    for v in volumes {
-        if let Err(e) = mount_volume(cid, container_dir, v) {
-            unmount_volumes(container_dir);
-            return Err(e);
-        }
-    }
-    Ok(())
-}
-
-fn mount_volume(cid: &str, container_dir: &Path, v: &Volume) -> Result<(), TaskError> {
-    let meta = std::fs::metadata(&v.source).map_err(|e| {
-        TaskError::invalid(
-            cid,
-            format!("{}: source {}: {e}", v.what, v.source.display()),
-        )
-    })?;
-    let target = v.host_path(container_dir);
-    let made = if meta.is_dir() {
-        std::fs::create_dir(&target)
-    } else {
-        // A file (or socket, device...) binds onto a file.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&target)
-            .map(drop)
-    };
-    made.map_err(|e| {
-        TaskError::internal(
-            cid,
-            format!("{}: creating {}: {e}", v.what, target.display()),
-        )
-    })?;
-    rootfs::bind(&v.source, &target, v.recursive, v.read_only).map_err(|e| {
-        TaskError::internal(
-            cid,
-            format!(
-                "{}: binding {} on {}: {e}",
-                v.what,
-                v.source.display(),
-                target.display()
-            ),
-        )
-    })
-}
-
-/// Unmounts and removes every volume of the container whose shared
-/// directory is `container_dir` (lazily: a guest holding a file open does
-/// not keep the host mount busy).
-pub fn unmount_volumes(container_dir: &Path) {
-    let dir = container_dir.join(MOUNTS_DIR);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        rootfs::unmount_all(&p);
-        // Only what is no longer a mount point goes (EBUSY otherwise).
-        let _ = std::fs::remove_file(&p).or_else(|_| std::fs::remove_dir(&p));
-    }
-    let _ = std::fs::remove_dir(&dir);
 }
 
 #[cfg(test)]
