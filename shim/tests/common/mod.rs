@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use husk_agent::testing::{FakeFacts, UnixAgent};
 
+pub mod ctr;
+
 /// How the muxer answers a `CONNECT` line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
