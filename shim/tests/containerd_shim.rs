@@ -231,6 +231,15 @@ fn bad_input_is_a_clear_error() {
         &["--annotation", "io.husk.config.templates=false"],
         "not allowed",
     );
+    // No annotation names a host path or binary (the kernel, the
+    // initramfs, directories): those keys cannot be overridden at all.
+    for key in ["kernel", "initramfs", "run_dir", "template_dir"] {
+        fails(
+            &format!("host{}", key.replace('_', "")),
+            &["--annotation", &format!("io.husk.config.{key}=/usr/bin/id")],
+            "not allowed",
+        );
+    }
     // An invalid spec (the agent checks it: the field is named).
     fails("badcwd", &["--cwd", "relative/dir"], "process.cwd");
     set_config("badinput", &[("kernel", "\"/nonexistent/vmlinux\"")]);

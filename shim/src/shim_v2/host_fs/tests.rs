@@ -369,6 +369,11 @@ root_test!(planted_links_are_never_followed, |d: PathBuf| {
     std::os::unix::fs::symlink(&canary, m.join("c3/mounts")).unwrap();
     assert!(tree.detach("c3").is_err());
     tree.release();
+    // The pod's directory itself a link: refused, nothing made there.
+    let pod_link = d.join("pods/linked");
+    std::os::unix::fs::symlink(&canary, &pod_link).unwrap();
+    assert!(PodTree::create("p2", &pod_link).is_err());
+    assert_eq!(std::fs::read_dir(&canary).unwrap().count(), 2);
     // The canary is whole; nothing was mounted on it.
     assert_eq!(std::fs::read_to_string(canary.join("a")).unwrap(), "keep");
     assert!(canary.join("sub").is_dir());
