@@ -127,9 +127,11 @@ fn husk_pause_root_is_empty_to_a_shared_pid_namespace() {
         .expect("CreateContainer");
     cri.start_container(&c).expect("StartContainer");
     let sh = |script: &str| {
+        let t = std::time::Instant::now();
         let out = cri
             .exec_sync(&c, &["sh", "-c", script], EXEC_TIMEOUT)
             .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}"));
+        eprintln!("ExecSync {script:?}: {} ms", t.elapsed().as_millis());
         (text(&out.stdout), text(&out.stderr), out.exit_code)
     };
     // PID 1 is the pod's pause, and this container may look into it.
