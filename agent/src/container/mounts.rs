@@ -1,6 +1,11 @@
 //! `mounts`, `/dev`, `linux.maskedPaths` and `linux.readonlyPaths` turned
 //! into the exact mount(2) calls the child makes, with every path and
 //! option string built here, before the clone.
+//!
+//! Paths inside the rootfs (mount points, device nodes, `/dev` symlinks)
+//! are [`InRoot`]s: the child resolves them from the rootfs's descriptor
+//! with every component inside it (the image's symlinks, absolute ones
+//! included, cannot lead out), never by the guest's path.
 
 use std::ffi::CString;
 use std::os::unix::fs::FileTypeExt;
@@ -10,19 +15,64 @@ use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount};
 
 use super::error::SpecError;
 
-/// One entry of `mounts`, ready for the child (paths under the rootfs, as
-/// the agent sees them before pivot_root).
+/// A path inside the container's root, for the child to resolve from the
+/// root's descriptor one prefix at a time (openat2 RESOLVE_IN_ROOT),
+/// creating what is missing in the directory resolved before it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InRoot {
+    /// Each prefix, relative to the root: `dev`, `dev/pts`.
+    pub prefixes: Vec<CString>,
+    /// The last component of each prefix: `dev`, `pts`.
+    pub names: Vec<CString>,
+}
+
+impl InRoot {
+    /// The container path (a normalised absolute path: see
+    /// [`container_path`]).
+    pub(super) fn new(field: &str, p: &Path) -> Result<Self, SpecError> {
+        let mut out = Self::default();
+        let mut at = PathBuf::new();
+        for comp in p.components() {
+            if let Component::Normal(n) = comp {
+                at.push(n);
+                out.prefixes.push(c_path(field, &at)?);
+                out.names.push(c_path(field, Path::new(n))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The number of components.
+    pub fn len(&self) -> usize {
+        self.prefixes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prefixes.is_empty()
+    }
+
+    /// The container path, for messages.
+    pub fn display(&self) -> String {
+        format!(
+            "/{}",
+            self.prefixes
+                .last()
+                .map_or(std::borrow::Cow::Borrowed(""), |p| p.to_string_lossy())
+        )
+    }
+}
+
+/// One entry of `mounts`, ready for the child.
 #[derive(Debug, Clone)]
 pub struct MountOp {
     /// `mounts[i] (destination)`, for error messages.
     pub what: String,
-    /// Directories to create first (each prefix of the target, or of its
-    /// parent for a file), EEXIST ignored.
-    pub mkdirs: Vec<CString>,
+    /// The destination: missing directories (and for a file bind, the
+    /// file) are created as it is resolved.
+    pub target: InRoot,
     /// Bind of a file: the target is created as an empty file.
     pub create_file: bool,
     pub source: Option<CString>,
-    pub target: CString,
     pub fstype: Option<CString>,
     pub flags: libc::c_ulong,
     pub data: Option<CString>,
@@ -33,23 +83,22 @@ pub struct MountOp {
 }
 
 /// A device node in the container's `/dev`: mknod, or (where mknod is
-/// refused) an empty file with the guest's node bind-mounted on it.
+/// refused) an empty file with the guest's node bind-mounted on it. Missing
+/// directories above it (a spec's `/dev/cpu/0/cpuid` needs `/dev/cpu/0`)
+/// are made as its path is resolved.
 #[derive(Debug, Clone)]
 pub struct DevNode {
-    pub path: CString,
+    pub path: InRoot,
     pub mode: libc::mode_t,
     pub dev: libc::dev_t,
     pub uid: libc::uid_t,
     pub gid: libc::gid_t,
     /// The guest's node of the same name, for the bind fallback.
     pub bind_from: Option<CString>,
-    /// Directories to make first (a spec's `/dev/cpu/0/cpuid` needs
-    /// `/dev/cpu/0`), outermost first; existing ones are fine.
-    pub mkdirs: Vec<CString>,
 }
 
 /// (target, link path).
-pub type Symlink = (CString, CString);
+pub type Symlink = (CString, InRoot);
 
 /// What the child does under the rootfs before pivot_root.
 #[derive(Debug, Clone, Default)]
@@ -98,27 +147,6 @@ pub(super) fn container_path(field: &str, p: &Path) -> Result<PathBuf, SpecError
             }
             Component::Prefix(_) => {}
         }
-    }
-    Ok(out)
-}
-
-/// `rootfs` + the container path `p` (normalised by [`container_path`]).
-fn under(rootfs: &Path, p: &Path) -> PathBuf {
-    let rel = p.strip_prefix("/").unwrap_or(p);
-    if rel.as_os_str().is_empty() {
-        rootfs.to_path_buf()
-    } else {
-        rootfs.join(rel)
-    }
-}
-
-/// Each directory from below the rootfs down to `dir` (inclusive).
-fn prefixes(field: &str, rootfs: &Path, dir: &Path) -> Result<Vec<CString>, SpecError> {
-    let mut out = Vec::new();
-    let mut at = PathBuf::from("/");
-    for comp in dir.components().skip(1) {
-        at.push(comp);
-        out.push(c_path(field, &under(rootfs, &at))?);
     }
     Ok(out)
 }
@@ -245,10 +273,9 @@ const BIND_REMOUNT_FLAGS: libc::c_ulong = libc::MS_RDONLY
     | libc::MS_STRICTATIME
     | 256;
 
-/// Context for building mounts: the rootfs, whether the container gets a new
-/// cgroup namespace, and its cgroup directory in the guest.
+/// Context for building mounts: whether the container gets a new cgroup
+/// namespace, and its cgroup directory in the guest.
 pub(super) struct MountContext<'a> {
-    pub rootfs: &'a Path,
     pub new_cgroup_ns: bool,
     pub cgroup_dir: Option<&'a Path>,
 }
@@ -280,12 +307,10 @@ pub(super) fn mount_op(
     )?;
     let typ = m.typ().as_deref().unwrap_or("");
     let what = format!("{field} ({})", dest.display());
-    let target_path = under(ctx.rootfs, &dest);
-    let target = c_path(&field, &target_path)?;
+    let target = InRoot::new(&field, &dest)?;
     let is_bind = typ == "bind" || opts.flags & libc::MS_BIND != 0;
     let mut op = MountOp {
         what,
-        mkdirs: Vec::new(),
         create_file: false,
         source: None,
         target,
@@ -365,12 +390,6 @@ pub(super) fn mount_op(
             .unwrap_or_else(|| fstype.to_owned());
         op.source = Some(c(&format!("{field}.source"), &source)?);
     }
-    let dir = if op.create_file {
-        dest.parent().unwrap_or(Path::new("/")).to_path_buf()
-    } else {
-        dest.clone()
-    };
-    op.mkdirs = prefixes(&field, ctx.rootfs, &dir)?;
     let dev_tmpfs = dest == Path::new("/dev") && op.fstype.as_deref() == Some(c"tmpfs");
     Ok((op, dev_tmpfs))
 }
@@ -396,7 +415,6 @@ const DEV_SYMLINKS: &[(&str, &str)] = &[
 
 /// The default devices and symlinks of a `/dev` tmpfs, then `linux.devices`.
 pub(super) fn devices(
-    rootfs: &Path,
     dev_tmpfs: bool,
     spec_devices: &[LinuxDevice],
 ) -> Result<(Vec<DevNode>, Vec<Symlink>), SpecError> {
@@ -406,7 +424,7 @@ pub(super) fn devices(
         for (name, major, minor) in DEFAULT_DEVICES {
             let guest = Path::new("/dev").join(name);
             nodes.push(DevNode {
-                path: c_path("linux.devices", &rootfs.join("dev").join(name))?,
+                path: InRoot::new("linux.devices", &guest)?,
                 mode: libc::S_IFCHR | 0o666,
                 dev: libc::makedev(*major, *minor),
                 uid: 0,
@@ -416,19 +434,18 @@ pub(super) fn devices(
                     .filter(|m| m.file_type().is_char_device())
                     .map(|_| c_path("linux.devices", &guest))
                     .transpose()?,
-                mkdirs: Vec::new(),
             });
         }
         for (target, name) in DEV_SYMLINKS {
             links.push((
                 c("linux.devices", target)?,
-                c_path("linux.devices", &rootfs.join("dev").join(name))?,
+                InRoot::new("linux.devices", &Path::new("/dev").join(name))?,
             ));
         }
         if Path::new("/proc/kcore").exists() {
             links.push((
                 c("linux.devices", "/proc/kcore")?,
-                c_path("linux.devices", &rootfs.join("dev/core"))?,
+                InRoot::new("linux.devices", Path::new("/dev/core"))?,
             ));
         }
     }
@@ -458,14 +475,10 @@ pub(super) fn devices(
             u32::try_from(d.minor())
                 .map_err(|_| SpecError::new(format!("{field}.minor"), "negative"))?,
         );
-        nodes.retain(|n| n.path.as_bytes() != under(rootfs, &path).as_os_str().as_encoded_bytes());
-        let mkdirs = match path.parent() {
-            Some(dir) if dir != Path::new("/dev") => prefixes(&field, rootfs, dir)?,
-            _ => Vec::new(),
-        };
+        let in_root = InRoot::new(&format!("{field}.path"), &path)?;
+        nodes.retain(|n| n.path != in_root);
         nodes.push(DevNode {
-            mkdirs,
-            path: c_path(&field, &under(rootfs, &path))?,
+            path: in_root,
             mode: kind | (d.file_mode().unwrap_or(0o666) & 0o7777),
             dev: libc::makedev(major, minor),
             uid: d.uid().unwrap_or(0),
@@ -489,12 +502,19 @@ mod tests {
         let d: LinuxDevice =
             serde_json::from_str(r#"{"path":"/dev/cpu/0/cpuid","type":"c","major":203,"minor":0}"#)
                 .unwrap();
-        let (nodes, _) = devices(Path::new("/r"), true, &[d]).unwrap();
+        let (nodes, _) = devices(true, &[d]).unwrap();
         let n = nodes.last().unwrap();
-        assert_eq!(n.path.to_str().unwrap(), "/r/dev/cpu/0/cpuid");
-        let dirs: Vec<&str> = n.mkdirs.iter().map(|c| c.to_str().unwrap()).collect();
-        assert_eq!(dirs, ["/r/dev", "/r/dev/cpu", "/r/dev/cpu/0"]);
-        assert!(nodes[0].mkdirs.is_empty());
+        assert_eq!(n.path.display(), "/dev/cpu/0/cpuid");
+        let dirs: Vec<&str> = n
+            .path
+            .prefixes
+            .iter()
+            .map(|c| c.to_str().unwrap())
+            .collect();
+        assert_eq!(dirs, ["dev", "dev/cpu", "dev/cpu/0", "dev/cpu/0/cpuid"]);
+        let names: Vec<&str> = n.path.names.iter().map(|c| c.to_str().unwrap()).collect();
+        assert_eq!(names, ["dev", "cpu", "0", "cpuid"]);
+        assert_eq!(nodes[0].path.display(), "/dev/null");
     }
 
     #[test]
@@ -528,10 +548,10 @@ mod tests {
         );
         assert!(container_path("f", Path::new("/a/../../etc")).is_err());
         assert!(container_path("f", Path::new("relative")).is_err());
-        assert_eq!(under(Path::new("/r"), Path::new("/")), Path::new("/r"));
+        assert!(InRoot::new("f", Path::new("/")).unwrap().is_empty());
         assert_eq!(
-            prefixes("f", Path::new("/r"), Path::new("/dev/pts")).unwrap(),
-            [c"/r/dev".to_owned(), c"/r/dev/pts".to_owned()]
+            InRoot::new("f", Path::new("/dev/pts")).unwrap().prefixes,
+            [c"dev".to_owned(), c"dev/pts".to_owned()]
         );
     }
 }

@@ -18,6 +18,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
+use super::in_root::open_in_root;
+
 /// ptmx's device number (the same on every devpts instance).
 const PTMX_MAJOR: u32 = 5;
 const PTMX_MINOR: u32 = 2;
@@ -104,17 +106,10 @@ pub(super) fn resize(master: &OwnedFd, rows: u16, cols: u16) -> io::Result<()> {
 /// container's stand-in (a FIFO, another device) is never opened.
 fn ptmx_in_root(root: &Path) -> io::Result<Option<OwnedFd>> {
     let root = File::open(root)?;
-    let path = match open_in_root(&root, c"dev/pts/ptmx") {
+    let path = match open_in_root(root.as_raw_fd(), c"dev/pts/ptmx", libc::O_PATH) {
         Ok(fd) => fd,
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
-            ) =>
-        {
-            return Ok(None)
-        }
-        Err(e) => return Err(e),
+        Err(libc::ENOENT | libc::ENOTDIR | libc::ELOOP) => return Ok(None),
+        Err(e) => return Err(io::Error::from_raw_os_error(e)),
     };
     if !is_devpts_ptmx(&path)? {
         return Ok(None);
@@ -130,33 +125,6 @@ fn ptmx_in_root(root: &Path) -> io::Result<Option<OwnedFd>> {
     }
     // SAFETY: a new descriptor nothing else owns.
     Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
-}
-
-/// openat2(O_PATH) of `path` below the directory `root`, resolved as if
-/// `root` were `/` (RESOLVE_IN_ROOT), without magic links.
-fn open_in_root(root: &File, path: &CStr) -> io::Result<OwnedFd> {
-    // SAFETY: open_how is plain integers (non_exhaustive, so built from
-    // zeros); zero is "no flags".
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: openat2 reads the NUL-terminated path and `how` (of the size
-    // passed) for the call's duration; the result is checked.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            path.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor nothing else owns (a descriptor fits an
-    // int).
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
 
 /// Whether `fd` is a ptmx (character device 5:2) on a devpts file system.

@@ -83,13 +83,16 @@ pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 pub const CRI_SANDBOX: &str = "sandbox";
 /// The agent binary in the guest, and the argument that makes it a pause
 /// process. A CRI sandbox container only holds the pod's namespaces (ipc,
-/// uts, pid) for its app containers to join; in a VM pod nothing ever
-/// looks into its root file system. So the agent runs it as itself
-/// (`/init husk-pause`: reaps, exits on SIGTERM/SIGINT) in new ipc, uts and pid
-/// namespaces with the spec's hostname, user, capabilities, rlimits,
-/// seccomp and cgroup, and skips its mount namespace, rootfs and ~30
-/// mounts, and the exec from the image: the larger part of a pod start's
-/// guest work on emulated hosts. Nothing can be exec'd into it.
+/// uts, pid) for its app containers to join; nothing needs its root file
+/// system. So the agent runs it as itself (`/init husk-pause`: reaps, exits
+/// on SIGTERM/SIGINT) in new ipc, uts, pid and mount namespaces with the
+/// spec's hostname, user, capabilities, rlimits, seccomp and cgroup, and
+/// skips its rootfs, ~30 mounts and the exec from the image: the larger
+/// part of a pod start's guest work on emulated hosts. Its root is an empty
+/// read-only tmpfs (one mount and a pivot_root; `/init` is exec'd from a
+/// descriptor opened before), so the app containers of a
+/// `shareProcessNamespace` pod, where it is their PID 1, see nothing of the
+/// guest through `/proc/1/root`. Nothing can be exec'd into it.
 pub const AGENT_BINARY: &str = "/init";
 pub const PAUSE_ARG: &str = "husk-pause";
 
@@ -508,8 +511,10 @@ impl ContainerSpec {
             }
         }
         if light_sandbox {
-            // No mount namespace, no network one (the VM's is the pod's).
-            ns.clone_flags &= !(libc::CLONE_NEWNS | libc::CLONE_NEWNET);
+            // A mount namespace of its own whatever the spec says (its
+            // root is an empty one: see [`PAUSE_ARG`]); no network one
+            // (the VM's is the pod's).
+            ns.clone_flags = (ns.clone_flags | libc::CLONE_NEWNS) & !libc::CLONE_NEWNET;
         } else if ns.clone_flags & libc::CLONE_NEWNS == 0 {
             return Err(SpecError::new(
                 "linux.namespaces",
@@ -549,7 +554,6 @@ impl ContainerSpec {
         // Mounts.
         let cgroup_dir = layout.root.map(|r| r.join(layout.parent).join(id));
         let ctx = MountContext {
-            rootfs: &rootfs,
             new_cgroup_ns: ns.new_cgroup,
             cgroup_dir: cgroup_dir.as_deref(),
         };
@@ -578,11 +582,7 @@ impl ContainerSpec {
         let (devices, symlinks) = if light_sandbox {
             (Vec::new(), Vec::new())
         } else {
-            mounts::devices(
-                &rootfs,
-                dev_tmpfs,
-                linux.devices().as_deref().unwrap_or(&[]),
-            )?
+            mounts::devices(dev_tmpfs, linux.devices().as_deref().unwrap_or(&[]))?
         };
         root.devices = devices;
         root.symlinks = symlinks;

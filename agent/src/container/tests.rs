@@ -14,7 +14,8 @@ use std::sync::{Arc, OnceLock};
 use serde_json::{json, Value};
 
 use super::*;
-use crate::reaper::ReapMode;
+use crate::reaper::{ExitStatus, ReapMode};
+use std::os::fd::AsRawFd;
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no failure mode.
@@ -182,10 +183,13 @@ fn pipes() -> (Stdio, File, File) {
 
 /// Creates, starts, collects output and exit, removes.
 fn run(c: &Containers, name: &str, spec: &Value) -> Output {
+    run_in(c, name, spec, rootfs())
+}
+
+/// [`run`] on the root file system `root`.
+fn run_in(c: &Containers, name: &str, spec: &Value, root: &Path) -> Output {
     let id = id(name);
-    let plan = c
-        .validate(&id, spec.to_string().as_bytes(), rootfs())
-        .unwrap();
+    let plan = c.validate(&id, spec.to_string().as_bytes(), root).unwrap();
     let (stdio, mut out, mut err) = pipes();
     c.create(plan, stdio).unwrap();
     c.start(&id, None).unwrap();
@@ -669,7 +673,7 @@ fn each_oom_kill_is_reported_once_whoever_sees_it_first() {
 }
 
 /// A CRI sandbox (pause) container is planned as the agent's own pause:
-/// `/init husk-pause`, new ipc/uts/pid namespaces only, no mounts; the
+/// `/init husk-pause`, new ipc/uts/pid/mount namespaces only, no mounts; the
 /// pod's namespaced sysctls (net.* too: the VM's network is the pod's) are
 /// kept.
 #[test]
@@ -686,7 +690,7 @@ fn a_cri_sandbox_is_the_agents_pause() {
     assert_eq!(args, ["/init", "husk-pause"]);
     assert_eq!(
         p.namespaces.clone_flags,
-        libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS
+        libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNS
     );
     assert!(p.root.mounts.is_empty());
     assert_eq!(p.sysctl.len(), 1);
@@ -720,4 +724,129 @@ fn removal_wakes_the_waiters_of_a_never_started_process() {
     let r = waiter.join().unwrap();
     assert!(matches!(r, Ok(None)), "{r:?}");
     assert!(t0.elapsed() < std::time::Duration::from_secs(60));
+}
+
+/// A light sandbox (the pause) runs in a mount namespace of its own whose
+/// only mount is an empty read-only tmpfs root: `/proc/<pid>/root` (what a
+/// `shareProcessNamespace` container reaches as `/proc/1/root`) lists
+/// nothing. Its sysctls (written before the empty root, under /proc),
+/// user and cgroup still apply, and its binary (here busybox's `sleep`
+/// in place of `/init husk-pause`) is exec'd from the descriptor opened
+/// before.
+#[test]
+fn a_light_sandbox_has_an_empty_root_of_its_own() {
+    need_root!("a_light_sandbox_has_an_empty_root_of_its_own");
+    let mountinfo = || std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let before = mountinfo();
+    let c = registry();
+    let id = id("empty-root");
+    let mut s = spec(&["/pause"]);
+    s["annotations"] = json!({"io.kubernetes.cri.container-type": "sandbox"});
+    // In its new ipc namespace: not the host's.
+    s["linux"]["sysctl"] = json!({"kernel.shmmni": "1234"});
+    s["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+    let mut plan = c.validate(&id, s.to_string().as_bytes(), rootfs()).unwrap();
+    assert!(plan.light_sandbox);
+    plan.process.args = vec![c"sleep".to_owned(), c"600".to_owned()];
+    plan.process.candidates = vec![c"/bin/busybox".to_owned()];
+    c.create(plan, Stdio::Null).unwrap();
+    let pid = c.start(&id, None).unwrap();
+    let proc_path = |p: &str| format!("/proc/{pid}/{p}");
+    let entries: Vec<_> = std::fs::read_dir(proc_path("root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(entries.is_empty(), "the pause's root lists {entries:?}");
+    assert!(std::fs::read_dir(proc_path("cwd"))
+        .unwrap()
+        .next()
+        .is_none());
+    assert_ne!(
+        std::fs::read_link(proc_path("ns/mnt")).unwrap(),
+        std::fs::read_link("/proc/self/ns/mnt").unwrap(),
+        "a mount namespace of its own"
+    );
+    let mounts = std::fs::read_to_string(proc_path("mountinfo")).unwrap();
+    let lines: Vec<&str> = mounts.lines().collect();
+    assert_eq!(lines.len(), 1, "{mounts}");
+    assert!(lines[0].contains(" / / ro,"), "{mounts}");
+    assert!(lines[0].contains(" - tmpfs "), "{mounts}");
+    assert!(
+        std::fs::write(format!("/proc/{pid}/root/x"), "").is_err(),
+        "read-only"
+    );
+    let status = std::fs::read_to_string(proc_path("status")).unwrap();
+    assert!(
+        status.lines().any(|l| l.starts_with("Uid:\t1000\t")),
+        "{status}"
+    );
+    let st = c.state(&id).unwrap();
+    assert_eq!(st.state, State::Running);
+    c.remove(&id).unwrap();
+    assert_eq!(mountinfo(), before, "the test's mounts are untouched");
+}
+
+/// Mount destinations are resolved inside the container's root: an
+/// image's absolute symlink (`etc -> /run/...`) and one of `..`s
+/// (`opt -> ../../..`) lead where they would with the rootfs as `/`, so the
+/// mount points (a tmpfs directory, a bound file) are made and mounted in
+/// the rootfs and nothing is created outside it.
+#[test]
+fn mount_targets_resolve_inside_the_rootfs() {
+    need_root!("mount_targets_resolve_inside_the_rootfs");
+    let pid = std::process::id();
+    let tmp = std::env::temp_dir();
+    let root = tmp.join(format!("husk-ctr-escape-root.{pid}"));
+    let outside = tmp.join(format!("husk-escape-test.{pid}"));
+    let dots = format!("husk-escape-dots.{pid}");
+    let bound = tmp.join(format!("husk-escape-bound.{pid}"));
+    for d in [&root, &outside] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    for d in ["bin", "proc", "dev", "sys"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    // The symlink's target exists both inside the rootfs and outside it.
+    let inside = root.join(outside.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(&inside).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::hard_link(rootfs().join("bin/busybox"), root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "touch", "ls"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::os::unix::fs::symlink(&outside, root.join("etc")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../../..", root.join("opt")).unwrap();
+    std::fs::write(&bound, "bound\n").unwrap();
+    let c = registry();
+    let mut s = sh(&format!(
+        "cat /etc/bar.conf && touch /etc/foo/x /opt/{dots}/y && ls /{dots}"
+    ));
+    let mounts = s["mounts"].as_array_mut().unwrap();
+    mounts.push(json!({"destination": "/etc/foo", "type": "tmpfs", "source": "tmpfs", "options": ["size=64k"]}));
+    mounts.push(json!({"destination": "/etc/bar.conf", "type": "bind", "source": bound, "options": ["rbind", "ro"]}));
+    mounts.push(json!({"destination": format!("/opt/{dots}"), "type": "tmpfs", "source": "tmpfs", "options": ["size=64k"]}));
+    let o = run_in(&c, "escape", &s, &root);
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "bound\ny\n"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        std::fs::read_dir(&outside).unwrap().next().is_none(),
+        "nothing made outside the rootfs"
+    );
+    assert!(!Path::new("/").join(&dots).exists());
+    assert!(inside.join("foo").is_dir());
+    assert!(inside.join("bar.conf").is_file());
+    assert!(root.join(&dots).is_dir());
+    // The tmpfs went with the container: the mount point is empty.
+    assert!(std::fs::read_dir(inside.join("foo"))
+        .unwrap()
+        .next()
+        .is_none());
+    for d in [&root, &outside] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+    std::fs::remove_file(&bound).unwrap();
 }

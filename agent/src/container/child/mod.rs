@@ -13,7 +13,8 @@
 //! in order (mkdir/create the target, mount, remount for ro binds,
 //! propagation), device nodes (mknod, bind from the guest's /dev where mknod
 //! is refused) and /dev symlinks, pivot_root(".", ".") + detach the old
-//! root, sysctls, masked paths, read-only paths, read-only root, hostname;
+//! root, sysctls, masked paths, read-only paths, read-only root, hostname
+//! (root.rs; a light sandbox instead gets sysctls, then an empty root);
 //! then rlimits, chdir, [seccomp here if no_new_privs is off, as runc],
 //! bounding set, KEEPCAPS + setgroups/setresgid/setresuid, capset, ambient,
 //! no_new_privs, umask, seccomp (last before exec), signal mask, execve of
@@ -23,6 +24,8 @@ use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+mod root;
 
 use super::caps::{CapHeader, CapSets, LINUX_CAPABILITY_VERSION_3};
 use super::mounts::RootfsPlan;
@@ -44,6 +47,7 @@ pub(super) enum Step {
     UnshareCgroup,
     RootPropagation,
     RootfsBind,
+    EmptyRoot,
     Mkdir,
     CreateFile,
     Mount,
@@ -73,7 +77,7 @@ pub(super) enum Step {
     Exec,
 }
 
-const ALL_STEPS: [Step; 36] = [
+const ALL_STEPS: [Step; 37] = [
     Step::Stdio,
     Step::Setsid,
     Step::Ctty,
@@ -83,6 +87,7 @@ const ALL_STEPS: [Step; 36] = [
     Step::UnshareCgroup,
     Step::RootPropagation,
     Step::RootfsBind,
+    Step::EmptyRoot,
     Step::Mkdir,
     Step::CreateFile,
     Step::Mount,
@@ -123,6 +128,17 @@ pub(super) struct StdioFds {
     pub ctty: bool,
 }
 
+/// The process's root file system.
+pub(super) enum Root<'a> {
+    /// An exec: its container's, with the mount namespace it joins.
+    Joined,
+    /// A new container's.
+    Rootfs(&'a RootfsPlan),
+    /// A light sandbox's: empty and read-only in a mount namespace of its
+    /// own; `binary` (opened before, O_PATH) is exec'd.
+    Empty { binary: RawFd },
+}
+
 /// What a launch needs besides the process plan.
 pub(super) struct Launch<'a> {
     pub process: &'a ProcessPlan,
@@ -136,8 +152,7 @@ pub(super) struct Launch<'a> {
     pub unshare_cgroup: bool,
     /// The container cgroup's cgroup.procs, open for writing.
     pub cgroup_procs: Option<&'a File>,
-    /// A new container's root filesystem (None for an exec).
-    pub root: Option<&'a RootfsPlan>,
+    pub root: Root<'a>,
     pub hostname: Option<&'a CStr>,
     pub domainname: Option<&'a CStr>,
     pub sysctl: &'a [(CString, CString)],
@@ -365,10 +380,6 @@ fn raw_rc(rc: libc::c_long) -> libc::c_int {
     }
 }
 
-fn ptr(c: &Option<CString>) -> *const libc::c_char {
-    c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())
-}
-
 /// The child. See the module docs for the order.
 ///
 /// # Safety
@@ -417,8 +428,8 @@ unsafe fn child_main(s: &Setup<'_>) -> libc::c_int {
         if l.unshare_cgroup {
             check(libc::unshare(libc::CLONE_NEWCGROUP), Step::UnshareCgroup, 0);
         }
-        // Under the container's /proc/sys; with no root of its own (a
-        // light sandbox) the guest's, whose namespaced files are this
+        // Under the container's /proc/sys; a light sandbox's before its
+        // empty root, under the guest's, whose namespaced files are this
         // process's namespaces'.
         let sysctls = || {
             for (i, (path, value)) in l.sysctl.iter().enumerate() {
@@ -428,12 +439,16 @@ unsafe fn child_main(s: &Setup<'_>) -> libc::c_int {
             }
         };
         match l.root {
-            Some(root) => {
-                setup_root(r, root);
+            Root::Rootfs(root) => {
+                root::setup_root(r, root);
                 sysctls();
-                finish_root(r, root);
+                root::finish_root(r, root);
             }
-            None => sysctls(),
+            Root::Empty { .. } => {
+                sysctls();
+                root::empty_root(r);
+            }
+            Root::Joined => sysctls(),
         }
         if let Some(h) = l.hostname {
             check(
@@ -528,6 +543,17 @@ unsafe fn child_main(s: &Setup<'_>) -> libc::c_int {
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         );
+        if let Root::Empty { binary } = l.root {
+            libc::syscall(
+                libc::SYS_execveat,
+                binary,
+                c"".as_ptr(),
+                s.argv.as_ptr(),
+                s.envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
+            fail(r, Step::Exec, 0, errno());
+        }
         // execvpe without allocating: each prepared candidate in turn; a
         // missing one is skipped, a refused one remembered (as execvp).
         let mut saved = libc::ENOENT;
@@ -561,219 +587,6 @@ unsafe fn install_seccomp(s: &Setup<'_>) {
         };
         if rc < 0 {
             fail(s.report, Step::Seccomp, i, errno());
-        }
-    }
-}
-
-/// mkdir, EEXIST being fine.
-///
-/// # Safety
-/// For the child.
-unsafe fn mkdir_ok(path: &CStr) -> Result<(), i32> {
-    // SAFETY: a NUL-terminated path.
-    if unsafe { libc::mkdir(path.as_ptr(), 0o755) } < 0 && errno() != libc::EEXIST {
-        return Err(errno());
-    }
-    Ok(())
-}
-
-/// Up to and including pivot_root.
-///
-/// # Safety
-/// For the child.
-unsafe fn setup_root(r: RawFd, root: &RootfsPlan) {
-    let null = std::ptr::null::<libc::c_char>();
-    // SAFETY: (whole block) raw calls on prepared strings.
-    unsafe {
-        if libc::mount(
-            null,
-            c"/".as_ptr(),
-            null,
-            root.root_propagation,
-            std::ptr::null(),
-        ) < 0
-        {
-            fail(r, Step::RootPropagation, 0, errno());
-        }
-        let rootfs = root.rootfs.as_ptr();
-        if libc::mount(
-            rootfs,
-            rootfs,
-            null,
-            libc::MS_BIND | libc::MS_REC,
-            std::ptr::null(),
-        ) < 0
-        {
-            fail(r, Step::RootfsBind, 0, errno());
-        }
-        for (i, m) in root.mounts.iter().enumerate() {
-            for d in &m.mkdirs {
-                if let Err(e) = mkdir_ok(d) {
-                    fail(r, Step::Mkdir, i, e);
-                }
-            }
-            if m.create_file {
-                let fd = libc::open(
-                    m.target.as_ptr(),
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-                    0o644,
-                );
-                if fd < 0 {
-                    fail(r, Step::CreateFile, i, errno());
-                }
-                libc::close(fd);
-            }
-            let data = m
-                .data
-                .as_ref()
-                .map_or(std::ptr::null(), |d| d.as_ptr().cast());
-            if libc::mount(
-                ptr(&m.source),
-                m.target.as_ptr(),
-                ptr(&m.fstype),
-                m.flags,
-                data,
-            ) < 0
-            {
-                fail(r, Step::Mount, i, errno());
-            }
-            if let Some(flags) = m.remount {
-                if libc::mount(null, m.target.as_ptr(), null, flags, std::ptr::null()) < 0 {
-                    fail(r, Step::Remount, i, errno());
-                }
-            }
-            if let Some(flags) = m.propagation {
-                if libc::mount(null, m.target.as_ptr(), null, flags, std::ptr::null()) < 0 {
-                    fail(r, Step::Propagation, i, errno());
-                }
-            }
-        }
-        for (i, d) in root.devices.iter().enumerate() {
-            for dir in &d.mkdirs {
-                if let Err(e) = mkdir_ok(dir) {
-                    fail(r, Step::Device, i, e);
-                }
-            }
-            if libc::mknod(d.path.as_ptr(), d.mode, d.dev) < 0 {
-                match (errno(), &d.bind_from) {
-                    (libc::EEXIST, _) => {}
-                    (libc::EPERM, Some(from)) => {
-                        let fd = libc::open(
-                            d.path.as_ptr(),
-                            libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
-                            0o666,
-                        );
-                        if fd < 0 {
-                            fail(r, Step::Device, i, errno());
-                        }
-                        libc::close(fd);
-                        if libc::mount(
-                            from.as_ptr(),
-                            d.path.as_ptr(),
-                            null,
-                            libc::MS_BIND,
-                            std::ptr::null(),
-                        ) < 0
-                        {
-                            fail(r, Step::Device, i, errno());
-                        }
-                        continue;
-                    }
-                    (e, _) => fail(r, Step::Device, i, e),
-                }
-            }
-            if (d.uid != 0 || d.gid != 0) && libc::chown(d.path.as_ptr(), d.uid, d.gid) < 0 {
-                fail(r, Step::Device, i, errno());
-            }
-        }
-        for (i, (target, link)) in root.symlinks.iter().enumerate() {
-            if libc::symlink(target.as_ptr(), link.as_ptr()) < 0 && errno() != libc::EEXIST {
-                fail(r, Step::Symlink, i, errno());
-            }
-        }
-        // pivot_root(".", "."): the old root ends up on top of the new one
-        // and is detached at once (no put_old directory needed).
-        if libc::chdir(rootfs) < 0
-            || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) < 0
-            || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) < 0
-            || libc::chdir(c"/".as_ptr()) < 0
-        {
-            fail(r, Step::PivotRoot, 0, errno());
-        }
-        if let Some(flags) = root.post_propagation {
-            if libc::mount(null, c"/".as_ptr(), null, flags, std::ptr::null()) < 0 {
-                fail(r, Step::PostPropagation, 0, errno());
-            }
-        }
-    }
-}
-
-/// After pivot_root (and sysctls): masked and read-only paths, read-only
-/// root.
-///
-/// # Safety
-/// For the child.
-unsafe fn finish_root(r: RawFd, root: &RootfsPlan) {
-    let null = std::ptr::null::<libc::c_char>();
-    // SAFETY: (whole block) raw calls on prepared strings.
-    unsafe {
-        for (i, path) in root.masked.iter().enumerate() {
-            if libc::mount(
-                c"/dev/null".as_ptr(),
-                path.as_ptr(),
-                null,
-                libc::MS_BIND,
-                std::ptr::null(),
-            ) < 0
-            {
-                match errno() {
-                    libc::ENOENT => {}
-                    // A directory: an empty read-only tmpfs over it.
-                    libc::ENOTDIR => {
-                        if libc::mount(
-                            c"tmpfs".as_ptr(),
-                            path.as_ptr(),
-                            c"tmpfs".as_ptr(),
-                            libc::MS_RDONLY,
-                            std::ptr::null(),
-                        ) < 0
-                        {
-                            fail(r, Step::Masked, i, errno());
-                        }
-                    }
-                    e => fail(r, Step::Masked, i, e),
-                }
-            }
-        }
-        for (i, path) in root.readonly.iter().enumerate() {
-            if libc::mount(
-                path.as_ptr(),
-                path.as_ptr(),
-                null,
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            ) < 0
-            {
-                match errno() {
-                    libc::ENOENT => continue,
-                    e => fail(r, Step::Readonly, i, e),
-                }
-            }
-            let flags = libc::MS_BIND
-                | libc::MS_REMOUNT
-                | libc::MS_RDONLY
-                | libc::MS_NOSUID
-                | libc::MS_NODEV
-                | libc::MS_NOEXEC;
-            if libc::mount(null, path.as_ptr(), null, flags, std::ptr::null()) < 0 {
-                fail(r, Step::Readonly, i, errno());
-            }
-        }
-        if root.root_readonly {
-            let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
-            if libc::mount(null, c"/".as_ptr(), null, flags, std::ptr::null()) < 0 {
-                fail(r, Step::RootReadonly, 0, errno());
-            }
         }
     }
 }
