@@ -12,6 +12,7 @@ pub mod api;
 pub mod boot;
 pub mod builder;
 pub mod config;
+pub mod confine;
 pub(crate) mod controller;
 pub mod device_manager;
 pub mod error;
