@@ -224,10 +224,8 @@ fn the_confined_server_serves_its_share_and_mounts_made_below_it_later() {
     // The guest file is on the tmpfs: gone with it.
     let target = CString::new(share.join("later").as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid C string; the mount is this thread's namespace's.
-    assert_eq!(
-        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) },
-        0
-    );
+    let r = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    assert_eq!(r, 0);
     assert!(!share.join("later/g").exists());
     // Nothing reached the directory next to the share.
     let mut names: Vec<_> = std::fs::read_dir(&dir)
