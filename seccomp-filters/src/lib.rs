@@ -225,10 +225,70 @@ pub fn install(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> 
     let Some(prog) = program(kind, mode) else {
         return Ok(());
     };
+    let err = |source| SeccompError::Install { kind, mode, source };
+    if kind == ThreadKind::Vcpu {
+        seccompiler::apply_filter(&VCPU_REFUSALS).map_err(err)?;
+    }
     // seccompiler::apply_filter: prctl(PR_SET_NO_NEW_PRIVS) then
     // seccomp(SECCOMP_SET_MODE_FILTER, flags = 0): no TSYNC, this thread.
-    seccompiler::apply_filter(prog).map_err(|source| SeccompError::Install { kind, mode, source })
+    seccompiler::apply_filter(prog).map_err(err)
 }
+
+const fn stmt(code: u32, k: u32) -> sock_filter {
+    sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+const fn jump(code: u32, k: u32, jt: u8, jf: u8) -> sock_filter {
+    sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
+}
+
+/// `AUDIT_ARCH_X86_64`.
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+
+/// A second filter on vCPU threads: `openat` fails with EACCES instead of
+/// reaching the allowlist, which lists it only so that this answer (an
+/// errno outranks "allow") wins over a kill. The one open a vCPU thread
+/// makes is glibc's: malloc reads `/proc/sys/vm/overcommit_memory` once
+/// per process, on whichever thread first shrinks a heap of a thread arena
+/// (`check_may_shrink_heap`), and on EACCES it goes on as with the default
+/// setting. So no file is ever opened on a vCPU thread, and the thread is
+/// not killed for glibc's housekeeping. Everything else passes on to the
+/// allowlist (a filter's verdict is the strictest of all installed).
+const VCPU_REFUSALS: [sock_filter; 6] = [
+    // seccomp_data.arch: another architecture goes to the allowlist.
+    stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 4),
+    jump(
+        libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+        AUDIT_ARCH_X86_64,
+        0,
+        3,
+    ),
+    // seccomp_data.nr
+    stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+    jump(
+        libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+        libc::SYS_openat as u32,
+        0,
+        1,
+    ),
+    stmt(
+        libc::BPF_RET | libc::BPF_K,
+        SECCOMP_RET_ERRNO | libc::EACCES as u32,
+    ),
+    stmt(libc::BPF_RET | libc::BPF_K, SECCOMP_RET_ALLOW),
+];
 
 #[cfg(test)]
 mod tests {

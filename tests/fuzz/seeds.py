@@ -125,6 +125,33 @@ def fuse_request():
     yield "hiprio_forget", req([fuse_in(2, 1, u64(1))], flags=2)
 
 
+def fuse_names():
+    """Ops: (op, parent selector, ...) as fuzz_targets/fuse_names.rs reads them."""
+    def raw(n): return u8(len(n)) + n
+    def bad(i): return u8(0x80 | i)
+    def mode(perm, kind=0): return u16((kind << 12) | perm)
+    CREATE, MKDIR, MKNOD, SYMLINK, LINK, RENAME, RENAME2, SETATTR, LOOKUP = range(9)
+    yield "create_setid", u8(CREATE) + u8(0) + mode(0o6755) + raw(b"f")
+    yield "mkdir_create_inside", (u8(MKDIR) + u8(0) + mode(0o2775, 1) + raw(b"d")
+                                  + u8(CREATE) + u8(1) + mode(0o644) + raw(b"x"))
+    yield "hostile", (u8(CREATE) + u8(0) + mode(0o644) + bad(0)
+                      + u8(MKDIR) + u8(0) + mode(0o755, 1) + bad(5)
+                      + u8(SYMLINK) + u8(0) + bad(6) + raw(b"t")
+                      + u8(RENAME) + u8(0) + u8(0) + raw(b"file") + bad(6)
+                      + u8(RENAME2) + u8(0) + u8(0) + u8(2) + raw(b"dir") + bad(8)
+                      + u8(LINK) + u8(0) + u8(0) + bad(11)
+                      + u8(MKNOD) + u8(0) + mode(0o644, 2) + bad(9))
+    yield "through_links", (u8(LOOKUP) + u8(0) + raw(b"up")
+                            + u8(CREATE) + u8(1) + mode(0o644) + raw(b"x")
+                            + u8(LOOKUP) + u8(0) + raw(b"abs")
+                            + u8(MKDIR) + u8(2) + mode(0o755, 1) + raw(b"x"))
+    yield "chmod_setuid", (u8(LOOKUP) + u8(0) + raw(b"file")
+                           + u8(SETATTR) + u8(1) + mode(0o4755))
+    yield "long_names", (u8(CREATE) + u8(0) + mode(0o644) + bad(20)
+                         + u8(CREATE) + u8(0) + mode(0o644) + bad(21)
+                         + u8(MKDIR) + u8(0) + mode(0o755, 1) + bad(23))
+
+
 def vsock_packet():
     def tx(op, dst_sel=0, data=b"", src_sel=0, buf_alloc=65536, fwd=0, flags=0, hflags=0):
         return (u8(0) + u8(flags) + u8(src_sel) + u8(dst_sel) + u16(op) + u32(hflags)
@@ -227,7 +254,7 @@ def main():
     for name, gen in [("virtq_chain", virtq_chain), ("blk_request", blk_request),
                       ("vsock_packet", vsock_packet), ("mmio_regs", mmio_regs),
                       ("agent_proto", agent_proto), ("fuse_request", fuse_request),
-                      ("net_frame", net_frame)]:
+                      ("net_frame", net_frame), ("fuse_names", fuse_names)]:
         d = os.path.join(HERE, "corpus", name)
         os.makedirs(d, exist_ok=True)
         for seed, data in gen():

@@ -5,6 +5,7 @@
 //! woken by an eventfd; each carries its own reply channel. Waiting for the
 //! VM to end does not need the event loop.
 
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,6 +15,7 @@ use husk_devices::legacy::ConsoleWatch;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::runstate::{ExitNotifier, RunState, VmOutcome};
+use crate::snapshot_sources::Captured;
 
 /// What the host can ask of a running VMM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +77,21 @@ pub enum ApiError {
     },
 }
 
-pub(crate) type Envelope = (VmmRequest, Sender<Result<VmmResponse, String>>);
+/// What the event loop answers.
+pub(crate) enum Reply {
+    Done(Result<VmmResponse, String>),
+    /// A snapshot taken on the event loop for the requester's thread to
+    /// write into `dir` (the event loop may not write outside the VM's
+    /// shares); the event loop serves nothing until `release` is dropped,
+    /// so the devices do not touch guest memory meanwhile.
+    WriteSnapshot {
+        captured: Box<Captured>,
+        dir: PathBuf,
+        release: Sender<()>,
+    },
+}
+
+pub(crate) type Envelope = (VmmRequest, Sender<Reply>);
 
 /// How long a request may wait for the event loop (a snapshot writes the
 /// guest's memory).
@@ -119,20 +135,32 @@ impl VmmHandle {
         }
     }
 
-    /// Sends `request` and waits for the reply.
+    /// Sends `request` and waits for the reply. A snapshot's files are
+    /// written on the calling thread.
     pub fn request(&self, request: VmmRequest) -> Result<VmmResponse, ApiError> {
-        type Reply = Result<VmmResponse, String>;
         let (tx, rx): (Sender<Reply>, Receiver<Reply>) = mpsc::channel();
         if self.requests.send((request.clone(), tx)).is_err() || self.kick.write(1).is_err() {
             return Err(self.not_running());
         }
+        let failed = |reason| ApiError::Failed {
+            vm: self.name.clone(),
+            request: request.clone(),
+            reason,
+        };
         match rx.recv_timeout(REQUEST_TIMEOUT) {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(reason)) => Err(ApiError::Failed {
-                vm: self.name.clone(),
-                request,
-                reason,
-            }),
+            Ok(Reply::Done(Ok(r))) => Ok(r),
+            Ok(Reply::Done(Err(reason))) => Err(failed(reason)),
+            Ok(Reply::WriteSnapshot {
+                captured,
+                dir,
+                release,
+            }) => {
+                let written = captured.write(&dir);
+                drop(release);
+                let memory_bytes = written.map_err(|e| failed(e.to_string()))?;
+                tracing::info!(vm = %self.name, dir = %dir.display(), memory_bytes, "snapshot written");
+                Ok(VmmResponse::Snapshot { memory_bytes })
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(self.not_running()),
             Err(mpsc::RecvTimeoutError::Timeout) => Err(ApiError::Timeout {
                 vm: self.name.clone(),

@@ -25,6 +25,7 @@ use crate::api::VmmHandle;
 use crate::boot::{self, cmdline, kernel, mptable, paging, params};
 pub use crate::config::RestoreConfig;
 use crate::config::{ConsoleConfig, PvmCompat, SeccompMode, VmConfig, READY_MARKER};
+use crate::confine::{self, FsAccess};
 use crate::controller::{self, Controller, Facts, PANIC_MARKER};
 use crate::device_manager::{DeviceManager, Subscriber};
 use crate::error::{StartError, VmmError};
@@ -476,7 +477,11 @@ fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
             .name(format!("husk-vcpu{}", v.id()))
             .spawn(move || {
                 // Before the first KVM_RUN: guest input starts there.
-                if seccomp::install(ThreadKind::Vcpu, seccomp, &report) && go.recv().is_ok() {
+                let nnp = confine::no_new_privs(seccomp);
+                let ready = seccomp::setup(ThreadKind::Vcpu, seccomp, &report, || {
+                    confine::vcpu_thread(nnp)
+                });
+                if ready && go.recv().is_ok() {
                     v.run(ctx);
                 }
             })
@@ -497,6 +502,9 @@ fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
         return fail(&state, threads, e);
     }
     let subscribers: Vec<Subscriber> = devices.take_subscribers();
+    // The event loop reaches only its VM's shares (their final
+    // directories: a restored VM's are chosen at restore).
+    let fs_access = share_access(&sources.shares);
     let (vcpu_count, mem_mib, pvm_compat, cmdline) = (
         facts.vcpus,
         facts.mem_mib,
@@ -525,9 +533,11 @@ fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
             let _kvm = kvm;
             // The virtio-fs server clears the umask of the thread it runs
             // on: this thread gets its own (unshare(CLONE_FS)), before its
-            // filter, which does not allow unshare.
+            // privileges and filter, which do not allow unshare.
             let ready = match isolate_umask() {
-                Ok(()) => seccomp::install(ThreadKind::Vmm, seccomp, &filtered_tx),
+                Ok(()) => seccomp::setup(ThreadKind::Vmm, seccomp, &filtered_tx, || {
+                    confine::vmm_thread(&fs_access, confine::no_new_privs(seccomp))
+                }),
                 Err(source) => {
                     let e = VmmError::ThreadSetup {
                         thread: "husk-vmm".into(),
@@ -599,6 +609,27 @@ fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
         started,
         thread: Some(ctl_thread),
     })
+}
+
+/// What the event loop may reach: each share's directory (read-only
+/// shares for reading only); template devices have none.
+fn share_access(shares: &[DeviceHandles<Fs>]) -> FsAccess {
+    let mut access = FsAccess::default();
+    for sh in shares {
+        let dev = sh
+            .device
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(dir) = dev.shared_dir() {
+            let list = if dev.read_only() {
+                &mut access.read_only
+            } else {
+                &mut access.read_write
+            };
+            list.push(dir.to_path_buf());
+        }
+    }
+    access
 }
 
 /// What the console watch looks for.

@@ -4,7 +4,7 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -13,11 +13,11 @@ use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber
 use husk_devices::legacy::ConsoleWatch;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::api::{Envelope, VmInfo, VmmRequest, VmmResponse};
+use crate::api::{Envelope, Reply, VmInfo, VmmRequest, VmmResponse};
 use crate::device_manager::Subscriber;
 use crate::exit::ExitReason;
 use crate::runstate::{RunState, Timeline, VmOutcome};
-use crate::snapshot_sources::{SnapshotFacts, SnapshotSources};
+use crate::snapshot_sources::{Captured, SnapshotFacts, SnapshotSources};
 
 /// The console text of a kernel panic.
 pub const PANIC_MARKER: &str = "Kernel panic - not syncing";
@@ -131,7 +131,9 @@ impl Controller {
         Ok(VmmResponse::Resumed)
     }
 
-    fn snapshot(&mut self, dir: &std::path::Path) -> Result<VmmResponse, String> {
+    /// Takes the paused VM's state; the requester writes it (see
+    /// [`Reply::WriteSnapshot`]).
+    fn capture(&mut self) -> Result<Captured, String> {
         if !self.state.pause_requested() {
             return Err(crate::snapshot::SnapshotError::NotPaused.to_string());
         }
@@ -149,14 +151,33 @@ impl Controller {
             pvm_compat: self.facts.pvm_compat,
             cmdline: self.facts.cmdline.clone(),
         };
-        let written = self
-            .sources
-            .take(dir, &facts, vcpu_states)
-            .map_err(|e| e.to_string())?;
-        tracing::info!(vm = %self.facts.name, dir = %dir.display(), memory_bytes = written, "snapshot written");
-        Ok(VmmResponse::Snapshot {
-            memory_bytes: written,
-        })
+        self.sources
+            .capture(&facts, vcpu_states)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Answers a snapshot request: the state goes to the requester, and
+    /// this loop waits (serving no device) until it has been written.
+    fn snapshot(&mut self, dir: std::path::PathBuf, reply: &Sender<Reply>) {
+        let captured = match self.capture() {
+            Ok(c) => Box::new(c),
+            Err(e) => {
+                let _ = reply.send(Reply::Done(Err(e)));
+                return;
+            }
+        };
+        let (release, released) = mpsc::channel::<()>();
+        let handed = reply.send(Reply::WriteSnapshot {
+            captured,
+            dir,
+            release,
+        });
+        if handed.is_ok() {
+            // Ends when the requester drops `release` (written, failed,
+            // or gone).
+            let _ = released.recv();
+            tracing::info!(vm = %self.facts.name, "snapshot handed over");
+        }
     }
 
     fn on_reset(&mut self) {
@@ -175,7 +196,10 @@ impl Controller {
             let resp = match req {
                 VmmRequest::Pause => self.pause(),
                 VmmRequest::Resume => self.resume(),
-                VmmRequest::Snapshot { dir } => self.snapshot(&dir),
+                VmmRequest::Snapshot { dir } => {
+                    self.snapshot(dir, &reply);
+                    continue;
+                }
                 VmmRequest::Info => Ok(VmmResponse::Info(VmInfo {
                     name: self.facts.name.clone(),
                     vcpus: self.facts.vcpus,
@@ -193,7 +217,7 @@ impl Controller {
                 }
             };
             // The requester may have given up waiting; that is fine.
-            let _ = reply.send(resp);
+            let _ = reply.send(Reply::Done(resp));
         }
     }
 }

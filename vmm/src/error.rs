@@ -60,6 +60,12 @@ pub enum VmmError {
         #[source]
         source: husk_seccomp::SeccompError,
     },
+    #[error("thread {thread}: giving up privileges: {source}")]
+    Confine {
+        thread: String,
+        #[source]
+        source: crate::confine::ConfineError,
+    },
     #[error("thread {thread}: {what}: {source}")]
     ThreadSetup {
         thread: String,

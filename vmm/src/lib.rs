@@ -3,8 +3,10 @@
 //! [`start`] builds a VM from a [`VmConfig`] (guest memory, the kernel and
 //! initrd, legacy devices, vCPUs) and runs it on its own threads: one per
 //! vCPU (`husk-vcpuN`) and one event loop (`husk-vmm`), each of which
-//! installs its own seccomp filter (husk-seccomp) before it touches guest
-//! input: per thread, never process-wide. The returned
+//! gives up the privileges it does not need ([`confine`]: capabilities,
+//! no_new_privs, a Landlock domain) and installs its own seccomp filter
+//! (husk-seccomp) before it touches guest input: per thread, never
+//! process-wide. The returned
 //! [`VmmHandle`] is the only way to talk to it, so the containerd shim can own
 //! one VMM per pod inside its own process.
 
@@ -12,6 +14,7 @@ pub mod api;
 pub mod boot;
 pub mod builder;
 pub mod config;
+pub mod confine;
 pub(crate) mod controller;
 pub mod device_manager;
 pub mod error;

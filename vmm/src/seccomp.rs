@@ -29,6 +29,31 @@ pub(crate) fn install(kind: ThreadKind, mode: SeccompMode, report: &Sender<Insta
     ok
 }
 
+/// Runs `confine` (the thread's privileges, see [`crate::confine`]) and
+/// then installs `kind`'s filter, reporting the first failure. Returns
+/// whether the thread may go on. The privileges go first: the filters do
+/// not allow capset, prctl or the Landlock calls.
+pub(crate) fn setup(
+    kind: ThreadKind,
+    mode: SeccompMode,
+    report: &Sender<Installed>,
+    confine: impl FnOnce() -> Result<(), crate::confine::ConfineError>,
+) -> bool {
+    if let Err(source) = confine() {
+        let e = VmmError::Confine {
+            thread: std::thread::current()
+                .name()
+                .unwrap_or("(unnamed)")
+                .to_string(),
+            source,
+        };
+        // The receiver outlives the wait in `launch`.
+        let _ = report.send(Err(e));
+        return false;
+    }
+    install(kind, mode, report)
+}
+
 /// How long a starting thread may take to report (it reports first thing).
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -65,24 +65,43 @@ pub struct SnapshotFacts {
     pub cmdline: String,
 }
 
+/// A snapshot of the paused VM, taken on the event loop, to be written by
+/// the requester's thread: the event loop's Landlock domain allows no
+/// writes outside the VM's shares (see [`crate::confine`]).
+pub struct Captured {
+    snap: Snapshot,
+    /// The guest memory (shared with the VM, which stays paused and its
+    /// event loop waiting until the write is done).
+    mem: GuestMemoryMmap,
+}
+
+impl Captured {
+    /// Writes the snapshot into `dir` (created if missing): the memory
+    /// file, then the state file. Returns the bytes of guest memory
+    /// written.
+    pub fn write(&self, dir: &Path) -> Result<u64, SnapshotError> {
+        std::fs::create_dir_all(dir).map_err(|source| SnapshotError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let written = memory::dump(&self.mem, &snapshot::memory_path(dir))?;
+        self.snap.write(dir)?;
+        Ok(written)
+    }
+}
+
 impl SnapshotSources {
-    /// Writes a snapshot of the paused VM into `dir`; returns the bytes of
-    /// guest memory written.
-    pub fn take(
+    /// Takes the state of the paused VM (nothing is written here).
+    pub fn capture(
         &self,
-        dir: &Path,
         facts: &SnapshotFacts,
         vcpu_states: Vec<VcpuState>,
-    ) -> Result<u64, SnapshotError> {
+    ) -> Result<Captured, SnapshotError> {
         // A share the guest used cannot be saved: refuse before writing
         // anything.
         for sh in &self.shares {
             lock(&sh.device).snapshot_check()?;
         }
-        std::fs::create_dir_all(dir).map_err(|source| SnapshotError::Io {
-            path: dir.display().to_string(),
-            source,
-        })?;
         let vm = VmState::save(self.vm.fd())?;
         // One lock at a time: the transport locks its device itself.
         let serial = lock(&self.serial).state();
@@ -112,7 +131,6 @@ impl SnapshotSources {
             shares,
             nets,
         };
-        let written = memory::dump(&self.mem, &snapshot::memory_path(dir))?;
         let snap = Snapshot {
             format: snapshot::FORMAT.into(),
             format_version: snapshot::FORMAT_VERSION,
@@ -130,7 +148,9 @@ impl SnapshotSources {
             vm,
             devices,
         };
-        snap.write(dir)?;
-        Ok(written)
+        Ok(Captured {
+            snap,
+            mem: self.mem.clone(),
+        })
     }
 }

@@ -25,7 +25,8 @@
 //! opens its root with `O_NOFOLLOW`); the opcode filter of
 //! [`decide`](super::request::decide) (unknown opcodes never reach
 //! fuse-backend-rs, whose `Opcode::from` transmutes them); the read-only
-//! policy; no device nodes (MKNOD of one gets EPERM); the `relay` (the
+//! policy; no device nodes (MKNOD of one gets EPERM); no set-id bits
+//! (`strip_setid`); the `relay` (the
 //! header the policy checked is the one the server reads); the process
 //! umask (`import` sets it to 0; it is only ever done on a thread with its
 //! own fs_struct, see [`isolate_umask`], and that thread's umask is put

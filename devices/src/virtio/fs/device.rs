@@ -12,8 +12,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::backend::Backend;
 use super::relay::Relay;
 use super::request::{
-    decide, is_one_way, opcode, read_head, readable_after, walk, write_error_reply, Head, Split,
-    Verdict,
+    decide, is_one_way, opcode, read_head, readable_after, strip_setid, walk, write_error_reply,
+    Head, Split, Verdict,
 };
 use super::{validate_tag, FsConfig, FsError, HIPRIO_QUEUE, QUEUE_SIZE, REQUEST_QUEUE, TAG_MAX};
 use crate::virtio::vsock::WarnLimiter;
@@ -318,7 +318,7 @@ impl Share {
                 return 0;
             }
         };
-        let head = match read_head(mem, &layout) {
+        let mut head = match read_head(mem, &layout) {
             Ok(h) => h,
             Err(e) => {
                 if self.warn.hit() {
@@ -346,6 +346,10 @@ impl Share {
                 None => return self.reply(mem, &layout, unique, libc::ENODEV),
             },
         };
+        let cleared = strip_setid(&mut head);
+        if cleared != 0 {
+            tracing::debug!(tag = %self.tag, op, cleared = format_args!("{cleared:#o}"), "virtio-fs: set-id bits stripped");
+        }
         match serve(backend, relay, &layout, &head) {
             Ok(n) => match op {
                 opcode::INIT => {

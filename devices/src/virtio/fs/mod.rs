@@ -16,6 +16,16 @@
 //! whose header copy the guest cannot touch (`relay`), so the opcode the
 //! policy checked is the one the server runs.
 //!
+//! The server runs as host root, so the modes the guest asks for are
+//! host modes: S_ISUID and S_ISGID are cleared from every mode a request
+//! would apply (SETATTR with FATTR_MODE, CREATE, MKDIR, MKNOD;
+//! [`request::strip_setid`]), in the device's copy of the request. A guest
+//! `chmod 4755 f` leaves `f` 0755 on the host (the guest sees 0755 too once
+//! its attribute cache expires), `mkdir -m 2775` makes 0775: a guest cannot
+//! plant a set-id file in a host directory. The VMM thread also serves
+//! without CAP_FSETID, so the host kernel clears set-id bits on writes and
+//! chowns (see husk-vmm's `confine`).
+//!
 //! A device created without a directory is a *template*: it exists, with its
 //! tag, so that a VM snapshot taken before the guest mounts it can be
 //! restored with a directory chosen then ([`Fs::from_state`]); until then
@@ -48,6 +58,8 @@ mod init;
 mod relay;
 pub mod request;
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod test_utils;
 #[cfg(test)]

@@ -155,14 +155,14 @@ mod tests {
     fn the_server_reads_the_copy_not_guest_memory() {
         let guest = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let mut relay = Relay::new(&guest).unwrap();
-        let request: Vec<u8> = (0..64u8).collect();
+        let request: Vec<u8> = (0..160u8).collect();
         guest.write_slice(&request, GuestAddress(0x1000)).unwrap();
         let layout = Split {
             readable: vec![Segment {
                 addr: GuestAddress(0x1000),
-                len: 64,
+                len: 160,
             }],
-            readable_len: 64,
+            readable_len: 160,
             writable: vec![Segment {
                 addr: GuestAddress(0x2000),
                 len: 32,
@@ -176,13 +176,13 @@ mod tests {
                 .unwrap();
             // The guest rewrites its request after the device read it.
             guest
-                .write_slice(&[0xff; 64], GuestAddress(0x1000))
+                .write_slice(&[0xff; 160], GuestAddress(0x1000))
                 .unwrap();
             let mut r = Reader::from_descriptor_chain(mem, chain.clone()).unwrap();
-            let mut got = [0u8; 64];
+            let mut got = [0u8; 160];
             r.read_exact(&mut got).unwrap();
             assert_eq!(&got[..HEAD_BYTES], &request[..HEAD_BYTES], "round {round}");
-            assert_eq!(&got[HEAD_BYTES..], &[0xff; 64 - HEAD_BYTES]);
+            assert_eq!(&got[HEAD_BYTES..], &[0xff; 160 - HEAD_BYTES]);
             let mut w = VirtioFsWriter::new(mem, chain).unwrap();
             assert_eq!(w.available_bytes(), 32);
             w.write_all(&[round; 32]).unwrap();

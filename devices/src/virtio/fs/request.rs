@@ -30,9 +30,14 @@ pub use crate::virtio::chain::{ChainError, Segment, Split};
 pub const IN_HEADER_SIZE: usize = 40;
 /// Size of `struct fuse_out_header`.
 pub const OUT_HEADER_SIZE: usize = 16;
-/// The bytes of a request the device reads itself: the in-header and the
-/// first 8 bytes of the arguments (where OPEN keeps its flags).
-pub const HEAD_BYTES: usize = IN_HEADER_SIZE + 8;
+/// Size of `struct fuse_setattr_in`, the longest fixed argument whose
+/// fields the device reads or rewrites.
+pub const SETATTR_IN_SIZE: usize = 88;
+/// The bytes of a request the device copies and reads itself: the
+/// in-header and the first 88 bytes of the arguments (where OPEN keeps its
+/// flags, and CREATE, MKDIR, MKNOD and SETATTR their mode; see
+/// [`strip_setid`]).
+pub const HEAD_BYTES: usize = IN_HEADER_SIZE + SETATTR_IN_SIZE;
 
 /// FUSE opcodes (Linux `include/uapi/linux/fuse.h`, protocol 7.40).
 pub mod opcode {
@@ -327,6 +332,57 @@ fn is_device_node(mode: u32) -> bool {
     matches!(mode & libc::S_IFMT, libc::S_IFCHR | libc::S_IFBLK)
 }
 
+/// The set-id bits the guest may not set on the host.
+pub const SETID_BITS: u32 = libc::S_ISUID | libc::S_ISGID;
+/// `FATTR_MODE` in `fuse_setattr_in.valid`.
+const FATTR_MODE: u32 = 1 << 0;
+/// Offset of `fuse_setattr_in.mode` in the arguments: `valid`, `padding`,
+/// six u64 (`fh`, `size`, `lock_owner`, `atime`, `mtime`, `ctime`), three
+/// u32 nanosecond fields.
+const SETATTR_MODE_OFF: usize = 4 + 4 + 6 * 8 + 3 * 4;
+
+/// Where a request carries a mode the host applies: the offset of the
+/// `mode` field in the arguments, for CREATE (`fuse_create_in { flags, mode,
+/// .. }`), MKDIR (`fuse_mkdir_in { mode, umask }`), MKNOD (`fuse_mknod_in {
+/// mode, .. }`) and a SETATTR whose `valid` has FATTR_MODE (a chmod).
+fn mode_offset(op: u32, args: &[u8]) -> Option<usize> {
+    match op {
+        opcode::CREATE => Some(4),
+        opcode::MKDIR | opcode::MKNOD => Some(0),
+        opcode::SETATTR => {
+            let valid = args.get(0..4).map(|_| le_u32(args, 0))?;
+            (valid & FATTR_MODE != 0).then_some(SETATTR_MODE_OFF)
+        }
+        _ => None,
+    }
+}
+
+/// Clears S_ISUID and S_ISGID in the mode a request would apply (chmod,
+/// create, mkdir, mknod), in the device's copy of the request, which is the
+/// one the server reads ([`Head`]). The server runs as host root: a set-id
+/// file the guest plants in a host directory would be a set-id-root file
+/// for host users, so a guest's `chmod 4755` leaves 0755 and a `mkdir` with
+/// 02775 makes 0775 (the sticky bit and the permission bits pass). Returns
+/// the bits cleared (0: none). A mode field the copy does not hold is one
+/// the request is too short to carry (the copy holds
+/// [`HEAD_BYTES`] = the longest such argument): the server refuses those.
+pub fn strip_setid(head: &mut Head) -> u32 {
+    let args = &head.bytes[IN_HEADER_SIZE.min(head.len)..head.len];
+    let Some(off) = mode_offset(head.header.opcode, args) else {
+        return 0;
+    };
+    let at = IN_HEADER_SIZE + off;
+    if head.len < at + 4 {
+        return 0;
+    }
+    let mode = le_u32(&head.bytes, at);
+    let cleared = mode & SETID_BITS;
+    if cleared != 0 {
+        head.bytes[at..at + 4].copy_from_slice(&(mode & !SETID_BITS).to_le_bytes());
+    }
+    cleared
+}
+
 /// Why an error reply could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplyError {
@@ -441,6 +497,53 @@ mod tests {
     }
 
     #[test]
+    fn setid_bits_are_cleared_in_the_copy() {
+        let mode_at = |h: &Head, off: usize| le_u32(&h.bytes, IN_HEADER_SIZE + off);
+        // CREATE { flags, mode, umask, open_flags } + name.
+        let mut create = [0u8; 16].to_vec();
+        create[4..8].copy_from_slice(&(libc::S_IFREG | 0o6777).to_le_bytes());
+        create.extend_from_slice(b"f\0");
+        let mut h = head(opcode::CREATE, &create);
+        assert_eq!(strip_setid(&mut h), SETID_BITS);
+        assert_eq!(mode_at(&h, 4), libc::S_IFREG | 0o777);
+        assert_eq!(
+            &h.bytes[IN_HEADER_SIZE + 16..h.len],
+            b"f\0",
+            "the name is kept"
+        );
+        // MKDIR and MKNOD keep their mode first.
+        for op in [opcode::MKDIR, opcode::MKNOD] {
+            let mut h = head(
+                op,
+                &[&(0o7755u32).to_le_bytes()[..], &[0; 12], b"d\0"].concat(),
+            );
+            assert_eq!(strip_setid(&mut h), SETID_BITS, "opcode {op}");
+            assert_eq!(mode_at(&h, 0), 0o1755, "the sticky bit stays");
+        }
+        // SETATTR only with FATTR_MODE.
+        let mut setattr = [0u8; SETATTR_IN_SIZE];
+        setattr[SETATTR_MODE_OFF..SETATTR_MODE_OFF + 4]
+            .copy_from_slice(&(libc::S_IFREG | 0o4755).to_le_bytes());
+        let mut h = head(opcode::SETATTR, &setattr);
+        assert_eq!(strip_setid(&mut h), 0, "no FATTR_MODE: no chmod");
+        setattr[0] = FATTR_MODE as u8;
+        let mut h = head(opcode::SETATTR, &setattr);
+        assert_eq!(strip_setid(&mut h), libc::S_ISUID);
+        assert_eq!(mode_at(&h, SETATTR_MODE_OFF), libc::S_IFREG | 0o755);
+        assert_eq!(strip_setid(&mut h), 0, "nothing left to clear");
+        // Too short to carry a mode: left alone (the server refuses it).
+        let mut h = head(opcode::SETATTR, &setattr[..40]);
+        assert_eq!(strip_setid(&mut h), 0);
+        let mut h = head(opcode::MKDIR, &[0x00, 0x08]);
+        assert_eq!(strip_setid(&mut h), 0);
+        // Other opcodes are not touched, whatever their bytes.
+        let mut h = head(opcode::WRITE, &[0xff; 80]);
+        let before = h;
+        assert_eq!(strip_setid(&mut h), 0);
+        assert_eq!(h, before);
+    }
+
+    #[test]
     fn skipping_the_head() {
         let layout = Split {
             readable: vec![
@@ -462,7 +565,7 @@ mod tests {
             writable_len: 0,
         };
         assert_eq!(
-            readable_after(&layout, HEAD_BYTES),
+            readable_after(&layout, 48),
             vec![
                 Segment {
                     addr: GuestAddress(0x2000 + 18),
