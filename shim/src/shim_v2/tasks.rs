@@ -2,10 +2,11 @@
 //! with the state machine containerd expects (created → running ⇄ paused →
 //! stopped → deleted) and the events it publishes.
 //!
-//! - [`process`]: a process's state, a container's processes.
-//! - [`supervisor`]: the pod's VM (started with the first task, powered
+//! - `create`: Create, and the ids it reserves.
+//! - `process`: a process's state, a container's processes.
+//! - `supervisor`: the pod's VM (started with the first task, powered
 //!   off with the last), its end, each process's waiter.
-//! - [`oom`]: the guest's OOM events, validated and rate-limited.
+//! - `oom`: the guest's OOM events, validated and rate-limited.
 //!
 //! Each started process has a waiter thread on an agent connection of its
 //! own; when the process ends, the waiter waits (bounded) for its stdout
@@ -16,42 +17,40 @@
 //! containerd is told the shim's pid as every started process's pid
 //! ([`reported_pid`], as Kata does): a guest pid names an unrelated
 //! process on the host. CRI builds app containers' namespace paths from
-//! it (`/proc/<pid>/ns/…`); [`spec`] maps them back to the sandbox's guest
+//! it (`/proc/<pid>/ns/…`); [`super::spec`] maps them back to the sandbox's guest
 //! pid.
 
+mod create;
 mod oom;
 mod process;
 mod supervisor;
 
-use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use husk_shim_protos::shim::{
-    CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
-    DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest,
-    PidsResponse, ResizePtyRequest, ResumeRequest, StartRequest, StartResponse, StateRequest,
-    StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
+    CloseIORequest, ConnectRequest, ConnectResponse, DeleteRequest, DeleteResponse,
+    ExecProcessRequest, KillRequest, PauseRequest, PidsRequest, PidsResponse, ResizePtyRequest,
+    ResumeRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest,
+    StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use husk_shim_protos::task::{ProcessInfo, Status};
 use husk_shim_protos::task_events::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskPaused, TaskResumed,
-    TaskStart,
+    TaskDelete, TaskExecAdded, TaskExecStarted, TaskPaused, TaskResumed, TaskStart,
 };
 use protobuf::MessageField;
 
+pub use self::create::is_task_id;
+use self::create::{Creating, ID_RULE};
 use self::process::{lock, Container, Exit, Process, State};
 use self::supervisor::PodSlot;
 pub use self::supervisor::{KILL_CONFIRM, VM_GONE_EXIT};
 use super::error::TaskError;
 use super::events::{timestamp, to_any, topic, Publisher};
-use super::guest::{PodFactory, PodRequest, PodVm};
+use super::guest::{PodFactory, PodVm};
 use super::io::{check_output_path, IoCopy, StdioPaths};
-use super::pod::GUEST_SHARE;
-use super::spec;
 use super::stats::to_metrics;
-use crate::agent_client::stdio::is_valid_id;
 use crate::agent_client::{AgentClientError, SignalTarget, TtySize};
 
 /// The most pids a Pids reply lists (the guest sends the list).
@@ -68,48 +67,6 @@ pub fn reported_pid(guest: u32) -> u32 {
         0
     } else {
         std::process::id()
-    }
-}
-
-/// Whether `id` is a container or exec id containerd itself would accept
-/// (its identifier rule, `^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$`) within
-/// the guest protocol's 64 bytes: no `.`, `..`, leading dot or `..` inside.
-pub fn is_task_id(id: &str) -> bool {
-    if !is_valid_id(id) {
-        return false;
-    }
-    let b = id.as_bytes();
-    let sep = |c: u8| matches!(c, b'.' | b'_' | b'-');
-    !sep(b[0]) && !sep(b[b.len() - 1]) && !b.windows(2).any(|w| sep(w[0]) && sep(w[1]))
-}
-
-const ID_RULE: &str =
-    "must be 1..=64 of [A-Za-z0-9] runs joined by single '.', '_' or '-' (containerd's identifier rule)";
-
-/// Ids of Creates in flight (reserved, not yet tasks), and whether
-/// Shutdown closed the door.
-#[derive(Default)]
-struct Creating {
-    ids: HashSet<String>,
-    closed: bool,
-}
-
-/// A Create's claim on its id, from its first check to its task's
-/// registration: a second Create of the id fails at once, Shutdown
-/// waits, the VM stays up. Dropped unregistered, it lets go and powers
-/// an idle VM off.
-struct Reservation<'a> {
-    tasks: &'a Tasks,
-    id: String,
-    registered: bool,
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if !self.registered {
-            lock(&self.tasks.creating).ids.remove(&self.id);
-            self.tasks.power_off_if_idle();
-        }
     }
 }
 
@@ -158,45 +115,6 @@ impl Tasks {
     pub fn is_empty(&self) -> bool {
         let containers = lock(&self.containers);
         containers.is_empty() && lock(&self.creating).ids.is_empty()
-    }
-
-    /// Shutdown: true (and no Create is taken any more) when no task is
-    /// left and no Create is in flight; false: the shim stays.
-    pub fn try_shutdown(&self) -> bool {
-        let _starting = lock(&self.pod_start);
-        let containers = lock(&self.containers);
-        let mut creating = lock(&self.creating);
-        if !containers.is_empty() || !creating.ids.is_empty() {
-            return false;
-        }
-        creating.closed = true;
-        true
-    }
-
-    fn reserve(&self, id: &str) -> Result<Reservation<'_>, TaskError> {
-        let containers = lock(&self.containers);
-        let mut creating = lock(&self.creating);
-        if creating.closed {
-            return Err(TaskError::precondition(id, "the shim is shutting down"));
-        }
-        if containers.contains_key(id) || !creating.ids.insert(id.to_owned()) {
-            return Err(TaskError::AlreadyExists {
-                task: id.to_owned(),
-            });
-        }
-        Ok(Reservation {
-            tasks: self,
-            id: id.to_owned(),
-            registered: false,
-        })
-    }
-
-    /// The reserved id becomes task `c`.
-    fn register(&self, mut r: Reservation<'_>, c: Arc<Container>) {
-        let mut containers = lock(&self.containers);
-        containers.insert(r.id.clone(), c);
-        lock(&self.creating).ids.remove(&r.id);
-        r.registered = true;
     }
 
     fn container(&self, id: &str) -> Result<Arc<Container>, TaskError> {
@@ -254,93 +172,6 @@ impl Tasks {
             .map_err(|e| TaskError::internal(&p.container, format!("stdio: {e}")))?;
         *lock(&p.io) = Some(io);
         Ok(stdio)
-    }
-
-    pub fn create(&self, req: &CreateTaskRequest) -> Result<CreateTaskResponse, TaskError> {
-        let id = req.id.as_str();
-        if !is_task_id(id) {
-            return Err(TaskError::invalid(id, format!("id: {ID_RULE}")));
-        }
-        if !req.checkpoint.is_empty() {
-            return Err(TaskError::Unsupported("creating a task from a checkpoint"));
-        }
-        // Before anything is mounted: a second Create of this id fails
-        // here, and Shutdown and the VM's power-off wait for this one.
-        let reservation = self.reserve(id)?;
-        for path in [&req.stdout, &req.stderr] {
-            check_output_path(path).map_err(|m| TaskError::invalid(id, format!("stdio: {m}")))?;
-        }
-        let bundle = PathBuf::from(&req.bundle);
-        let spec_path = bundle.join("config.json");
-        let spec_json = std::fs::read(&spec_path)
-            .map_err(|e| TaskError::invalid(id, format!("bundle {}: {e}", spec_path.display())))?;
-        let request = pod_request(id, &spec_json)?;
-        // Before the VM: a spec the guest cannot use starts nothing.
-        let guest = spec::adapt(id, &bundle, &spec_json, GUEST_SHARE, &|sid| {
-            self.sandbox_pid(sid)
-        })?;
-        let vm = self.ensure_vm(id, &request)?;
-        let rootfs = vm.attach_rootfs(id, &bundle, &req.rootfs).and_then(|r| {
-            vm.attach_volumes(id, &guest.volumes)
-                .map(|()| r)
-                .inspect_err(|_| {
-                    vm.detach_rootfs(id);
-                })
-        })?;
-        let paths = StdioPaths {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-        };
-        let init = Arc::new(Process::new(id, None, paths, Vec::new()));
-        let created = self.attach_io(vm.as_ref(), &init).and_then(|stdio| {
-            vm.api()
-                .create_container(id, &guest.json, &rootfs, stdio)
-                .map_err(|e| TaskError::agent(id, "create", e))
-        });
-        if let Err(e) = created {
-            init.stop_io();
-            vm.detach_rootfs(id);
-            return Err(e);
-        }
-        let c = Arc::new(Container {
-            id: id.to_owned(),
-            bundle: req.bundle.clone(),
-            rootfs: req.rootfs.clone(),
-            init,
-            execs: Mutex::new(HashMap::new()),
-        });
-        self.register(reservation, c.clone());
-        tracing::info!(container = id, "created");
-        self.publish(
-            topic::CREATE,
-            to_any(&TaskCreate {
-                container_id: id.to_owned(),
-                bundle: c.bundle.clone(),
-                rootfs: c
-                    .rootfs
-                    .iter()
-                    .map(|m| husk_shim_protos::task_events::mount::Mount {
-                        type_: m.type_.clone(),
-                        source: m.source.clone(),
-                        target: m.target.clone(),
-                        options: m.options.clone(),
-                        ..Default::default()
-                    })
-                    .collect(),
-                io: MessageField::some(TaskIO {
-                    stdin: req.stdin.clone(),
-                    stdout: req.stdout.clone(),
-                    stderr: req.stderr.clone(),
-                    terminal: req.terminal,
-                    ..Default::default()
-                }),
-                pid: 0,
-                ..Default::default()
-            }),
-        );
-        Ok(CreateTaskResponse::default())
     }
 
     pub fn start(&self, req: &StartRequest) -> Result<StartResponse, TaskError> {
@@ -760,40 +591,4 @@ impl Tasks {
             ..Default::default()
         })
     }
-}
-
-/// What the spec says about the pod's VM (its annotations, its memory
-/// limit); a spec that is not JSON is refused here.
-fn pod_request(id: &str, spec_json: &[u8]) -> Result<PodRequest, TaskError> {
-    let v: serde_json::Value = serde_json::from_slice(spec_json)
-        .map_err(|e| TaskError::invalid(id, format!("config.json: {e}")))?;
-    let annotations = v
-        .get("annotations")
-        .and_then(|a| a.as_object())
-        .map(|a| {
-            a.iter()
-                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default();
-    let memory_limit = v
-        .pointer("/linux/resources/memory/limit")
-        .and_then(serde_json::Value::as_i64);
-    // A host path (not a guest /proc one this shim reported).
-    let netns = v
-        .pointer("/linux/namespaces")
-        .and_then(serde_json::Value::as_array)
-        .and_then(|list| {
-            list.iter()
-                .find(|n| n.get("type").and_then(|t| t.as_str()) == Some("network"))
-        })
-        .and_then(|n| n.get("path").and_then(|p| p.as_str()))
-        .filter(|p| !p.is_empty() && !p.starts_with("/proc/"))
-        .map(std::path::PathBuf::from);
-    Ok(PodRequest {
-        annotations,
-        memory_limit,
-        netns,
-        cgroups_path: super::host_cgroup::cgroups_path(&v),
-    })
 }

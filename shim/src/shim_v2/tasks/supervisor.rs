@@ -22,9 +22,9 @@ use crate::shim_v2::guest::{PodRequest, PodVm};
 /// How long an exit waits for its output to drain.
 const OUTPUT_GRACE: Duration = Duration::from_secs(5);
 /// How long the guest gets to power off when the last task is deleted.
-pub(super) const POWER_OFF_DEADLINE: Duration = Duration::from_secs(10);
+const POWER_OFF_DEADLINE: Duration = Duration::from_secs(10);
 /// How long the guest has to report a SIGKILLed container's exit before
-/// the pod's VM is stopped ([`Tasks::confirm_kill`]).
+/// the pod's VM is stopped (`Tasks::confirm_kill`).
 pub const KILL_CONFIRM: Duration = Duration::from_secs(30);
 /// The power-off deadline then (the agent is asked first, half of it).
 const KILL_POWER_OFF: Duration = Duration::from_secs(4);
