@@ -307,7 +307,8 @@ fn sender(address: &str, namespace: &str, queue: &EventQueue) {
     }
 }
 
-/// Collects events (tests, and a shim with no `TTRPC_ADDRESS`).
+/// Collects events (tests, and a shim with no `TTRPC_ADDRESS`): the last
+/// [`QUEUE_MAX`] of them.
 #[derive(Default)]
 pub struct Recorder {
     pub events: Mutex<Vec<(&'static str, Any)>>,
@@ -315,10 +316,11 @@ pub struct Recorder {
 
 impl Publisher for Recorder {
     fn publish(&self, topic: &'static str, event: Any) {
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((topic, event));
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if events.len() >= QUEUE_MAX {
+            events.remove(0);
+        }
+        events.push((topic, event));
     }
 }
 
