@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::super::error::TaskError;
 use super::super::events::Throttle;
 use super::super::guest::ContainerApi;
 use crate::agent_client::stdio::is_valid_id;
@@ -32,6 +33,8 @@ const REJECT_WARN_EVERY: Duration = Duration::from_secs(10);
 pub(super) trait OomHost {
     /// Whether the VM the pump serves is still the pod's.
     fn current(&self) -> bool;
+    /// A connection of its own to the VM's agent.
+    fn connect(&self) -> Result<Box<dyn ContainerApi>, TaskError>;
     /// Whether `id` is a task of this shim.
     fn is_task(&self, id: &str) -> bool;
     /// Publishes TaskOOM for task `id`.
@@ -132,12 +135,24 @@ impl Pacer {
     }
 }
 
-/// Takes OOM events from `api` until `host` says its VM is no longer the
-/// pod's.
-pub(super) fn pump(api: &dyn ContainerApi, host: &dyn OomHost) {
+/// Takes OOM events from the agent until `host` says its VM is no
+/// longer the pod's; a failed connection is made again (backing off).
+pub(super) fn pump(host: &dyn OomHost) {
     let mut filter = OomFilter::default();
     let mut pacer = Pacer::default();
+    let mut conn: Option<Box<dyn ContainerApi>> = None;
     while host.current() {
+        let api = match conn.take() {
+            Some(a) => a,
+            None => match host.connect() {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(error = %e, "connecting for container events");
+                    sleep_while(pacer.bad(), || host.current());
+                    continue;
+                }
+            },
+        };
         let asked = Instant::now();
         let pause = match api.wait_event(OOM_POLL) {
             Ok(Some(ContainerEvent::Oom { container_id })) => {
@@ -155,9 +170,12 @@ pub(super) fn pump(api: &dyn ContainerApi, host: &dyn OomHost) {
             Ok(None) => pacer.idle(),
             Err(e) => {
                 tracing::debug!(error = %e, "waiting for container events");
-                pacer.bad()
+                sleep_while(pacer.bad(), || host.current());
+                // A new connection next time.
+                continue;
             }
         };
+        conn = Some(api);
         sleep_while(pause, || host.current());
     }
 }

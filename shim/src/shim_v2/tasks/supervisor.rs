@@ -17,7 +17,7 @@ use super::{reported_pid, Tasks};
 use crate::agent_client::AgentClientError;
 use crate::shim_v2::error::TaskError;
 use crate::shim_v2::events::{timestamp, to_any, topic, Throttle};
-use crate::shim_v2::guest::{PodRequest, PodVm};
+use crate::shim_v2::guest::{ContainerApi, PodRequest, PodVm};
 
 /// How long an exit waits for its output to drain.
 const OUTPUT_GRACE: Duration = Duration::from_secs(5);
@@ -44,9 +44,10 @@ pub(super) struct PodSlot {
     pub generation: u64,
 }
 
-/// The OOM pump's view of the service.
+/// The OOM pump's view of the service (and of the VM, held weakly).
 struct PumpHost {
     tasks: std::sync::Weak<Tasks>,
+    vm: std::sync::Weak<dyn PodVm>,
     generation: u64,
 }
 
@@ -55,6 +56,16 @@ impl OomHost for PumpHost {
         self.tasks
             .upgrade()
             .is_some_and(|t| t.current_generation() == Some(self.generation))
+    }
+
+    fn connect(&self) -> Result<Box<dyn ContainerApi>, TaskError> {
+        match self.vm.upgrade() {
+            Some(vm) => vm.connect(),
+            None => Err(TaskError::Pod {
+                pod: String::new(),
+                message: "the VM is gone".into(),
+            }),
+        }
     }
 
     fn is_task(&self, id: &str) -> bool {
@@ -153,20 +164,14 @@ impl Tasks {
         if let Err(e) = exits {
             tracing::error!(pod = vm.id(), error = %e, "cannot watch the VM");
         }
-        let api = match vm.connect() {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "no OOM events for this pod");
-                return;
-            }
-        };
         let host = PumpHost {
             tasks: self.me.clone(),
+            vm: Arc::downgrade(&vm),
             generation,
         };
         let events = std::thread::Builder::new()
             .name("husk-oom-watch".into())
-            .spawn(move || oom::pump(api.as_ref(), &host));
+            .spawn(move || oom::pump(&host));
         if let Err(e) = events {
             tracing::error!(error = %e, "cannot watch OOM events");
         }
