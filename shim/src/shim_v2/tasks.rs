@@ -45,7 +45,7 @@ pub use self::create::is_task_id;
 use self::create::{Creating, ID_RULE};
 use self::process::{lock, Container, Exit, Process, State};
 use self::supervisor::PodSlot;
-pub use self::supervisor::{KILL_CONFIRM, VM_GONE_EXIT};
+pub use self::supervisor::{AGENT_LOST, KILL_CONFIRM, VM_GONE_EXIT};
 use super::error::TaskError;
 use super::events::{timestamp, to_any, topic, Publisher};
 use super::guest::{PodFactory, PodVm};
@@ -83,8 +83,10 @@ pub struct Tasks {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// A VM powering off after the last delete.
     stopping: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    /// See [`Self::confirm_kill`].
+    /// See `Self::confirm_kill`.
     kill_confirm: Duration,
+    /// See [`AGENT_LOST`].
+    agent_lost: Duration,
 }
 
 impl Tasks {
@@ -98,8 +100,20 @@ impl Tasks {
         publisher: Arc<dyn Publisher>,
         kill_confirm: Duration,
     ) -> Arc<Self> {
+        Self::with_graces(factory, publisher, kill_confirm, AGENT_LOST)
+    }
+
+    /// [`Self::new`] with other graces for SIGKILLed containers and for
+    /// an unreachable agent ([`AGENT_LOST`]).
+    pub fn with_graces(
+        factory: Box<dyn PodFactory>,
+        publisher: Arc<dyn Publisher>,
+        kill_confirm: Duration,
+        agent_lost: Duration,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             kill_confirm,
+            agent_lost,
             me: me.clone(),
             factory,
             publisher,

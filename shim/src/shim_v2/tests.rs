@@ -138,6 +138,10 @@ impl H {
     }
 
     fn with_kill_confirm(name: &str, kill_confirm: Duration) -> Self {
+        Self::with_graces(name, kill_confirm, super::tasks::AGENT_LOST)
+    }
+
+    fn with_graces(name: &str, kill_confirm: Duration, agent_lost: Duration) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "husk-shimv2-{name}-{}-{}",
@@ -150,7 +154,7 @@ impl H {
         let vms = factory.vms.clone();
         let fail_first_create = factory.fail_first_create.clone();
         let rec = Arc::new(Recorder::default());
-        let tasks = Tasks::with_kill_confirm(Box::new(factory), rec.clone(), kill_confirm);
+        let tasks = Tasks::with_graces(Box::new(factory), rec.clone(), kill_confirm, agent_lost);
         Self {
             tasks,
             rec,

@@ -6,7 +6,7 @@
 //! [`VM_GONE_EXIT`]).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use husk_shim_protos::task_events::{TaskExit, TaskOOM};
 use protobuf::MessageField;
@@ -36,12 +36,21 @@ const WAIT_RETRY_FIRST: Duration = Duration::from_millis(100);
 const WAIT_RETRY_MAX: Duration = Duration::from_secs(5);
 /// How often a waiter's failures are logged at warn level.
 const WAIT_WARN_EVERY: Duration = Duration::from_secs(30);
+/// How long the agent may stay unreachable (no connection made) under a
+/// waiter before the pod's VM is taken for dead and stopped: a guest
+/// halted in its kernel (`poweroff -f` without ACPI halts the vCPUs,
+/// which never ends the VM) would otherwise hold its tasks RUNNING for
+/// good. Several connect timeouts long, so a slow host is not mistaken
+/// for it.
+pub const AGENT_LOST: Duration = Duration::from_secs(60);
 
 /// The pod's VM while it runs.
 pub(super) struct PodSlot {
     pub vm: Arc<dyn PodVm>,
     /// Bumped per VM, so that a watcher of an old VM stands down.
     pub generation: u64,
+    /// Its agent was taken for lost and the VM is being stopped.
+    pub lost: bool,
 }
 
 /// The OOM pump's view of the service (and of the VM, held weakly).
@@ -131,6 +140,7 @@ impl Tasks {
         *lock(&self.pod) = Some(PodSlot {
             vm: vm.clone(),
             generation: *generation,
+            lost: false,
         });
         self.watch(vm.clone(), *generation);
         Ok(vm)
@@ -220,22 +230,45 @@ impl Tasks {
         );
     }
 
+    /// The agent of the VM of `generation` has not let a waiter connect
+    /// for [`Self::agent_lost`]: the VM is stopped (once), which ends its
+    /// processes (exit [`VM_GONE_EXIT`], published as the VM's end).
+    fn agent_lost(&self, generation: u64, p: &Process, e: &TaskError) {
+        let vm = match lock(&self.pod).as_mut() {
+            Some(s) if s.generation == generation && !s.lost => {
+                s.lost = true;
+                s.vm.clone()
+            }
+            _ => return,
+        };
+        tracing::error!(process = %p.what(), error = %e, unreachable_s = self.agent_lost.as_secs_f64(),
+            "the pod's agent stays unreachable; stopping the pod's VM");
+        vm.power_off(KILL_POWER_OFF);
+    }
+
     /// Waits for a started process on a connection of its own. A failed
     /// connect or call is tried again (backing off) while the VM of
     /// `generation` runs: a slow host is no exit. Once that VM has ended,
-    /// the process ended with it ([`VM_GONE_EXIT`]).
+    /// the process ended with it ([`VM_GONE_EXIT`]); an agent that stays
+    /// unreachable for [`Self::agent_lost`] ends the VM.
     pub(super) fn spawn_waiter(&self, vm: Arc<dyn PodVm>, generation: u64, p: Arc<Process>) {
         let me = self.me.clone();
+        let grace = self.agent_lost;
         let spawned = std::thread::Builder::new()
             .name("husk-wait".into())
             .spawn(move || {
                 let warn = Throttle::new(WAIT_WARN_EVERY);
                 let mut retry = WAIT_RETRY_FIRST;
+                // Since when no connection could be made.
+                let mut unreachable: Option<Instant> = None;
                 let status = loop {
-                    let result = vm.connect().and_then(|api| {
-                        api.wait_process(&p.container, p.exec_id.as_deref(), None)
-                            .map_err(|e| TaskError::agent(&p.container, "wait", e))
-                    });
+                    let result = vm
+                        .connect()
+                        .inspect(|_| unreachable = None)
+                        .and_then(|api| {
+                            api.wait_process(&p.container, p.exec_id.as_deref(), None)
+                                .map_err(|e| TaskError::agent(&p.container, "wait", e))
+                        });
                     let e = match result {
                         Ok(exit) => break u32::try_from(exit.shell_code()).unwrap_or(VM_GONE_EXIT),
                         Err(e) => e,
@@ -247,13 +280,17 @@ impl Tasks {
                     if vm.wait_exit(Duration::ZERO).is_some() {
                         break VM_GONE_EXIT;
                     }
-                    let current = me
-                        .upgrade()
-                        .is_some_and(|t| t.current_generation() == Some(generation));
-                    if !current || p.is_stopped() {
+                    let Some(t) = me.upgrade() else {
+                        return;
+                    };
+                    if t.current_generation() != Some(generation) || p.is_stopped() {
                         // Its end was (or is being) reported elsewhere.
                         return;
                     }
+                    if unreachable.get_or_insert_with(Instant::now).elapsed() >= grace {
+                        t.agent_lost(generation, &p, &e);
+                    }
+                    drop(t);
                     if let Some(suppressed) = warn.ready() {
                         tracing::warn!(process = %p.what(), error = %e, suppressed,
                             "waiting for the process failed; trying again");

@@ -104,6 +104,33 @@ fn transient_wait_errors_are_no_exit() {
     assert_eq!(exits[0].exit_status, 3);
 }
 
+/// The guest halts (`poweroff -f` without ACPI: the VM does not end)
+/// and its agent never answers again: after the grace the VM is stopped,
+/// and every process ends with 255, once.
+#[test]
+fn an_agent_that_stays_unreachable_ends_the_vm() {
+    let h = H::with_graces(
+        "agentlost",
+        super::super::tasks::KILL_CONFIRM,
+        Duration::from_millis(600),
+    );
+    h.create("c1");
+    h.start("c1", "");
+    h.create("c2");
+    h.start("c2", "");
+    let vm = h.vm();
+    vm.lock().fail_connects = usize::MAX;
+    vm.cut_connections();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(h.status("c1", ""), Status::RUNNING, "not before the grace");
+    assert_eq!(h.wait("c1", ""), VM_GONE_EXIT);
+    assert_eq!(h.wait("c2", ""), VM_GONE_EXIT);
+    assert!(vm.lock().powered_off, "the VM was stopped");
+    h.await_events(topic::EXIT, 2);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(h.of::<TaskExit>(topic::EXIT).len(), 2, "one exit each");
+}
+
 /// Shutdown that comes while a Create is held in the guest is refused
 /// (the VM stays up under the Create), and the Create completes.
 #[test]

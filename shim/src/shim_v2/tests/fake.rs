@@ -98,6 +98,8 @@ pub struct Inner {
     pub creating_now: bool,
     /// power_off takes this long.
     pub power_off_delay: Duration,
+    /// Bumped when every connection breaks (calls in flight fail).
+    pub cuts: u64,
 }
 
 /// What a flooding agent answers WaitEvent with.
@@ -179,6 +181,12 @@ impl Fake {
     pub fn exit(&self, cid: &str, exec: Option<&str>, code: i32) {
         let mut g = self.lock();
         end_process(&mut g, &key(cid, exec), code, None);
+        self.cv.notify_all();
+    }
+
+    /// Every connection to the agent breaks: calls in flight fail.
+    pub fn cut_connections(&self) {
+        self.lock().cuts += 1;
         self.cv.notify_all();
     }
 
@@ -398,9 +406,17 @@ impl ContainerApi for FakeApi {
         if !g.procs.contains_key(&k) {
             return Err(rpc("WaitProcess", ttrpc::Code::NOT_FOUND, id));
         }
+        let cuts = g.cuts;
         let g = self.0.wait_until(g, until, |g| {
-            g.ended.is_some() || g.procs.get(&k).is_none_or(|p| p.exit.is_some())
+            g.ended.is_some() || g.cuts != cuts || g.procs.get(&k).is_none_or(|p| p.exit.is_some())
         });
+        if g.cuts != cuts {
+            return Err(rpc(
+                "WaitProcess",
+                ttrpc::Code::UNAVAILABLE,
+                "connection reset",
+            ));
+        }
         match g.procs.get(&k).and_then(|p| p.exit) {
             Some(exit) => Ok(exit),
             None if g.ended.is_some() => Err(rpc(
