@@ -190,12 +190,16 @@ impl Tasks {
     /// The VM ended under its tasks: every process not stopped ends with
     /// [`VM_GONE_EXIT`].
     fn vm_ended(&self, generation: u64, why: &str) {
-        {
+        let slot = {
             let mut pod = lock(&self.pod);
             match pod.as_ref() {
-                Some(s) if s.generation == generation => *pod = None,
+                Some(s) if s.generation == generation => pod.take(),
                 _ => return,
             }
+        };
+        if let Some(slot) = slot {
+            // Its host files go now, not when the last holder lets go.
+            self.power_off_tracked(slot.vm, POWER_OFF_DEADLINE);
         }
         let containers: Vec<_> = lock(&self.containers).values().cloned().collect();
         if !containers.is_empty() {
@@ -243,7 +247,7 @@ impl Tasks {
         };
         tracing::error!(process = %p.what(), error = %e, unreachable_s = self.agent_lost.as_secs_f64(),
             "the pod's agent stays unreachable; stopping the pod's VM");
-        vm.power_off(KILL_POWER_OFF);
+        self.power_off_tracked(vm, KILL_POWER_OFF);
     }
 
     /// Waits for a started process on a connection of its own. A failed
@@ -262,6 +266,9 @@ impl Tasks {
                 // Since when no connection could be made.
                 let mut unreachable: Option<Instant> = None;
                 let status = loop {
+                    if vm.wait_exit(Duration::ZERO).is_some() {
+                        break VM_GONE_EXIT;
+                    }
                     let result = vm
                         .connect()
                         .inspect(|_| unreachable = None)
@@ -338,7 +345,7 @@ impl Tasks {
                 };
                 tracing::error!(process = %p.what(), grace_s = grace.as_secs_f64(),
                     "the guest has not ended a SIGKILLed container; stopping the pod's VM");
-                vm.power_off(KILL_POWER_OFF);
+                t.power_off_tracked(vm, KILL_POWER_OFF);
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the kill watcher");
@@ -359,11 +366,20 @@ impl Tasks {
             return;
         };
         tracing::info!(pod = slot.vm.id(), "last task deleted; powering the VM off");
+        self.power_off_tracked(slot.vm, POWER_OFF_DEADLINE);
+    }
+
+    /// Powers `vm` off (or, if it ended, releases its host files) on a
+    /// thread that Shutdown and the next VM's start wait for: the pod's
+    /// host files (mounts, directory, host cgroup) are released before the
+    /// shim exits or another VM takes the pod's place, whoever else still
+    /// holds the VM.
+    fn power_off_tracked(&self, vm: Arc<dyn PodVm>, deadline: Duration) {
         let spawned = std::thread::Builder::new()
             .name("husk-power-off".into())
             .spawn(move || {
-                slot.vm.power_off(POWER_OFF_DEADLINE);
-                drop(slot);
+                vm.power_off(deadline);
+                drop(vm);
             });
         match spawned {
             Ok(h) => lock(&self.stopping).push(h),
