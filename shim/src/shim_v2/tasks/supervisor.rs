@@ -269,6 +269,7 @@ impl Tasks {
                     if vm.wait_exit(Duration::ZERO).is_some() {
                         break VM_GONE_EXIT;
                     }
+                    let asked = Instant::now();
                     let result = vm
                         .connect()
                         .inspect(|_| unreachable = None)
@@ -301,6 +302,10 @@ impl Tasks {
                     if let Some(suppressed) = warn.ready() {
                         tracing::warn!(process = %p.what(), error = %e, suppressed,
                             "waiting for the process failed; trying again");
+                    }
+                    if asked.elapsed() > WAIT_RETRY_MAX {
+                        // A call that held for long: a fresh failure.
+                        retry = WAIT_RETRY_FIRST;
                     }
                     sleep_while(retry, || !p.is_stopped());
                     retry = (retry * 2).min(WAIT_RETRY_MAX);
