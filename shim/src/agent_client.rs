@@ -445,6 +445,35 @@ impl AgentClient {
     }
 }
 
+/// The most bytes of an agent's error message kept (it reaches
+/// containerd's replies and logs).
+pub const GUEST_MESSAGE_MAX: usize = 4096;
+
+/// Text from the guest made fit for replies and logs: control characters
+/// (newlines, escape sequences) written as escapes, at most `max` bytes
+/// (cut at a character boundary, saying how much was cut).
+pub fn guest_text(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max) + 32);
+    let mut cut_at = None;
+    for (i, c) in text.char_indices() {
+        let before = out.len();
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        if out.len() > max {
+            out.truncate(before);
+            cut_at = Some(i);
+            break;
+        }
+    }
+    if let Some(i) = cut_at {
+        out.push_str(&format!("… ({} more bytes)", text.len() - i));
+    }
+    out
+}
+
 /// Sorts a ttrpc error: the agent's own status, our timeout, or transport.
 fn classify(
     method: &'static str,
@@ -456,7 +485,7 @@ fn classify(
         ttrpc::Error::RpcStatus(s) => AgentClientError::Rpc {
             method,
             code: s.code(),
-            message: s.message,
+            message: guest_text(&s.message, GUEST_MESSAGE_MAX),
         },
         // The sync client reports its timeout only as text ("Receive packet
         // from Receiver timeout"): tell it by the clock instead.
@@ -570,6 +599,41 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// An agent's error message is escaped and cut before it reaches a
+    /// reply or a log.
+    #[test]
+    fn guest_messages_are_escaped_and_capped() {
+        assert_eq!(guest_text("plain: fine", 100), "plain: fine");
+        assert_eq!(
+            guest_text("a\nb\r\x1b[31mc\u{7f}", 100),
+            "a\\nb\\r\\u{1b}[31mc\\u{7f}"
+        );
+        let long = "é".repeat(1 << 20);
+        let t = guest_text(&long, GUEST_MESSAGE_MAX);
+        assert!(t.len() <= GUEST_MESSAGE_MAX + 40, "{}", t.len());
+        assert!(t.ends_with(&format!(
+            "… ({} more bytes)",
+            long.len() - GUEST_MESSAGE_MAX
+        )));
+        let e = classify(
+            "CreateContainer",
+            Duration::from_secs(1),
+            Duration::ZERO,
+            ttrpc::Error::RpcStatus(ttrpc::get_status(
+                ttrpc::Code::INTERNAL,
+                "x\n".repeat(1 << 20),
+            )),
+        );
+        match e {
+            AgentClientError::Rpc { code, message, .. } => {
+                assert_eq!(code, ttrpc::Code::INTERNAL);
+                assert!(message.len() <= GUEST_MESSAGE_MAX + 40);
+                assert!(!message.contains('\n'));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

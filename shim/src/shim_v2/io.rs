@@ -2,10 +2,13 @@
 //! (or a `file://` log) on one side, the process's vsock streams on the
 //! other, one thread per direction.
 //!
-//! - Output FIFOs are opened read-write: the open never blocks, and a
-//!   containerd restart (its read end closing) never turns into EPIPE and
-//!   lost output; a reader that stops reading holds the process back
-//!   instead (back-pressure, as with runc).
+//! - Output FIFOs are opened write-only and non-blocking, and written with
+//!   poll(2) and a stop flag: a reader that stops reading holds the process
+//!   back (back-pressure, as with runc); a reader that goes away (a
+//!   containerd restart) is waited for, the unwritten output kept, until a
+//!   reader opens the FIFO again (containerd reconnecting) or the copy is
+//!   stopped ([`IoCopy::stop`]: Delete, the shim's end), which ends the
+//!   thread and closes the FIFO whatever the reader does.
 //! - stdin is read non-blocking with poll(2): it ends at the writer's EOF,
 //!   or, after `CloseIO`, once what containerd wrote is drained.
 //! - [`IoCopy::finish`] waits (bounded) until stdout and stderr reached
@@ -28,6 +31,9 @@ use crate::agent_client::{ProcessStreams, Stdio, TtySize};
 const COPY_BUF: usize = 64 << 10;
 /// How often the stdin thread looks at its flags while nothing arrives.
 const STDIN_POLL_MS: i32 = 100;
+/// How often a blocked output thread looks at its stop flag, and for a
+/// reader of a FIFO that has none.
+const OUTPUT_POLL_MS: i32 = 100;
 
 /// Where containerd wants a process's stdio: FIFO paths ("" for none).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,15 +65,39 @@ impl StdioPaths {
     }
 }
 
-/// Opens where output goes: a FIFO (or any file) by path, read-write; a
-/// `file://` URI appended to (created).
-fn open_output(path: &str) -> io::Result<File> {
+/// Where output goes.
+enum Output {
+    /// A `file://` URI's file, appended to.
+    File(File),
+    /// A FIFO (or any file) by path, written non-blocking; `None` while
+    /// nobody reads it.
+    Fifo { path: String, file: Option<File> },
+}
+
+/// Opens `path` for writing without blocking: None when it is a FIFO that
+/// nobody reads (ENXIO).
+fn open_writer(path: &str) -> io::Result<Option<File>> {
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens where output goes: a FIFO (or any file) by path; a `file://` URI
+/// appended to (created).
+fn open_output(path: &str) -> io::Result<Output> {
     if let Some(file) = path.strip_prefix("file://") {
         return OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o640)
-            .open(file);
+            .open(file)
+            .map(Output::File);
     }
     if path.contains("://") {
         return Err(io::Error::new(
@@ -75,11 +105,77 @@ fn open_output(path: &str) -> io::Result<File> {
             format!("{path}: only FIFO paths and file:// URIs are supported"),
         ));
     }
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
+    Ok(Output::Fifo {
+        path: path.to_owned(),
+        file: open_writer(path)?,
+    })
+}
+
+/// Waits up to `ms` for `events` on `fd`.
+fn poll_fd(fd: &File, events: libc::c_short, ms: i32) -> io::Result<()> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the call's duration.
+    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+impl Output {
+    /// Writes all of `data`, unless `stop` is set first (then Ok(false)).
+    fn write_all(&mut self, mut data: &[u8], stop: &AtomicBool) -> io::Result<bool> {
+        let (path, file) = match self {
+            Self::File(f) => return f.write_all(data).map(|()| true),
+            Self::Fifo { path, file } => (path, file),
+        };
+        let mut waiting_for_reader = false;
+        while !data.is_empty() {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(false);
+            }
+            let Some(f) = file.as_ref() else {
+                *file = open_writer(path)?;
+                if file.is_none() {
+                    std::thread::sleep(Duration::from_millis(OUTPUT_POLL_MS as u64));
+                }
+                continue;
+            };
+            let mut w = f;
+            match w.write(data) {
+                Ok(n) => {
+                    data = &data[n..];
+                    waiting_for_reader = false;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    poll_fd(f, libc::POLLOUT, OUTPUT_POLL_MS)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    // The reader went away. Our fd keeps what it had not
+                    // read in the FIFO; a new reader (containerd back)
+                    // gets it, and the rest.
+                    if !waiting_for_reader {
+                        tracing::debug!(fifo = %path, "output reader gone; waiting for one");
+                        waiting_for_reader = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(OUTPUT_POLL_MS as u64));
+                    if let Some(again) = open_writer(path)? {
+                        *file = Some(again);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// The stdin thread's controls.
@@ -95,6 +191,8 @@ struct StdinCtl {
 pub struct IoCopy {
     what: String,
     stdin: Option<Arc<StdinCtl>>,
+    /// Tells the output threads to end.
+    stop_out: Arc<AtomicBool>,
     /// One message per output thread when its stream ended.
     outputs_done: mpsc::Receiver<()>,
     outputs: usize,
@@ -110,6 +208,7 @@ impl IoCopy {
         let mut me = Self {
             what: what.to_owned(),
             stdin: None,
+            stop_out: Arc::new(AtomicBool::new(false)),
             outputs_done,
             outputs: 0,
             streams: Vec::new(),
@@ -142,10 +241,11 @@ impl IoCopy {
             me.streams.push(stream.try_clone()?);
             let tx = tx.clone();
             let what = me.what.clone();
+            let stop = me.stop_out.clone();
             std::thread::Builder::new()
                 .name("husk-io-out".into())
                 .spawn(move || {
-                    if let Err(e) = copy_out(stream, file) {
+                    if let Err(e) = copy_out(stream, file, &stop) {
                         tracing::debug!(process = %what, error = %e, "output copy ended");
                     }
                     let _ = tx.send(());
@@ -203,6 +303,7 @@ impl IoCopy {
 
     /// Cuts every stream and stops the threads.
     pub fn stop(&mut self) {
+        self.stop_out.store(true, Ordering::SeqCst);
         if let Some(c) = &self.stdin {
             c.stop.store(true, Ordering::SeqCst);
         }
@@ -218,7 +319,8 @@ impl Drop for IoCopy {
     }
 }
 
-fn copy_out(mut from: UnixStream, mut to: File) -> io::Result<()> {
+/// Copies the stream to the output until the stream ends or `stop`.
+fn copy_out(mut from: UnixStream, mut to: Output, stop: &AtomicBool) -> io::Result<()> {
     let mut buf = vec![0u8; COPY_BUF];
     loop {
         let n = match from.read(&mut buf) {
@@ -227,7 +329,9 @@ fn copy_out(mut from: UnixStream, mut to: File) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        to.write_all(&buf[..n])?;
+        if !to.write_all(&buf[..n], stop)? {
+            return Ok(());
+        }
     }
 }
 
@@ -403,6 +507,101 @@ mod tests {
         in_guest.read_to_string(&mut got).unwrap();
         assert_eq!(got, "abc");
         drop(w);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Our fds open on `path`.
+    fn fds_on(path: &str) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == Path::new(path)))
+            .count()
+    }
+
+    fn read_for(f: &mut File, want: usize) -> Vec<u8> {
+        let end = Instant::now() + Duration::from_secs(5);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while got.len() < want {
+            match f.read(&mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            assert!(Instant::now() < end, "{} of {want} bytes", got.len());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        got
+    }
+
+    /// containerd's reader goes away for good while the process writes
+    /// more than the FIFO holds: the output thread waits for a reader,
+    /// and `stop` ends it and closes the FIFO (no thread or fd is left).
+    #[test]
+    fn output_thread_ends_on_stop_without_a_reader() {
+        let dir = temp_dir("noreader");
+        let paths = StdioPaths {
+            stdout: mkfifo(&dir, "out"),
+            ..Default::default()
+        };
+        let reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&paths.stdout)
+            .unwrap();
+        let (out_host, mut out_guest) = UnixStream::pair().unwrap();
+        let streams = ProcessStreams {
+            stdout: Some(out_host),
+            ..Default::default()
+        };
+        let mut io = IoCopy::start("t", streams, &paths).unwrap();
+        assert_eq!(fds_on(&paths.stdout), 2, "ours and the reader's");
+        drop(reader);
+        let writer = std::thread::spawn(move || {
+            let _ = out_guest.write_all(&vec![b'x'; 1 << 20]);
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!io.finish(Duration::from_millis(100)), "nobody read it all");
+        io.stop();
+        assert!(io.finish(Duration::from_secs(5)), "the output thread ended");
+        writer.join().unwrap();
+        assert_eq!(fds_on(&paths.stdout), 0, "the FIFO is closed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The reader goes away (containerd restarts) and a new one opens the
+    /// FIFO: what the process wrote meanwhile reaches the new reader.
+    #[test]
+    fn output_resumes_for_a_new_reader() {
+        let dir = temp_dir("reopen");
+        let paths = StdioPaths {
+            stdout: mkfifo(&dir, "out"),
+            ..Default::default()
+        };
+        let open_reader = || {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&paths.stdout)
+                .unwrap()
+        };
+        let mut r1 = open_reader();
+        let (out_host, mut out_guest) = UnixStream::pair().unwrap();
+        let streams = ProcessStreams {
+            stdout: Some(out_host),
+            ..Default::default()
+        };
+        let mut io = IoCopy::start("t", streams, &paths).unwrap();
+        out_guest.write_all(b"first\n").unwrap();
+        assert_eq!(read_for(&mut r1, 6), b"first\n");
+        drop(r1);
+        out_guest.write_all(b"second\n").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut r2 = open_reader();
+        assert_eq!(read_for(&mut r2, 7), b"second\n");
+        drop(out_guest);
+        assert!(io.finish(Duration::from_secs(5)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

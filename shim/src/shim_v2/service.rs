@@ -82,7 +82,9 @@ impl Task for TaskService {
         answer("Connect", self.tasks.connect(&r))
     }
     fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> ttrpc::Result<Empty> {
-        if self.tasks.is_empty() {
+        // No task left and no Create in flight (a Create racing the
+        // Shutdown keeps the shim, and its VM, up; later ones are refused).
+        if self.tasks.try_shutdown() {
             tracing::info!("shutdown: no task left");
             self.tasks.join_power_off();
             (self.on_shutdown)();

@@ -188,13 +188,37 @@ fn ns_file(typ: &str) -> Option<&'static str> {
     })
 }
 
+/// Rewrites `linux.namespaces` for the guest (see the module's doc).
+///
+/// `/proc/<pid>/ns/<file>` paths: the task pid containerd knows is the
+/// shim's own (`super::tasks::reported_pid`), so CRI's
+/// `/proc/<reported pid>/ns/…` names the pod's sandbox: it becomes the
+/// sandbox task's guest pid (`sandbox_pid` of the CRI sandbox id, or else
+/// of the `io.husk.pod` task of a ctr pod). Outside CRI, `/proc/1/ns/…`
+/// (the guest's own namespaces, a host admin's explicit choice) is kept.
+/// Any other pid names no task of this pod (in the guest it would be
+/// some unrelated process): refused.
 fn namespaces(
     cid: &str,
     spec: &mut Value,
     sandbox_pid: &dyn Fn(&str) -> Option<u32>,
 ) -> Result<(), TaskError> {
+    /// The ctr pod annotation (`super::cmd::POD_ANNOTATIONS`).
+    const HUSK_POD: &str = "io.husk.pod";
+    /// `/proc/<pid>/ns/<file>` → (pid, file).
+    fn proc_ns(path: &str) -> Option<(u32, &str)> {
+        let (pid, file) = path.strip_prefix("/proc/")?.split_once("/ns/")?;
+        let ok_pid = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+        let ok_file = !file.is_empty() && file.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        (ok_pid && ok_file).then_some(())?;
+        Some((pid.parse().ok()?, file))
+    }
     let kind = annotation(spec, CONTAINER_TYPE).map(str::to_owned);
     let sandbox = annotation(spec, SANDBOX_ID).map(str::to_owned);
+    let pod = sandbox
+        .clone()
+        .or_else(|| annotation(spec, HUSK_POD).map(str::to_owned));
+    let shim_pid = std::process::id();
     let Some(list) = spec
         .get_mut("linux")
         .and_then(|l| l.get_mut("namespaces"))
@@ -211,8 +235,31 @@ fn namespaces(
             Some(p) if !p.is_empty() => p.to_owned(),
             _ => continue,
         };
-        // A guest pid this shim reported (CRI's /proc/<pause>/ns/...).
         if path.starts_with("/proc/") {
+            let Some((pid, file)) = proc_ns(&path) else {
+                return Err(TaskError::invalid(
+                    cid,
+                    format!("{field}.path: {path} is not /proc/<pid>/ns/<namespace>"),
+                ));
+            };
+            let guest_pid = match (pid, kind.as_deref(), pod.as_deref()) {
+                (p, _, Some(sid)) if p == shim_pid => sandbox_pid(sid).ok_or_else(|| {
+                    TaskError::precondition(
+                        cid,
+                        format!("{field}.path: {path} names the pod's sandbox task {sid}, which is not running in this shim"),
+                    )
+                })?,
+                (1, None, _) => 1,
+                _ => {
+                    return Err(TaskError::invalid(
+                        cid,
+                        format!(
+                            "{field}.path: {path} names no task of this pod (its tasks' pid is this shim's, {shim_pid}, for the pod's sandbox task)"
+                        ),
+                    ))
+                }
+            };
+            n["path"] = Value::String(format!("/proc/{guest_pid}/ns/{file}"));
             continue;
         }
         // Not joinable at all: the agent says why.

@@ -157,14 +157,20 @@ fn sandbox_gets_new_namespaces_for_host_paths() {
     );
 }
 
+/// CRI's `/proc/<task pid>/ns/…`: the pid containerd got for the sandbox
+/// task, the shim's.
+fn reported(ns: &str) -> String {
+    format!("/proc/{}/ns/{ns}", std::process::id())
+}
+
 #[test]
 fn app_containers_join_the_sandbox_in_the_guest() {
     let spec = json!({
         "annotations": {CONTAINER_TYPE: "container", SANDBOX_ID: "sb1"},
         "linux": {"namespaces": [
             {"type": "pid", "path": "/var/run/pidns-of-host"},
-            {"type": "ipc", "path": "/proc/42/ns/ipc"},
-            {"type": "uts", "path": "/proc/42/ns/uts"},
+            {"type": "ipc", "path": reported("ipc")},
+            {"type": "uts", "path": reported("uts")},
             {"type": "mount"},
             {"type": "network", "path": "/var/run/netns/cni-1234-abcd"},
             {"type": "cgroup", "path": ""}
@@ -188,6 +194,22 @@ fn app_containers_join_the_sandbox_in_the_guest() {
     assert_eq!(e.code(), ttrpc::Code::FAILED_PRECONDITION);
     assert!(e.to_string().contains("linux.namespaces[0].path"), "{e}");
     assert!(e.to_string().contains("sb1"), "{e}");
+    // A guest pid, or any pid but the one reported, names no task of the
+    // pod: refused, whatever the guest would find there.
+    for path in [
+        "/proc/42/ns/ipc",
+        "/proc/1/ns/ipc",
+        "/proc/self/ns/ipc",
+        "/proc/42/ns/../x",
+    ] {
+        let spec = json!({
+            "annotations": {CONTAINER_TYPE: "container", SANDBOX_ID: "sb1"},
+            "linux": {"namespaces": [{"type": "ipc", "path": path}]}
+        });
+        let e = err("c1", &spec, &pid);
+        assert_eq!(e.code(), ttrpc::Code::INVALID_ARGUMENT, "{path}: {e}");
+        assert!(e.to_string().contains("linux.namespaces[0].path"), "{e}");
+    }
 }
 
 #[test]
@@ -199,13 +221,38 @@ fn host_namespaces_outside_cri_are_refused() {
     let e = err("c1", &spec, &|_| Some(7));
     assert_eq!(e.code(), ttrpc::Code::INVALID_ARGUMENT);
     assert!(e.to_string().contains("linux.namespaces[2].path"), "{e}");
-    // /proc paths (a pid this shim reported) and new namespaces pass.
+    // New namespaces, and the guest's own (`ctr --with-ns
+    // pid:/proc/1/ns/pid`), pass.
     let spec = json!({"linux": {"namespaces": [
-        {"type": "pid"}, {"type": "mount"}, {"type": "network", "path": "/proc/9/ns/net"}
+        {"type": "pid", "path": "/proc/1/ns/pid"}, {"type": "mount"}, {"type": "network"}
     ]}});
     let (out, vols) = adapt_v("c1", &spec, &no_sandbox);
     assert_eq!(out, spec);
     assert!(vols.is_empty());
+    // A pid that is no task of this pod.
+    let spec = json!({"linux": {"namespaces": [{"type": "network", "path": "/proc/9/ns/net"}]}});
+    assert_eq!(
+        err("c1", &spec, &no_sandbox).code(),
+        ttrpc::Code::INVALID_ARGUMENT
+    );
+    // A ctr pod: the reported pid is the `io.husk.pod` task's.
+    let spec = json!({
+        "annotations": {"io.husk.pod": "p1"},
+        "linux": {"namespaces": [{"type": "network", "path": reported("net")}]}
+    });
+    let pod = |sid: &str| (sid == "p1").then_some(31);
+    let (out, _) = adapt_v("c2", &spec, &pod);
+    assert_eq!(
+        namespaces_of(&out),
+        ns(&[("network", Some("/proc/31/ns/net"))])
+    );
+    assert_eq!(
+        err("c2", &spec, &no_sandbox).code(),
+        ttrpc::Code::FAILED_PRECONDITION
+    );
+    // Without a pod annotation the task is its own pod: nothing to join.
+    let spec = json!({"linux": {"namespaces": [{"type": "network", "path": reported("net")}]}});
+    assert_eq!(err("c3", &spec, &pod).code(), ttrpc::Code::INVALID_ARGUMENT);
 }
 
 /// An app container's spec as containerd 1.6's CRI writes it (trimmed
@@ -255,8 +302,10 @@ const CRI_CONTAINER: &str = r#"{
 
 #[test]
 fn a_cri_container_spec() {
-    let spec: Value = serde_json::from_str(CRI_CONTAINER).unwrap();
-    // The pause task reported guest pid 101.
+    // CRI wrote the pause task's pid as reported: the shim's.
+    let shim = format!("/proc/{}/", std::process::id());
+    let spec: Value = serde_json::from_str(&CRI_CONTAINER.replace("/proc/101/", &shim)).unwrap();
+    // The pause task's guest pid is 101.
     let pid = |sid: &str| (sid == "sb1").then_some(101);
     let (out, vols) = adapt_v("app1", &spec, &pid);
     let dests: Vec<(&str, usize, bool)> = vols
@@ -291,8 +340,8 @@ fn a_cri_container_spec() {
             spec["mounts"][v.index]["source"]
         );
     }
-    // The /proc paths are guest pids already; nothing else changes.
-    let mut expect = spec.clone();
+    // The /proc paths name the pause's guest pid; nothing else changes.
+    let mut expect: Value = serde_json::from_str(CRI_CONTAINER).unwrap();
     for v in &vols {
         expect["mounts"][v.index]["source"] = out["mounts"][v.index]["source"].clone();
     }

@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod boundary;
 mod fake;
 
 use std::ffi::CString;
@@ -137,6 +138,10 @@ impl H {
     }
 
     fn with_kill_confirm(name: &str, kill_confirm: Duration) -> Self {
+        Self::with_graces(name, kill_confirm, super::tasks::AGENT_LOST)
+    }
+
+    fn with_graces(name: &str, kill_confirm: Duration, agent_lost: Duration) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "husk-shimv2-{name}-{}-{}",
@@ -149,7 +154,7 @@ impl H {
         let vms = factory.vms.clone();
         let fail_first_create = factory.fail_first_create.clone();
         let rec = Arc::new(Recorder::default());
-        let tasks = Tasks::with_kill_confirm(Box::new(factory), rec.clone(), kill_confirm);
+        let tasks = Tasks::with_graces(Box::new(factory), rec.clone(), kill_confirm, agent_lost);
         Self {
             tasks,
             rec,
@@ -377,7 +382,11 @@ fn lifecycle() {
     assert_eq!(s.stdout, io.stdout);
 
     let pid = h.start("c1", "");
-    assert_eq!(pid, vm.pid("c1", None));
+    // containerd gets the shim's pid: the guest's names another process
+    // on the host.
+    assert_eq!(pid, std::process::id());
+    let guest_pid = vm.pid("c1", None);
+    assert_ne!(guest_pid, pid);
     let s = h.state("c1", "").unwrap();
     assert_eq!(s.status.enum_value(), Ok(Status::RUNNING));
     assert_eq!(s.pid, pid);
@@ -389,7 +398,8 @@ fn lifecycle() {
             .iter()
             .map(|p| p.pid)
             .collect::<Vec<_>>(),
-        [pid]
+        [guest_pid],
+        "Pids lists what runs in the guest"
     );
     assert_eq!(
         h.tasks
@@ -826,7 +836,10 @@ fn exec_ids() {
     assert_eq!((s.id.as_str(), s.exec_id.as_str()), ("e1", "e1"));
     let p1 = h.start("c1", "e1");
     let p2 = h.start("c1", "e2");
-    assert!(p1 != p2 && p1 != init && p2 != init);
+    assert_eq!([init, p1, p2], [std::process::id(); 3]);
+    let vm = h.vm();
+    let guest = |e: Option<&str>| vm.pid("c1", e);
+    assert!(guest(Some("e1")) != guest(Some("e2")) && guest(Some("e1")) != guest(None));
     let vm = h.vm();
     assert_eq!(vm.lock().procs[&fake::key("c1", Some("e1"))].spec, {
         br#"{"args":["/bin/e1"],"cwd":"/"}"#.to_vec()
@@ -1286,10 +1299,14 @@ fn cri_namespaces_follow_the_sandbox_in_the_guest() {
         guest_spec(&vm, "sb1")["linux"]["namespaces"],
         serde_json::json!([{"type": "pid"}, {"type": "mount"}])
     );
+    // CRI's: the sandbox task's pid as containerd got it (the shim's).
+    let shim = std::process::id();
     let app = spec(
         "container",
-        r#"{"type": "pid"}, {"type": "mount"}, {"type": "ipc", "path": "/proc/77/ns/ipc"},
-           {"type": "network", "path": "/var/run/netns/cni-1"}"#,
+        &format!(
+            r#"{{"type": "pid"}}, {{"type": "mount"}}, {{"type": "ipc", "path": "/proc/{shim}/ns/ipc"}},
+           {{"type": "network", "path": "/var/run/netns/cni-1"}}"#
+        ),
     );
     // The sandbox has no process yet.
     assert_eq!(
@@ -1297,9 +1314,21 @@ fn cri_namespaces_follow_the_sandbox_in_the_guest() {
         Code::FAILED_PRECONDITION
     );
     let pid = h.start("sb1", "");
+    assert_eq!(pid, shim);
+    let guest_pid = vm.pid("sb1", None);
     create_with(&h, "app1", &app).unwrap();
     let ns = &guest_spec(&vm, "app1")["linux"]["namespaces"];
-    assert_eq!(ns[2]["path"], "/proc/77/ns/ipc", "a /proc path is kept");
-    assert_eq!(ns[3]["path"], format!("/proc/{pid}/ns/net"));
+    assert_eq!(
+        ns[2]["path"],
+        format!("/proc/{guest_pid}/ns/ipc"),
+        "the reported pid is the sandbox's guest pid in the guest"
+    );
+    assert_eq!(ns[3]["path"], format!("/proc/{guest_pid}/ns/net"));
+    // A pid that is no task of this pod (in the guest: any process).
+    let stray = spec("container", r#"{"type": "ipc", "path": "/proc/77/ns/ipc"}"#);
+    assert_eq!(
+        code(create_with(&h, "app2", &stray)),
+        Code::INVALID_ARGUMENT
+    );
     assert_eq!(h.vm_count(), 1);
 }

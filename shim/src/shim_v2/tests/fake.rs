@@ -85,12 +85,38 @@ pub struct Inner {
     /// pause_container: the container's process exits during the call
     /// with this code (and the call returns a little later).
     pub exit_on_pause: Option<i32>,
+    /// A hostile agent: wait_event answers at once, every time.
+    pub flood: Option<Flood>,
+    /// wait_event calls so far.
+    pub event_calls: usize,
+    /// The next this many connects fail (a loaded host).
+    pub fail_connects: usize,
+    /// The next this many wait_process calls fail in transport.
+    pub fail_waits: usize,
+    /// create_container holds (after `creating_now` is set) while set.
+    pub hold_create: bool,
+    pub creating_now: bool,
+    /// power_off takes this long.
+    pub power_off_delay: Duration,
+    /// Bumped when every connection breaks (calls in flight fail).
+    pub cuts: u64,
+}
+
+/// What a flooding agent answers WaitEvent with.
+#[derive(Debug, Clone)]
+pub enum Flood {
+    /// An OOM event for this container id.
+    Oom(String),
+    /// No event (the long poll cut short).
+    Nothing,
 }
 
 /// One fake VM.
 pub struct Fake {
     pub id: String,
     pub request: PodRequest,
+    /// Whether every earlier VM had powered off when this one started.
+    pub previous_off: bool,
     m: Mutex<Inner>,
     cv: Condvar,
 }
@@ -104,10 +130,11 @@ fn rpc(method: &'static str, code: ttrpc::Code, message: impl Into<String>) -> A
 }
 
 impl Fake {
-    fn new(id: String, request: PodRequest) -> Arc<Self> {
+    fn new(id: String, request: PodRequest, previous_off: bool) -> Arc<Self> {
         Arc::new(Self {
             id,
             request,
+            previous_off,
             m: Mutex::new(Inner {
                 next_pid: 100,
                 ..Default::default()
@@ -155,6 +182,27 @@ impl Fake {
         let mut g = self.lock();
         end_process(&mut g, &key(cid, exec), code, None);
         self.cv.notify_all();
+    }
+
+    /// Every connection to the agent breaks: calls in flight fail.
+    pub fn cut_connections(&self) {
+        self.lock().cuts += 1;
+        self.cv.notify_all();
+    }
+
+    /// Lets a held create_container go on.
+    pub fn release_create(&self) {
+        self.lock().hold_create = false;
+        self.cv.notify_all();
+    }
+
+    /// Waits until create_container is called (and held).
+    pub fn await_creating(&self) {
+        let g = self.lock();
+        let g = self.wait_until(g, Instant::now() + Duration::from_secs(5), |g| {
+            g.creating_now
+        });
+        assert!(g.creating_now, "create_container never called");
     }
 
     /// Lets a held start_container go on.
@@ -223,6 +271,12 @@ impl ContainerApi for FakeApi {
         stdio: Stdio,
     ) -> Result<(), AgentClientError> {
         let mut g = self.alive("CreateContainer")?;
+        g.creating_now = true;
+        self.0.cv.notify_all();
+        let mut g = self
+            .0
+            .wait_until(g, Instant::now() + FAKE_BOUND, |g| !g.hold_create);
+        g.creating_now = false;
         if let Some(code) = g.fail_create.take() {
             return Err(rpc("CreateContainer", code, "process.args: empty"));
         }
@@ -340,13 +394,29 @@ impl ContainerApi for FakeApi {
     ) -> Result<ProcessExit, AgentClientError> {
         let k = key(id, exec_id);
         let until = Instant::now() + bound.unwrap_or(FAKE_BOUND).min(FAKE_BOUND);
-        let g = self.alive("WaitProcess")?;
+        let mut g = self.alive("WaitProcess")?;
+        if g.fail_waits > 0 {
+            g.fail_waits -= 1;
+            return Err(rpc(
+                "WaitProcess",
+                ttrpc::Code::UNAVAILABLE,
+                "connection reset",
+            ));
+        }
         if !g.procs.contains_key(&k) {
             return Err(rpc("WaitProcess", ttrpc::Code::NOT_FOUND, id));
         }
+        let cuts = g.cuts;
         let g = self.0.wait_until(g, until, |g| {
-            g.ended.is_some() || g.procs.get(&k).is_none_or(|p| p.exit.is_some())
+            g.ended.is_some() || g.cuts != cuts || g.procs.get(&k).is_none_or(|p| p.exit.is_some())
         });
+        if g.cuts != cuts {
+            return Err(rpc(
+                "WaitProcess",
+                ttrpc::Code::UNAVAILABLE,
+                "connection reset",
+            ));
+        }
         match g.procs.get(&k).and_then(|p| p.exit) {
             Some(exit) => Ok(exit),
             None if g.ended.is_some() => Err(rpc(
@@ -441,7 +511,13 @@ impl ContainerApi for FakeApi {
     }
 
     fn wait_event(&self, wait: Duration) -> Result<Option<ContainerEvent>, AgentClientError> {
-        let g = self.alive("WaitEvent")?;
+        let mut g = self.alive("WaitEvent")?;
+        g.event_calls += 1;
+        match g.flood.clone() {
+            Some(Flood::Oom(id)) => return Ok(Some(ContainerEvent::Oom { container_id: id })),
+            Some(Flood::Nothing) => return Ok(None),
+            None => {}
+        }
         let until = Instant::now() + wait.min(FAKE_BOUND);
         let mut g = self
             .0
@@ -466,12 +542,21 @@ impl PodVm for FakeVm {
     }
 
     fn connect(&self) -> Result<Box<dyn ContainerApi>, TaskError> {
-        if let Some(why) = &self.fake.lock().ended {
+        let mut g = self.fake.lock();
+        if let Some(why) = &g.ended {
             return Err(TaskError::Pod {
                 pod: self.fake.id.clone(),
                 message: why.clone(),
             });
         }
+        if g.fail_connects > 0 {
+            g.fail_connects -= 1;
+            return Err(TaskError::Pod {
+                pod: self.fake.id.clone(),
+                message: "connecting to the agent: timed out".into(),
+            });
+        }
+        drop(g);
         Ok(Box::new(FakeApi(self.fake.clone())))
     }
 
@@ -553,6 +638,8 @@ impl PodVm for FakeVm {
     }
 
     fn power_off(&self, _deadline: Duration) {
+        let delay = self.fake.lock().power_off_delay;
+        std::thread::sleep(delay);
         let mut g = self.fake.lock();
         g.powered_off = true;
         g.ended.get_or_insert_with(|| "powered off".to_owned());
@@ -572,7 +659,8 @@ pub struct FakeFactory {
 impl PodFactory for FakeFactory {
     fn start(&self, request: &PodRequest) -> Result<Arc<dyn PodVm>, TaskError> {
         let mut vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
-        let fake = Fake::new(format!("pod{}", vms.len()), request.clone());
+        let previous_off = vms.iter().all(|v| v.lock().powered_off);
+        let fake = Fake::new(format!("pod{}", vms.len()), request.clone(), previous_off);
         fake.lock().fail_create = self
             .fail_first_create
             .lock()
