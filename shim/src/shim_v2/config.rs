@@ -18,8 +18,9 @@
 //! template_dir = "/var/lib/husk/templates"
 //! # Per-pod state (sockets, the virtio-fs share's mounts).
 //! run_dir = "/run/husk/pods"
-//! # Each pod's guest console goes to <console_dir>/<pod>.log (unset: the
-//! # console's lines go to the shim's log at debug level).
+//! # Each pod's guest console goes to <console_dir>/<pod>.log, at most 16 MiB
+//! # per VM (a last line says the rest is dropped); unset: the console's
+//! # lines go to the shim's log at debug level, at most 50 a second.
 //! console_dir = "/var/log/husk"
 //! # Move the shim (and its VMM threads) into the sandbox's host cgroup
 //! # (`linux.cgroupsPath`), so the pod's cost is accounted there.

@@ -17,8 +17,10 @@
 //! - **Namespace paths** (`linux.namespaces[].path`): CRI gives the sandbox
 //!   (pause) container the pod's host netns (`/var/run/netns/cni-…`), and
 //!   app containers `/proc/<pause pid>/ns/…`. The pause pid is the one this
-//!   shim reported (a guest pid), so `/proc` paths are kept; any other path
-//!   is a host one: the sandbox gets a new namespace instead (the VM is
+//!   shim reported, the shim's own (`tasks::reported_pid`): such a path
+//!   becomes `/proc/<the sandbox's guest pid>/ns/…`; outside CRI
+//!   `/proc/1/ns/…` (the guest's own) is kept, and any other `/proc` pid is
+//!   refused. Any other path is a host one: the sandbox gets a new namespace instead (the VM is
 //!   the pod's boundary), except the network one, which it does not get
 //!   at all: it stays in the guest's own, where eth0 is the pod's veth
 //!   (see `crate::pod_net`); an app container the sandbox's
