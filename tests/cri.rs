@@ -1166,6 +1166,58 @@ fn delete_bridge(name: &str) -> io::Result<()> {
     result
 }
 
+/// Removes a test's dir (config, pod dirs, consoles) even when the test
+/// panics (kept with `HUSK_KEEP_CONTAINERD`).
+pub struct RemoveDir(pub PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        if std::env::var_os("HUSK_KEEP_CONTAINERD").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The husk shim and the containerd options that make it serve the `husk`
+/// handler with the repo's guest image, the test's files in a temp dir
+/// named after `dir_name` (short: the pods' vsock socket paths under it
+/// must fit a sun_path); None, with a SKIP line, where /dev/kvm or the CRI
+/// prerequisites are missing.
+pub fn husk_setup(test: &str, dir_name: &str) -> Option<(PathBuf, Options, RemoveDir)> {
+    if !crate::kvm_available(test) || !CriFixture::available(test) {
+        return None;
+    }
+    let shim = crate::oci::target_dir().join("debug/containerd-shim-husk-v2");
+    assert!(
+        shim.is_file(),
+        "{} missing: cargo build -p husk-shim --bins",
+        shim.display()
+    );
+    let (kernel, initrd) = crate::guest_image();
+    let dir: PathBuf = crate::temp_path(dir_name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("the test's dir");
+    let cleanup = RemoveDir(dir.clone());
+    let store = crate::oci::target_dir().join("husk-shim-templates");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "kernel = {:?}\ninitramfs = {:?}\ntemplate_dir = {:?}\nrun_dir = {:?}\nconsole_dir = {:?}\ndebug = true\n",
+            kernel,
+            initrd,
+            store,
+            dir.join("pods"),
+            dir
+        ),
+    )
+    .expect("the husk config");
+    let opts = Options::new()
+        .env("HUSK_CONFIG", config.to_string_lossy())
+        .debug(true);
+    Some((shim, opts, cleanup))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,66 +11,12 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use husk_tests::containerd::Options;
-use husk_tests::cri::{container_config, v1 as api, Cri, CriFixture};
-use std::path::PathBuf;
+use husk_tests::cri::{container_config, husk_setup, v1 as api, Cri, CriFixture};
 use std::time::Duration;
 
 /// Generous: a first exec in a fresh pod VM pages busybox in over virtio-fs
 /// on a loaded emulated host.
 const EXEC_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Removes a test's dir (config, pod dirs, consoles) even when the test
-/// panics (kept with `HUSK_KEEP_CONTAINERD`).
-struct RemoveDir(PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        if std::env::var_os("HUSK_KEEP_CONTAINERD").is_none() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// The husk shim and the containerd options that make it serve the `husk`
-/// handler with the repo's guest image (as `cri_runc.rs`'s `husk_setup`);
-/// None, with a SKIP line, where /dev/kvm or the CRI prerequisites are
-/// missing.
-fn husk_setup(test: &str) -> Option<(PathBuf, Options, RemoveDir)> {
-    if !husk_tests::kvm_available(test) || !CriFixture::available(test) {
-        return None;
-    }
-    let shim = husk_tests::oci::target_dir().join("debug/containerd-shim-husk-v2");
-    assert!(
-        shim.is_file(),
-        "{} missing: cargo build -p husk-shim --bins",
-        shim.display()
-    );
-    let (kernel, initrd) = husk_tests::guest_image();
-    // Short: the pods' vsock socket paths under it must fit a sun_path.
-    let dir: PathBuf = husk_tests::temp_path("cri-bnd");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cleanup = RemoveDir(dir.clone());
-    let store = husk_tests::oci::target_dir().join("husk-shim-templates");
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "kernel = {:?}\ninitramfs = {:?}\ntemplate_dir = {:?}\nrun_dir = {:?}\nconsole_dir = {:?}\ndebug = true\n",
-            kernel,
-            initrd,
-            store,
-            dir.join("pods"),
-            dir
-        ),
-    )
-    .unwrap();
-    let opts = Options::new()
-        .env("HUSK_CONFIG", config.to_string_lossy())
-        .debug(true);
-    Some((shim, opts, cleanup))
-}
 
 /// `shareProcessNamespace: true`: the pod's pid namespace is shared.
 fn shared_pid() -> Option<api::NamespaceOption> {
@@ -87,7 +33,7 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn husk_pause_root_is_empty_to_a_shared_pid_namespace() {
     let test = "husk_pause_root_is_empty_to_a_shared_pid_namespace";
-    let Some((shim, opts, cleanup)) = husk_setup(test) else {
+    let Some((shim, opts, cleanup)) = husk_setup(test, "cri-bnd") else {
         return;
     };
     let f = CriFixture::start("husk", Some(&shim), opts).expect("start the CRI fixture");

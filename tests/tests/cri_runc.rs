@@ -13,7 +13,9 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use husk_tests::containerd::{find_in_path, run_timeout, Options};
-use husk_tests::cri::{container_config, parse_cri_log, v1 as api, CriFixture, Pod, StreamInput};
+use husk_tests::cri::{
+    container_config, husk_setup, parse_cri_log, v1 as api, CriFixture, Pod, RemoveDir, StreamInput,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -526,58 +528,8 @@ fn husk_pod_network() {
     );
 }
 
-/// Removes a test's dir (config, pod dirs, consoles) even when the test
-/// panics (kept with `HUSK_KEEP_CONTAINERD`).
-struct RemoveDir(PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        if std::env::var_os("HUSK_KEEP_CONTAINERD").is_none() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// The husk shim and the containerd options that make it serve the `husk`
-/// handler with the repo's guest image (None, with a SKIP line, where
-/// /dev/kvm or the CRI prerequisites are missing).
-fn husk_setup(test: &str) -> Option<(PathBuf, Options, RemoveDir)> {
-    if !husk_tests::kvm_available(test) || !CriFixture::available(test) {
-        return None;
-    }
-    let shim = husk_tests::oci::target_dir().join("debug/containerd-shim-husk-v2");
-    assert!(
-        shim.is_file(),
-        "{} missing: cargo build -p husk-shim --bins",
-        shim.display()
-    );
-    let (kernel, initrd) = husk_tests::guest_image();
-    let dir: PathBuf = husk_tests::temp_path(test);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cleanup = RemoveDir(dir.clone());
-    let store = husk_tests::oci::target_dir().join("husk-shim-templates");
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "kernel = {:?}\ninitramfs = {:?}\ntemplate_dir = {:?}\nrun_dir = {:?}\nconsole_dir = {:?}\ndebug = true\n",
-            kernel,
-            initrd,
-            store,
-            dir.join("pods"),
-            dir
-        ),
-    )
-    .unwrap();
-    let opts = Options::new()
-        .env("HUSK_CONFIG", config.to_string_lossy())
-        .debug(true);
-    Some((shim, opts, cleanup))
-}
-
 fn husk_flow(test: &str, expect: Expect) {
-    let Some((shim, opts, cleanup)) = husk_setup(test) else {
+    let Some((shim, opts, cleanup)) = husk_setup(test, test) else {
         return;
     };
     pod_flow("husk", Some(&shim), opts, expect);
@@ -608,7 +560,7 @@ fn assert_no_pod_dirs(cleanup: &RemoveDir) {
 #[test]
 fn husk_fork_bomb_stays_in_its_pod() {
     let test = "husk_fork_bomb_stays_in_its_pod";
-    let Some((shim, opts, _cleanup)) = husk_setup(test) else {
+    let Some((shim, opts, _cleanup)) = husk_setup(test, test) else {
         return;
     };
     let f = CriFixture::start("husk", Some(&shim), opts).expect("start the CRI fixture");
@@ -888,7 +840,8 @@ fn runc_streaming_exec() {
 /// FIFOs and its pty (ResizePty) all go through the shim to the guest.
 #[test]
 fn husk_streaming_exec() {
-    let Some((shim, opts, cleanup)) = husk_setup("husk_streaming_exec") else {
+    let Some((shim, opts, cleanup)) = husk_setup("husk_streaming_exec", "husk_streaming_exec")
+    else {
         return;
     };
     streaming_exec("husk", Some(&shim), opts);
