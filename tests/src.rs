@@ -72,6 +72,30 @@ fn image_files(initramfs: &str) -> (PathBuf, PathBuf) {
     (k, i)
 }
 
+/// `(thread name, status file)` of this process's `husk-*` threads (the
+/// VMM's), sorted by name.
+pub fn husk_thread_status() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let dir = t.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue; // the thread just ended
+        };
+        let comm = comm.trim().to_string();
+        if !comm.starts_with("husk-") {
+            continue;
+        }
+        if let Ok(status) = std::fs::read_to_string(dir.join("status")) {
+            out.push((comm, status));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// A unique temporary path for this test process.
 pub fn temp_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("husk-test-{}-{name}", std::process::id()))

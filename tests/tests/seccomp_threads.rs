@@ -26,22 +26,10 @@ fn filter_state(status: &str) -> (u32, u32) {
 
 /// `(thread name, filter state)` of this process's `husk-*` threads.
 fn husk_threads() -> Vec<(String, (u32, u32))> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir("/proc/self/task").unwrap() {
-        let dir = t.unwrap().path();
-        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
-            continue; // the thread just ended
-        };
-        let comm = comm.trim().to_string();
-        if !comm.starts_with("husk-") {
-            continue;
-        }
-        if let Ok(status) = std::fs::read_to_string(dir.join("status")) {
-            out.push((comm, filter_state(&status)));
-        }
-    }
-    out.sort();
-    out
+    husk_tests::husk_thread_status()
+        .into_iter()
+        .map(|(name, status)| (name, filter_state(&status)))
+        .collect()
 }
 
 fn spin(mode: SeccompMode) -> husk_vmm::VmmHandle {

@@ -30,22 +30,10 @@ fn fields(status: &str) -> BTreeMap<String, String> {
 
 /// `(thread name, status fields)` of this process's `husk-*` threads.
 fn husk_threads() -> Vec<(String, BTreeMap<String, String>)> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir("/proc/self/task").unwrap() {
-        let dir = t.unwrap().path();
-        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
-            continue; // the thread just ended
-        };
-        let comm = comm.trim().to_string();
-        if !comm.starts_with("husk-") {
-            continue;
-        }
-        if let Ok(status) = std::fs::read_to_string(dir.join("status")) {
-            out.push((comm, fields(&status)));
-        }
-    }
-    out.sort();
-    out
+    husk_tests::husk_thread_status()
+        .into_iter()
+        .map(|(name, status)| (name, fields(&status)))
+        .collect()
 }
 
 fn hex(mask: u64) -> String {

@@ -334,19 +334,18 @@ pub fn umount_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<usize> {
     )))
 }
 
-/// The mount id of the file `fd` is a descriptor of, and whether it is a
-/// directory.
-pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<(u64, bool)> {
+/// statx(2) of `name` in `dir` (an empty name: `dir` itself), not
+/// following a link: the mount id and whether it is a directory.
+fn statx_mount(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<(u64, bool)> {
     // SAFETY: statx is plain integers.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    let empty = c"";
-    // SAFETY: a descriptor, an empty path and a statx to fill, all living
-    // through the call; the result is checked.
+    // SAFETY: a descriptor, a NUL-terminated name and a statx to fill, all
+    // living through the call; the result is checked.
     check(unsafe {
         libc::statx(
-            fd.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::AT_SYMLINK_NOFOLLOW,
             libc::STATX_MNT_ID | libc::STATX_TYPE,
             &mut st,
         )
@@ -360,35 +359,28 @@ pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<(u64, bool)> {
     ))
 }
 
+/// The mount id of the file `fd` is a descriptor of, and whether it is a
+/// directory.
+pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<(u64, bool)> {
+    statx_mount(fd, c"", libc::AT_EMPTY_PATH)
+}
+
 /// The mount id and type of the entry `name` of `dir`, not following a
 /// link (None: it is gone).
 pub fn entry_mount_id(dir: BorrowedFd<'_>, name: &str) -> io::Result<Option<(u64, bool)>> {
     let c = component(name)?;
-    // SAFETY: statx is plain integers.
-    let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: a directory descriptor, a NUL-terminated name and a statx to
-    // fill, all living through the call; the result is checked.
-    let r = unsafe {
-        libc::statx(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT,
-            libc::STATX_MNT_ID | libc::STATX_TYPE,
-            &mut st,
-        )
-    };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOENT) {
-            return Ok(None);
-        }
-        return Err(e);
+    match statx_mount(dir, &c, libc::AT_NO_AUTOMOUNT) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
     }
-    if st.stx_mask & libc::STATX_MNT_ID == 0 {
-        return Err(io::Error::other("statx gave no mount id"));
-    }
-    Ok(Some((
-        st.stx_mnt_id,
-        u32::from(st.stx_mode) & libc::S_IFMT == libc::S_IFDIR,
-    )))
+}
+
+/// Sets the permission bits of the directory `fd` is an `O_PATH`
+/// descriptor of (through its `/proc/self/fd` link: fchmod refuses
+/// `O_PATH` descriptors).
+pub fn chmod_fd(fd: BorrowedFd<'_>, mode: libc::mode_t) -> io::Result<()> {
+    let path = fd_path(fd);
+    // SAFETY: a NUL-terminated path.
+    check(unsafe { libc::chmod(path.as_ptr(), mode) })
 }

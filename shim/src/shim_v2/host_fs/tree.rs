@@ -65,6 +65,8 @@ pub enum HostFsError {
     },
     #[error("container {cid} is attached already")]
     Attached { cid: String },
+    #[error("container {cid}: the pod VM's directory is released")]
+    Released { cid: String },
     #[error(transparent)]
     Remove(#[from] RemoveError),
     #[error("{what}: still mounted; kept")]
@@ -158,12 +160,10 @@ impl PodTree {
                 }
             }
         };
-        // The shim's umask may have narrowed the mode: the pod's directory
-        // is the host's fence around every file of the pod (set-id files
-        // in its volumes included), whatever made it.
-        if let Err(e) =
-            std::fs::set_permissions(pod_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        {
+        // The pod's directory is the host's fence around every file of the
+        // pod (set-id files in its volumes included): 0700 even when an
+        // older shim made it with another mode.
+        if let Err(e) = sys::chmod_fd(pod_fd.as_fd(), 0o700) {
             tracing::warn!(pod, dir = %shown, error = %e, "cannot make the pod's directory 0700");
         }
         let mounts_fd = match make_binds(dir_fd.as_fd()) {
@@ -216,9 +216,8 @@ impl PodTree {
         fallback: &Path,
     ) -> Result<(), HostFsError> {
         let mut state = self.lock();
-        let map = state.as_mut().ok_or_else(|| HostFsError::Io {
-            what: format!("container {cid}"),
-            source: io::Error::other("the pod's directory is released"),
+        let map = state.as_mut().ok_or_else(|| HostFsError::Released {
+            cid: cid.to_owned(),
         })?;
         if map.contains_key(cid) {
             return Err(HostFsError::Attached {
@@ -278,9 +277,8 @@ impl PodTree {
             return Ok(());
         }
         let mut state = self.lock();
-        let map = state.as_mut().ok_or_else(|| HostFsError::Io {
-            what: format!("container {cid}"),
-            source: io::Error::other("the pod's directory is released"),
+        let map = state.as_mut().ok_or_else(|| HostFsError::Released {
+            cid: cid.to_owned(),
         })?;
         let r = self.mount_volumes(cid, volumes, map);
         if r.is_err() {

@@ -131,11 +131,16 @@ fn an_agent_that_stays_unreachable_ends_the_vm() {
     assert_eq!(h.of::<TaskExit>(topic::EXIT).len(), 2, "one exit each");
 }
 
-/// Shutdown that comes while a Create is held in the guest is refused
-/// (the VM stays up under the Create), and the Create completes.
-#[test]
-fn shutdown_waits_for_a_create_in_flight() {
-    let h = H::new("shuthold");
+/// A pod with task c0 and a Create of c1 held in the guest (on a thread
+/// of its own, whose result `rx` gets once the fake releases it).
+fn create_held(
+    name: &str,
+) -> (
+    H,
+    Arc<Fake>,
+    mpsc::Receiver<Result<husk_shim_protos::shim::CreateTaskResponse, TaskError>>,
+) {
+    let h = H::new(name);
     h.create("c0");
     let vm = h.vm();
     vm.lock().hold_create = true;
@@ -147,6 +152,14 @@ fn shutdown_waits_for_a_create_in_flight() {
         let _ = tx.send(tasks.create(&req));
     });
     vm.await_creating();
+    (h, vm, rx)
+}
+
+/// Shutdown that comes while a Create is held in the guest is refused
+/// (the VM stays up under the Create), and the Create completes.
+#[test]
+fn shutdown_waits_for_a_create_in_flight() {
+    let (h, vm, rx) = create_held("shuthold");
     // c0 goes: the pod is empty but for the Create in flight.
     let tasks = h.tasks.clone();
     let deleted = std::thread::spawn(move || {
@@ -175,18 +188,7 @@ fn shutdown_waits_for_a_create_in_flight() {
 /// it touches any mount; the first completes.
 #[test]
 fn concurrent_creates_of_one_id() {
-    let h = H::new("dupcreate");
-    h.create("c0");
-    let vm = h.vm();
-    vm.lock().hold_create = true;
-    let io = h.fifos("c1", false);
-    let req = h.create_req("c1", &io);
-    let tasks = h.tasks.clone();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(tasks.create(&req));
-    });
-    vm.await_creating();
+    let (h, vm, rx) = create_held("dupcreate");
     let io2 = h.fifos("c1-second", false);
     assert_eq!(
         code(h.tasks.create(&h.create_req("c1", &io2))),
