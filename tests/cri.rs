@@ -1178,6 +1178,25 @@ impl Drop for RemoveDir {
     }
 }
 
+impl RemoveDir {
+    /// The pods' host directories (vsock socket, share and the rootfs and
+    /// volume mounts in it) went with the pods: none left under `pods/`,
+    /// and no mount there.
+    pub fn assert_no_pod_dirs(&self) {
+        let pods = self.0.join("pods");
+        let left: Vec<_> = std::fs::read_dir(&pods)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "pod directories left: {left:?}");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let pods_s = pods.to_string_lossy();
+        assert!(
+            !mounts.contains(pods_s.as_ref()),
+            "mounts left under {pods_s}"
+        );
+    }
+}
+
 /// The husk shim and the containerd options that make it serve the `husk`
 /// handler with the repo's guest image, the test's files in a temp dir
 /// named after `dir_name` (short: the pods' vsock socket paths under it

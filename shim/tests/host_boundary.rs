@@ -32,6 +32,8 @@ fn a_privileged_guest_cannot_reach_the_host_through_the_share() {
     let img = c.import_busybox().expect("import busybox");
     let src = husk_tests::temp_path("shim-boundary-sources");
     let _ = std::fs::remove_dir_all(&src);
+    // Removed however the test ends (a failed run left it before).
+    let _sources = husk_tests::cri::RemoveDir(src.clone());
     let (canary, ro, rw) = (src.join("canary"), src.join("ro"), src.join("rw"));
     for d in [&canary.join("sub"), &ro, &rw] {
         std::fs::create_dir_all(d).unwrap();
@@ -144,5 +146,4 @@ fn a_privileged_guest_cannot_reach_the_host_through_the_share() {
         .map(|e| e.file_name())
         .collect();
     assert_eq!(ro_left, ["ro-marker"], "the read-only source changed");
-    std::fs::remove_dir_all(&src).unwrap();
 }

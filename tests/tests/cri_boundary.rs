@@ -115,17 +115,5 @@ fn husk_pause_root_is_empty_to_a_shared_pid_namespace() {
     cri.stop_pod_sandbox(&pod_id).expect("StopPodSandbox");
     cri.remove_pod_sandbox(&pod_id).expect("RemovePodSandbox");
     f.assert_no_leaks(Duration::from_secs(10));
-    // The pods' host directories (vsock socket, shared dir and the rootfs
-    // and volume mounts in it) went with them.
-    let pods = cleanup.0.join("pods");
-    let left: Vec<_> = std::fs::read_dir(&pods)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "pod directories left: {left:?}");
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let pods_s = pods.to_string_lossy();
-    assert!(
-        !mounts.contains(pods_s.as_ref()),
-        "mounts left under {pods_s}"
-    );
+    cleanup.assert_no_pod_dirs();
 }

@@ -14,7 +14,7 @@
 
 use husk_tests::containerd::{find_in_path, run_timeout, Options};
 use husk_tests::cri::{
-    container_config, husk_setup, parse_cri_log, v1 as api, CriFixture, Pod, RemoveDir, StreamInput,
+    container_config, husk_setup, parse_cri_log, v1 as api, CriFixture, Pod, StreamInput,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -533,23 +533,7 @@ fn husk_flow(test: &str, expect: Expect) {
         return;
     };
     pod_flow("husk", Some(&shim), opts, expect);
-    assert_no_pod_dirs(&cleanup);
-}
-
-/// The pods' host directories (vsock socket, shared dir and the rootfs
-/// and volume mounts in it) went with them.
-fn assert_no_pod_dirs(cleanup: &RemoveDir) {
-    let pods = cleanup.0.join("pods");
-    let left: Vec<_> = std::fs::read_dir(&pods)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "pod directories left: {left:?}");
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let pods_s = pods.to_string_lossy();
-    assert!(
-        !mounts.contains(pods_s.as_ref()),
-        "mounts left under {pods_s}"
-    );
+    cleanup.assert_no_pod_dirs();
 }
 
 /// The seed's isolation demo: a fork bomb in one pod's container (with a
@@ -845,5 +829,5 @@ fn husk_streaming_exec() {
         return;
     };
     streaming_exec("husk", Some(&shim), opts);
-    assert_no_pod_dirs(&cleanup);
+    cleanup.assert_no_pod_dirs();
 }
