@@ -248,6 +248,7 @@ def main():
     ap.add_argument("--runtimes", default="husk,runc")
     ap.add_argument("--profile", default="release", choices=("release", "debug"))
     ap.add_argument("--mem-mib", type=int, default=None)
+    ap.add_argument("--kernel", default=None, help="guest kernel for husk (default: target/guest-image/vmlinux)")
     ap.add_argument("--settle", type=float, default=5.0)
     ap.add_argument("--json", default=None, help="write all results here")
     ap.add_argument("--svg", default=None, help="write the plot here")
@@ -276,6 +277,8 @@ def main():
             cmd += ["--shim", shim]
             if a.mem_mib:
                 cmd += ["--mem-mib", str(a.mem_mib)]
+            if a.kernel:
+                cmd += ["--kernel", a.kernel]
         if a.debug:
             cmd.append("--debug")
         print("+ " + " ".join(cmd), file=sys.stderr)

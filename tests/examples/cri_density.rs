@@ -9,7 +9,8 @@
 //! Options: `--runtime husk|runc`, `--pods N`, `--concurrency C`, `--shim
 //! PATH` (husk; default `<target>/debug/containerd-shim-husk-v2`),
 //! `--template-dir DIR` (default `<target>/husk-shim-templates`),
-//! `--mem-mib M` (the husk config's `memory_mib`), `--settle S` (seconds
+//! `--mem-mib M` (the husk config's `memory_mib`), `--kernel PATH` (the
+//! husk config's `kernel`; default the built one), `--settle S` (seconds
 //! between the last start and the memory census), `--baseline S` (seconds
 //! of machine CPU sampled before the start phase: the load that is not
 //! ours), `--debug` (containerd and the shim log at debug level), `--log
@@ -49,6 +50,7 @@ struct Args {
     shim: PathBuf,
     template_dir: PathBuf,
     mem_mib: Option<u64>,
+    kernel: Option<PathBuf>,
     settle: f64,
     baseline: f64,
     debug: bool,
@@ -59,7 +61,7 @@ struct Args {
 fn usage(msg: &str) -> ! {
     eprintln!(
         "cri_density: {msg}\nusage: cri_density --runtime husk|runc [--pods N] [--concurrency C] \
-         [--shim PATH] [--template-dir DIR] [--mem-mib M] [--settle S] [--baseline S] [--debug] \
+         [--shim PATH] [--template-dir DIR] [--mem-mib M] [--kernel PATH] [--settle S] [--baseline S] [--debug] \
          [--log PATH] [--out PATH]"
     );
     std::process::exit(2)
@@ -74,6 +76,7 @@ fn parse_args() -> Args {
         shim: target.join("debug/containerd-shim-husk-v2"),
         template_dir: target.join("husk-shim-templates"),
         mem_mib: None,
+        kernel: None,
         settle: 5.0,
         baseline: 3.0,
         debug: false,
@@ -97,6 +100,7 @@ fn parse_args() -> Args {
             "--shim" => a.shim = v.into(),
             "--template-dir" => a.template_dir = v.into(),
             "--mem-mib" => a.mem_mib = Some(num(&v) as u64),
+            "--kernel" => a.kernel = Some(v.into()),
             "--settle" => a.settle = num(&v),
             "--baseline" => a.baseline = num(&v),
             "--log" => a.log = Some(v.into()),
@@ -463,7 +467,8 @@ fn run(a: &Args, work: &Path) -> Result<Value, String> {
                 a.shim.display()
             ));
         }
-        let (kernel, initrd) = husk_tests::guest_image();
+        let (built, initrd) = husk_tests::guest_image();
+        let kernel = a.kernel.clone().unwrap_or(built);
         let config = work.join("config.toml");
         let mut toml = format!(
             "kernel = {:?}\ninitramfs = {:?}\ntemplate_dir = {:?}\nrun_dir = {:?}\nconsole_dir = {:?}\ndebug = {}\n",
