@@ -4,8 +4,13 @@ use super::layout::CMDLINE_MAX;
 use super::BootError;
 
 /// What every husk guest gets: the serial console, resets through the i8042
-/// (the VMM sees them; there is no ACPI), reboot at once on panic.
-pub const BASE: &str = "console=ttyS0 reboot=k panic=-1 nomodule";
+/// (the VMM sees them; there is no ACPI), reboot at once on panic; and no
+/// default `dummy0` or `ifb0`/`ifb1` links (the built-in dummy and ifb
+/// drivers make them at boot unless told not to): the guest's only link
+/// besides lo is the pod's virtio-net eth0, which the agent's
+/// `ConfigureNetwork` requires; pods make their own dummies and ifbs.
+pub const BASE: &str =
+    "console=ttyS0 reboot=k panic=-1 nomodule dummy.numdummies=0 ifb.numifbs=0";
 
 /// Extra arguments for nested PVM hosts (`kvm_pvm`), where the guest kernel's
 /// CPL0 code runs in the host's instruction emulator, which cannot execute
