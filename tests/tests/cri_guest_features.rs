@@ -292,30 +292,35 @@ fn host_netns_links(netns: &str) -> Vec<String> {
     names
 }
 
-/// `GET http://addr/` from the host with busybox wget, tried until
-/// `timeout`: the body.
+/// `GET http://addr/` from the host (HTTP/1.0, so the server closes when
+/// done), tried until `timeout`: the body.
 fn host_http_get(addr: &str, timeout: Duration) -> Result<String, String> {
+    let addr: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let once = || -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut reply = Vec::new();
+        s.take(64 * 1024).read_to_end(&mut reply)?;
+        let reply = text(&reply);
+        match reply.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
+                Ok(body.to_string())
+            }
+            _ => Err(std::io::Error::other(format!(
+                "not a 200 answer: {reply:?}"
+            ))),
+        }
+    };
     let end = Instant::now() + timeout;
     loop {
-        let out = Command::new(BUSYBOX_BINARY)
-            .args([
-                "wget",
-                "-q",
-                "-T",
-                "5",
-                "-O",
-                "-",
-                &format!("http://{addr}/"),
-            ])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            return Ok(text(&out.stdout));
+        match once() {
+            Ok(body) => return Ok(body),
+            Err(e) if Instant::now() >= end => return Err(e.to_string()),
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
         }
-        if Instant::now() >= end {
-            return Err(format!("{}: {}", out.status, text(&out.stderr)));
-        }
-        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -423,12 +428,15 @@ fn husk_guest_networking() {
     let links = sh_ok(
         &f,
         &tool,
+        // busybox ip names a veth's peer vethN whatever `peer name` says:
+        // it is renamed.
         "set -e; brctl addbr hkgbr0; ip link add hkgv0 type bridge; \
-         ip link add hkgva type veth peer name hkgvb; \
+         ip link add hkgva type veth; \
+         peer=$(ip -o link | sed -n 's/^[0-9]*: \\([^@]*\\)@hkgva:.*/\\1/p'); \
+         ip link set \"$peer\" name hkgvb; \
          brctl addif hkgbr0 hkgva; ip link set hkgvb master hkgv0; \
          for l in hkgbr0 hkgv0 hkgva hkgvb; do ip link set $l up; done; \
-         ip addr add 192.168.251.1/24 dev hkgbr0; \
-         brctl show; ip -o link",
+         ip addr add 192.168.251.1/24 dev hkgbr0; ip -o link",
     );
     for want in [
         "hkgbr0",
