@@ -419,6 +419,15 @@ fn husk_guest_networking() {
         &tool,
         "iptables-nft-save -t nat; iptables-legacy-save -t nat",
     );
+    // Only the redirect port has a listener: the answers on 80 and 81
+    // came through the rules.
+    let listen = sh_ok(&f, &tool, "netstat -ltn");
+    let ports: Vec<&str> = listen
+        .lines()
+        .filter(|l| l.contains("LISTEN"))
+        .filter_map(|l| l.split_whitespace().nth(3)?.rsplit(':').next())
+        .collect();
+    assert_eq!(ports, [REDIRECT_PORT.to_string()], "listeners:\n{listen}");
     for rule in [
         format!("-A PREROUTING -p tcp -m tcp --dport 80 -j REDIRECT --to-ports {REDIRECT_PORT}"),
         format!("-A PREROUTING -p tcp -m tcp --dport 81 -j REDIRECT --to-ports {REDIRECT_PORT}"),
