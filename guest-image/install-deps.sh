@@ -8,8 +8,13 @@ set -euo pipefail
 # real containerd (tests/containerd.rs; util-linux's `script` for ctr run -t).
 # protobuf-compiler: the k8s-cri crate (the CRI test client, tests/cri.rs)
 # compiles the CRI protos with protoc at build time.
+# iptables, nftables, fuse-overlayfs: the tools the guest-kernel feature tests
+# (tests/tests/cri_guest_features.rs) copy, with their libraries, into a pod's
+# image: iptables' nft and legacy backends (Istio's init container), nft, and
+# a FUSE file system that mounts as root without fusermount.
 pkgs=(linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio python3 gcc make xz-utils patch util-linux e2fsprogs busybox-static
-      containerd runc containernetworking-plugins protobuf-compiler)
+      containerd runc containernetworking-plugins protobuf-compiler
+      iptables nftables fuse-overlayfs)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -906,6 +906,13 @@ impl CriFixture {
         self.cri.as_ref().expect("the fixture's CRI client")
     }
 
+    /// Bounds the fixture's later CRI calls by `timeout` (a pod's first
+    /// VM with a new guest image boots cold to make its template: minutes
+    /// on a slow emulated host).
+    pub fn set_call_timeout(&mut self, timeout: Duration) {
+        self.cri = self.cri.take().map(|c| c.with_timeout(timeout));
+    }
+
     /// The containerd.
     pub fn containerd(&self) -> &Containerd {
         self.containerd.as_ref().expect("the fixture's containerd")

@@ -100,6 +100,90 @@ impl OciImage {
         self
     }
 
+    /// Adds host file `path` as it is on this host, at the same path: each
+    /// symbolic link met on the way (`/lib` -> `usr/lib`, say) becomes the
+    /// same link in the image, then the file it leads to (contents and
+    /// permission bits).
+    pub fn host_file(mut self, path: &Path) -> io::Result<Self> {
+        let mut todo: Vec<std::ffi::OsString> = Vec::new();
+        push_components(&mut todo, path);
+        let mut at = PathBuf::from("/");
+        let mut hops = 0;
+        while let Some(name) = todo.pop() {
+            if name == ".." {
+                at.pop();
+                continue;
+            }
+            let next = at.join(&name);
+            let meta = std::fs::symlink_metadata(&next)?;
+            let image_path = next.to_string_lossy().into_owned();
+            if meta.file_type().is_symlink() {
+                hops += 1;
+                if hops > 40 {
+                    return Err(io::Error::other(format!(
+                        "{}: too many symbolic links",
+                        path.display()
+                    )));
+                }
+                let target = std::fs::read_link(&next)?;
+                let key = image_path.trim_start_matches('/');
+                if matches!(self.entries.get(key), Some(Entry::Dir { .. })) {
+                    return Err(io::Error::other(format!(
+                        "{}: host link {image_path} is a directory of the image",
+                        path.display()
+                    )));
+                }
+                self = self.symlink(&image_path, &target.to_string_lossy());
+                if target.is_absolute() {
+                    at = PathBuf::from("/");
+                }
+                push_components(&mut todo, &target);
+            } else if todo.is_empty() {
+                if !meta.is_file() {
+                    return Err(io::Error::other(format!(
+                        "{} is not a regular file",
+                        next.display()
+                    )));
+                }
+                use std::os::unix::fs::PermissionsExt;
+                let mode = meta.permissions().mode() & 0o7777;
+                return Ok(self.file(&image_path, std::fs::read(&next)?, mode));
+            } else {
+                at = next;
+            }
+        }
+        Err(io::Error::other(format!("{}: not a file", path.display())))
+    }
+
+    /// Adds host executable (or shared library) `path` with [`Self::host_file`],
+    /// and the shared libraries `ldd` says it loads, the dynamic loader
+    /// included.
+    pub fn host_binary(mut self, path: &Path) -> io::Result<Self> {
+        self = self.host_file(path)?;
+        let out = std::process::Command::new("ldd").arg(path).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            // A static binary: "not a dynamic executable".
+            if text.contains("not a dynamic executable")
+                || String::from_utf8_lossy(&out.stderr).contains("not a dynamic executable")
+            {
+                return Ok(self);
+            }
+            return Err(io::Error::other(format!(
+                "ldd {}: {}: {}",
+                path.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        for lib in ldd_paths(&text) {
+            if !self.entries.contains_key(lib.trim_start_matches('/')) {
+                self = self.host_file(Path::new(&lib))?;
+            }
+        }
+        Ok(self)
+    }
+
     /// Normalises `path` (no leading `/`) and adds its missing parents.
     fn parents(&mut self, path: &str) -> String {
         let p = path.trim_matches('/').to_string();
@@ -213,6 +297,31 @@ impl OciImage {
     }
 }
 
+/// Pushes `path`'s normal components on `todo` (a stack: the first on top).
+fn push_components(todo: &mut Vec<std::ffi::OsString>, path: &Path) {
+    use std::path::Component;
+    for c in path.components().rev() {
+        match c {
+            Component::Normal(n) => todo.push(n.to_os_string()),
+            Component::ParentDir => todo.push("..".into()),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+}
+
+/// The library paths in `ldd`'s output (`name => /path (addr)`, or
+/// `/path (addr)` for the loader); not the vDSO, which has no file.
+fn ldd_paths(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let p = l.split_once("=>").map_or(l, |(_, p)| p).trim();
+            let p = p.split(" (").next()?.trim();
+            p.starts_with('/').then(|| p.to_string())
+        })
+        .collect()
+}
+
 /// The OCI architecture name of this build's target.
 pub fn oci_arch() -> &'static str {
     match std::env::consts::ARCH {
@@ -244,12 +353,7 @@ pub fn target_dir() -> PathBuf {
 /// = `cmd`. Returns the OCI tar, cached under `<target>/husk-oci/` keyed by
 /// busybox's content, `name` and `cmd` (built once per change).
 pub fn busybox_image(name: &str, cmd: &[&str]) -> io::Result<PathBuf> {
-    let busybox = std::fs::read(BUSYBOX_BINARY).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("{BUSYBOX_BINARY}: {e} (apt-get install busybox-static)"),
-        )
-    })?;
+    let busybox = read_busybox()?;
     let mut key = Sha256::new();
     key.update(FORMAT_VERSION);
     key.update(&busybox);
@@ -268,7 +372,34 @@ pub fn busybox_image(name: &str, cmd: &[&str]) -> io::Result<PathBuf> {
         return Ok(out);
     }
     std::fs::create_dir_all(&dir)?;
+    let img = busybox_with(name, cmd, busybox)?;
+    // Written aside and renamed: concurrent tests never see half a tar.
+    let tmp = dir.join(format!(".busybox-{key}.{}.tmp", std::process::id()));
+    img.write_tar(&tmp)?;
+    std::fs::rename(&tmp, &out)?;
+    Ok(out)
+}
 
+/// The image [`busybox_image`] writes, before it is written (busybox and
+/// its applet links, `/etc/passwd`, `/etc/group`, `/tmp`, `/root`,
+/// `/proc`, `/sys`, `/dev`; `Cmd` = `cmd`), for tests that add their own
+/// files to it.
+pub fn busybox_base(name: &str, cmd: &[&str]) -> io::Result<OciImage> {
+    busybox_with(name, cmd, read_busybox()?)
+}
+
+/// busybox-static's binary.
+fn read_busybox() -> io::Result<Vec<u8>> {
+    std::fs::read(BUSYBOX_BINARY).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{BUSYBOX_BINARY}: {e} (apt-get install busybox-static)"),
+        )
+    })
+}
+
+/// [`busybox_base`] with `busybox`, the binary's bytes.
+fn busybox_with(name: &str, cmd: &[&str], busybox: Vec<u8>) -> io::Result<OciImage> {
     let list = std::process::Command::new(BUSYBOX_BINARY)
         .arg("--list")
         .output()?;
@@ -302,11 +433,7 @@ pub fn busybox_image(name: &str, cmd: &[&str]) -> io::Result<PathBuf> {
             img = img.symlink(&format!("bin/{applet}"), "busybox");
         }
     }
-    // Written aside and renamed: concurrent tests never see half a tar.
-    let tmp = dir.join(format!(".busybox-{key}.{}.tmp", std::process::id()));
-    img.write_tar(&tmp)?;
-    std::fs::rename(&tmp, &out)?;
-    Ok(out)
+    Ok(img)
 }
 
 /// A minimal ustar writer (regular files, directories, symlinks).
@@ -385,6 +512,52 @@ fn octal(field: &mut [u8], value: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ldd_output_gives_library_paths() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f48)\n\
+                   \tlibgone.so.1 => not found\n\
+                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f48e40bf000)\n";
+        assert_eq!(
+            ldd_paths(out),
+            [
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+    }
+
+    #[test]
+    fn host_files_keep_their_links() {
+        let dir = std::env::temp_dir().join(format!("husk-oci-host-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("real/sub")).unwrap();
+        std::fs::write(dir.join("real/sub/f"), b"data").unwrap();
+        std::os::unix::fs::symlink("real", dir.join("alias")).unwrap();
+        std::os::unix::fs::symlink("sub/../sub/f", dir.join("real/f-link")).unwrap();
+        let img = OciImage::new("x/y:z")
+            .host_file(&dir.join("alias/f-link"))
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let d = dir.to_string_lossy().trim_start_matches('/').to_string();
+        assert_eq!(
+            img.entries.get(&format!("{d}/alias")),
+            Some(&Entry::Symlink {
+                target: "real".into()
+            })
+        );
+        assert_eq!(
+            img.entries.get(&format!("{d}/real/f-link")),
+            Some(&Entry::Symlink {
+                target: "sub/../sub/f".into()
+            })
+        );
+        assert!(matches!(
+            img.entries.get(&format!("{d}/real/sub/f")),
+            Some(Entry::File { data, .. }) if data == b"data"
+        ));
+    }
 
     #[test]
     fn tar_headers_have_valid_checksums_and_parents_first() {

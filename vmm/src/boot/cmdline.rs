@@ -9,8 +9,7 @@ use super::BootError;
 /// drivers make them at boot unless told not to): the guest's only link
 /// besides lo is the pod's virtio-net eth0, which the agent's
 /// `ConfigureNetwork` requires; pods make their own dummies and ifbs.
-pub const BASE: &str =
-    "console=ttyS0 reboot=k panic=-1 nomodule dummy.numdummies=0 ifb.numifbs=0";
+pub const BASE: &str = "console=ttyS0 reboot=k panic=-1 nomodule dummy.numdummies=0 ifb.numifbs=0";
 
 /// Extra arguments for nested PVM hosts (`kvm_pvm`), where the guest kernel's
 /// CPL0 code runs in the host's instruction emulator, which cannot execute
