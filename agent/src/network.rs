@@ -18,7 +18,7 @@
 use std::net::IpAddr;
 
 use husk_agent_protocol::agent::{ConfigureNetworkRequest, ConfigureNetworkResponse};
-use husk_netlink::{Address, LinkChange, Netlink, NetlinkError, Route};
+use husk_netlink::{Address, Link, LinkChange, Netlink, NetlinkError, Route};
 use thiserror::Error;
 
 /// Why `ConfigureNetwork` failed.
@@ -26,7 +26,7 @@ use thiserror::Error;
 pub enum NetworkError {
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
-    #[error("the guest has {0} network interfaces besides lo; exactly one was expected")]
+    #[error("the guest has {0} Ethernet interfaces besides lo and not one device among them to take as the pod's")]
     Interfaces(usize),
     #[error("turning IPv6 on for {interface}: {source}")]
     Ipv6 {
@@ -190,12 +190,7 @@ impl NetworkPlan {
         let step = |step: String| move |source| NetworkError::Netlink { step, source };
         let mut nl = Netlink::new().map_err(step("opening a netlink socket".into()))?;
         let links = nl.links().map_err(step("listing interfaces".into()))?;
-        let mut others = links.iter().filter(|l| !l.loopback);
-        let (Some(eth), None) = (others.next(), others.next()) else {
-            return Err(NetworkError::Interfaces(
-                links.iter().filter(|l| !l.loopback).count(),
-            ));
-        };
+        let eth = pod_interface(&links)?;
         if let Some(lo) = links.iter().find(|l| l.loopback && !l.up) {
             let up = LinkChange {
                 up: Some(true),
@@ -268,6 +263,25 @@ impl NetworkPlan {
             ipv6: ipv6_asked > 0 && ipv6_added == ipv6_asked,
             ..Default::default()
         })
+    }
+}
+
+/// The pod's interface: the one Ethernet interface besides lo, or, among
+/// several, the one device of them (no link kind: virtio-net), not one of
+/// the virtual interfaces the guest kernel makes at boot (`dummy0`,
+/// `ifb0`...) or a container made since.
+fn pod_interface(links: &[Link]) -> Result<&Link, NetworkError> {
+    let ethernet: Vec<&Link> = links
+        .iter()
+        .filter(|l| !l.loopback && l.mac.is_some())
+        .collect();
+    if let [one] = ethernet.as_slice() {
+        return Ok(one);
+    }
+    let mut devices = ethernet.iter().filter(|l| l.kind.is_none());
+    match (devices.next(), devices.next()) {
+        (Some(one), None) => Ok(one),
+        _ => Err(NetworkError::Interfaces(ethernet.len())),
     }
 }
 

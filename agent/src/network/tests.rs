@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
 use husk_agent_protocol::agent::{IpAddress, NetInterface, NetRoute};
+use husk_netlink::Link;
 
 use super::*;
 
@@ -190,7 +191,39 @@ fn apply_configures_the_only_interface() {
             .apply()
             .unwrap();
 
-        // Two interfaces: which one is the pod's is not guessed.
+        // Interfaces the guest kernel makes at boot (dummy0, ifb0...) are
+        // not the pod's; nor is a link of another kind a container made.
+        // Unit: pick among them.
+        let links = |v: &[(&str, Option<&str>, bool)]| -> Vec<Link> {
+            v.iter()
+                .enumerate()
+                .map(|(i, (name, kind, mac))| Link {
+                    index: i as u32 + 1,
+                    name: name.to_string(),
+                    mac: mac.then_some([2, 0, 0, 0, 0, i as u8]),
+                    mtu: Some(1500),
+                    kind: kind.map(str::to_string),
+                    up: false,
+                    loopback: *name == "lo",
+                })
+                .collect()
+        };
+        let boot = links(&[
+            ("lo", None, false),
+            ("dummy0", Some("dummy"), true),
+            ("eth0", None, true),
+            ("ifb0", Some("ifb"), true),
+            ("ifb1", Some("ifb"), true),
+            ("ip6tnl0", Some("ip6tnl"), false),
+        ]);
+        assert_eq!(pod_interface(&boot).unwrap().name, "eth0");
+        let two = links(&[("eth0", None, true), ("eth1", None, true)]);
+        assert!(matches!(
+            pod_interface(&two),
+            Err(NetworkError::Interfaces(2))
+        ));
+
+        // Two veths (no device): which one is the pod's is not guessed.
         nl.add_veth("x0", "x1").unwrap();
         let e = NetworkPlan::from_request(&request())
             .unwrap()
