@@ -322,10 +322,8 @@ fn send_to_pod_ipv6(host: &File) {
     std::thread::spawn(move || {
         // SAFETY: setns on an open namespace fd; this thread alone moves
         // and ends here.
-        assert_eq!(
-            unsafe { libc::setns(host.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
+        let rc = unsafe { libc::setns(host.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
         let s = UdpSocket::bind("[::]:0").unwrap();
         let to: SocketAddr = format!("[{POD_IP6}]:9").parse().unwrap();
         let _ = s.send_to(b"hello", to);
