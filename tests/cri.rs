@@ -1375,6 +1375,34 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_conflist_has_both_ranges() {
+        let dir = std::env::temp_dir().join(format!("husk-cni-ds-{}", std::process::id()));
+        let read = |net: &CniNetwork| -> serde_json::Value {
+            let f = net.conf_dir.join(format!("10-{}.conflist", net.name));
+            serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap()
+        };
+        let v4 = CniNetwork::create(&dir.join("v4"), "v4").unwrap();
+        assert_eq!((v4.subnet6.clone(), v4.gateway6.clone()), (None, None));
+        let ipam = read(&v4)["plugins"][0]["ipam"].clone();
+        assert_eq!(ipam["ranges"].as_array().unwrap().len(), 1, "{ipam}");
+
+        let ds = CniNetwork::create_with(&dir.join("ds"), "ds", IpFamilies::DualStack).unwrap();
+        let subnet6 = ds.subnet6.clone().unwrap();
+        let gateway6 = ds.gateway6.clone().unwrap();
+        let net6: std::net::Ipv6Addr = subnet6.trim_end_matches("/64").parse().unwrap();
+        assert_eq!(net6.segments()[0], 0xfd88, "{subnet6}");
+        assert_eq!(net6.segments()[4..], [0; 4], "{subnet6}");
+        assert_eq!(gateway6, format!("{}1", subnet6.trim_end_matches("/64")));
+        let conf = read(&ds);
+        let ipam = &conf["plugins"][0]["ipam"];
+        assert_eq!(ipam["ranges"][1][0]["subnet"], subnet6.as_str(), "{ipam}");
+        assert_eq!(ipam["ranges"][1][0]["gateway"], gateway6.as_str(), "{ipam}");
+        assert_eq!(ipam["routes"][1]["dst"], "::/0", "{ipam}");
+        assert_eq!(conf["plugins"][0]["isGateway"], true);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn netns_from_verbose_info() {
         let info = r#"{"pid":1,"runtimeSpec":{"linux":{"namespaces":[{"type":"pid"},
             {"type":"network","path":"/var/run/netns/cni-abc"}]}}}"#;
