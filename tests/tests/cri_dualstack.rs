@@ -77,9 +77,26 @@ fn pod_ipv6(pod: &Pod, prefix6: &str) -> String {
     v6[0].clone()
 }
 
+/// Whether this host has IPv6 on (else a SKIP line).
+fn host_ipv6(test: &str) -> bool {
+    let off = std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6");
+    match off.as_deref().map(str::trim) {
+        Ok("0") => true,
+        other => {
+            eprintln!(
+                "SKIP {test}: this host has no IPv6 (net.ipv6.conf.all.disable_ipv6: {other:?})"
+            );
+            false
+        }
+    }
+}
+
 #[test]
 fn husk_dual_stack_pod_answers_on_ipv4_and_ipv6() {
     let test = "husk_dual_stack_pod_answers_on_ipv4_and_ipv6";
+    if !host_ipv6(test) {
+        return;
+    }
     let Some((shim, opts, cleanup)) = husk_setup(test, "cri-ds") else {
         return;
     };
