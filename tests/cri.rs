@@ -70,6 +70,9 @@ pub const PAUSE_IMAGE: &str = "localhost/husk/pause:latest";
 
 /// Where the CNI plugins of Debian's containernetworking-plugins live.
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+/// What the bridge plugin's gateway mode turns on (a fixture restores it).
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+const IP6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 
 /// Where CRI (containerd 1.6) creates the pods' network namespaces.
 pub const NETNS_DIR: &str = "/var/run/netns";
@@ -281,11 +284,22 @@ impl Cri {
         config: &api::PodSandboxConfig,
         handler: &str,
     ) -> Result<String, CriError> {
+        self.run_pod_sandbox_within(config, handler, self.timeout)
+    }
+
+    /// [`Self::run_pod_sandbox`] bounded by `timeout` (a husk pod's first
+    /// start with a new guest image makes its template: minutes here).
+    pub fn run_pod_sandbox_within(
+        &self,
+        config: &api::PodSandboxConfig,
+        handler: &str,
+        timeout: Duration,
+    ) -> Result<String, CriError> {
         let req = api::RunPodSandboxRequest {
             config: Some(config.clone()),
             runtime_handler: handler.to_string(),
         };
-        self.call("RunPodSandbox", |mut c| async move {
+        self.call_timeout("RunPodSandbox", timeout, |mut c| async move {
             c.run_pod_sandbox(req).await
         })
         .map(|r| r.pod_sandbox_id)
@@ -620,9 +634,21 @@ pub fn parse_cri_log(text: &str) -> Vec<Option<LogLine>> {
         .collect()
 }
 
+/// The IP families of a fixture's network ([`CniNetwork`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IpFamilies {
+    /// IPv4 only (the default).
+    #[default]
+    V4,
+    /// IPv4 and IPv6: a second range, an IPv6 ULA /64.
+    DualStack,
+}
+
 /// A CNI network of one fixture: a bridge (with the gateway address, so
 /// the host reaches the pods) + host-local IPAM on a /24 of 10.88.0.0/16
-/// not routed on this host; no IP masquerade, no portmap (no iptables
+/// not routed on this host, and for [`IpFamilies::DualStack`] a second
+/// range, a /64 of fd88::/16 (the bridge has its gateway too, and each pod
+/// a default route through it); no IP masquerade, no portmap (no iptables
 /// rules to leave behind).
 #[derive(Debug, Clone)]
 pub struct CniNetwork {
@@ -634,6 +660,10 @@ pub struct CniNetwork {
     pub subnet: String,
     /// `10.88.X.1`, the bridge's address.
     pub gateway: String,
+    /// `fd88:A:B:C::/64` on a dual-stack network.
+    pub subnet6: Option<String>,
+    /// `fd88:A:B:C::1`, the bridge's IPv6 address, on a dual-stack network.
+    pub gateway6: Option<String>,
     /// The conf dir CRI reads (holds `10-<name>.conflist`).
     pub conf_dir: PathBuf,
     /// host-local's `dataDir` (its allocations).
@@ -644,6 +674,11 @@ impl CniNetwork {
     /// Picks a free subnet and bridge name and writes the conflist under
     /// `dir` (`dir/conf`, `dir/ipam`).
     pub fn create(dir: &Path, name: &str) -> io::Result<CniNetwork> {
+        Self::create_with(dir, name, IpFamilies::V4)
+    }
+
+    /// [`Self::create`] with the IP families `families`.
+    pub fn create_with(dir: &Path, name: &str, families: IpFamilies) -> io::Result<CniNetwork> {
         let routed = routed_ipv4_networks();
         let mut seed = random_seed();
         let mut pick = || {
@@ -660,16 +695,39 @@ impl CniNetwork {
             .map(|_| format!("hkbr{:06x}", pick() & 0xff_ffff))
             .find(|b| !Path::new("/sys/class/net").join(b).exists())
             .ok_or_else(|| io::Error::other("no free bridge name"))?;
+        let prefix6 = match families {
+            IpFamilies::V4 => None,
+            IpFamilies::DualStack => {
+                let routed6 = routed_ipv6_prefixes();
+                let p = (0..100)
+                    .map(|_| {
+                        let r = pick();
+                        [0xfd88, r as u16, (r >> 16) as u16, (r >> 32) as u16]
+                    })
+                    .find(|p| !routed6.contains(p))
+                    .ok_or_else(|| io::Error::other("no free fd88::/16 /64"))?;
+                Some(format!("{:x}:{:x}:{:x}:{:x}", p[0], p[1], p[2], p[3]))
+            }
+        };
         let net = CniNetwork {
             name: name.to_string(),
             bridge,
             subnet: format!("10.88.{x}.0/24"),
             gateway: format!("10.88.{x}.1"),
+            subnet6: prefix6.as_ref().map(|p| format!("{p}::/64")),
+            gateway6: prefix6.as_ref().map(|p| format!("{p}::1")),
             conf_dir: dir.join("conf"),
             ipam_dir: dir.join("ipam"),
         };
         std::fs::create_dir_all(&net.conf_dir)?;
         std::fs::create_dir_all(&net.ipam_dir)?;
+        let mut ranges =
+            vec![serde_json::json!([{ "subnet": net.subnet, "gateway": net.gateway }])];
+        let mut routes = vec![serde_json::json!({ "dst": "0.0.0.0/0" })];
+        if let (Some(subnet), Some(gateway)) = (&net.subnet6, &net.gateway6) {
+            ranges.push(serde_json::json!([{ "subnet": subnet, "gateway": gateway }]));
+            routes.push(serde_json::json!({ "dst": "::/0" }));
+        }
         let conf = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": net.name,
@@ -682,8 +740,8 @@ impl CniNetwork {
                 "ipam": {
                     "type": "host-local",
                     "dataDir": net.ipam_dir,
-                    "ranges": [[{ "subnet": net.subnet, "gateway": net.gateway }]],
-                    "routes": [{ "dst": "0.0.0.0/0" }],
+                    "ranges": ranges,
+                    "routes": routes,
                 },
             }],
         });
@@ -732,6 +790,9 @@ pub struct Pod {
     pub config: api::PodSandboxConfig,
     /// Its IP (from `PodSandboxStatus`).
     pub ip: Option<String>,
+    /// Its other IPs (`PodSandboxStatus.network.additional_ips`: the IPv6
+    /// one of a dual-stack pod).
+    pub additional_ips: Vec<String>,
     /// Its network namespace (`/var/run/netns/cni-...`), from the
     /// verbose status' runtime spec.
     pub netns: Option<String>,
@@ -799,8 +860,8 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// `runc`), a [`CniNetwork`], the pause image ([`PAUSE_IMAGE`]) and busybox
 /// imported into `k8s.io`, CRI logs and pod cgroups under paths of its
 /// own. Drop removes the pods still there, then everything else (bridge,
-/// netns, IPAM state, cgroups, logs), and restores `ip_forward` (the
-/// bridge plugin's gateway mode sets it).
+/// netns, IPAM state, cgroups, logs), and restores `ip_forward` and IPv6's
+/// `forwarding` (the bridge plugin's gateway mode sets them).
 pub struct CriFixture {
     pub handler: String,
     /// The busybox image's name (Cmd `sh`).
@@ -815,6 +876,7 @@ pub struct CriFixture {
     containerd: Option<Containerd>,
     pods: RefCell<Vec<(String, Option<String>)>>,
     ip_forward: Option<String>,
+    ip6_forward: Option<String>,
     _lock: MutexGuard<'static, ()>,
 }
 
@@ -850,13 +912,32 @@ impl CriFixture {
     /// `shim` (`None` for `runc`), imports the images and waits for CRI's
     /// NetworkReady.
     pub fn start(handler: &str, shim: Option<&Path>, opts: Options) -> io::Result<CriFixture> {
+        Self::start_on(handler, shim, opts, IpFamilies::V4)
+    }
+
+    /// [`Self::start`] on a dual-stack network: each pod gets an IPv4 and
+    /// an IPv6 address (see [`CniNetwork`]).
+    pub fn start_dual_stack(
+        handler: &str,
+        shim: Option<&Path>,
+        opts: Options,
+    ) -> io::Result<CriFixture> {
+        Self::start_on(handler, shim, opts, IpFamilies::DualStack)
+    }
+
+    fn start_on(
+        handler: &str,
+        shim: Option<&Path>,
+        opts: Options,
+        families: IpFamilies,
+    ) -> io::Result<CriFixture> {
         let lock = CRI_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("husk-cri-{}-{n}", std::process::id());
         let work = std::env::temp_dir().join(&tag);
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work)?;
-        let net = CniNetwork::create(&work.join("cni"), &tag)?;
+        let net = CniNetwork::create_with(&work.join("cni"), &tag, families)?;
         let log_root = work.join("logs");
         std::fs::create_dir_all(&log_root)?;
         let mut f = CriFixture {
@@ -869,7 +950,8 @@ impl CriFixture {
             cri: None,
             containerd: None,
             pods: RefCell::new(Vec::new()),
-            ip_forward: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").ok(),
+            ip_forward: std::fs::read_to_string(IP_FORWARD).ok(),
+            ip6_forward: std::fs::read_to_string(IP6_FORWARD).ok(),
             _lock: lock,
         };
         let shim = shim.map(Path::to_path_buf).unwrap_or_default();
@@ -932,25 +1014,36 @@ impl CriFixture {
 
     /// RunPodSandbox with `config` (its log directory is created).
     pub fn run_pod_with(&self, config: api::PodSandboxConfig) -> Result<Pod, CriError> {
+        self.run_pod_within(config, self.cri().timeout)
+    }
+
+    /// [`Self::run_pod_with`], RunPodSandbox bounded by `timeout`.
+    pub fn run_pod_within(
+        &self,
+        config: api::PodSandboxConfig,
+        timeout: Duration,
+    ) -> Result<Pod, CriError> {
         let log_dir = PathBuf::from(&config.log_directory);
         let _ = std::fs::create_dir_all(&log_dir);
         let cri = self.cri();
-        let id = cri.run_pod_sandbox(&config, &self.handler)?;
+        let id = cri.run_pod_sandbox_within(&config, &self.handler, timeout)?;
         self.pods.borrow_mut().push((id.clone(), None));
         let verbose = cri.pod_sandbox_status_verbose(&id)?;
         let netns = verbose.info.get("info").and_then(|i| netns_of(i));
         if let Some(p) = self.pods.borrow_mut().iter_mut().find(|p| p.0 == id) {
             p.1 = netns.clone();
         }
-        let ip = verbose
-            .status
-            .and_then(|s| s.network)
-            .map(|n| n.ip)
-            .filter(|ip| !ip.is_empty());
+        let network = verbose.status.and_then(|s| s.network);
+        let additional_ips = network
+            .as_ref()
+            .map(|n| n.additional_ips.iter().map(|i| i.ip.clone()).collect())
+            .unwrap_or_default();
+        let ip = network.map(|n| n.ip).filter(|ip| !ip.is_empty());
         Ok(Pod {
             id,
             config,
             ip,
+            additional_ips,
             netns,
             log_dir,
         })
@@ -1063,10 +1156,15 @@ impl Drop for CriFixture {
             let _ = std::fs::remove_dir(d);
         }
         containerd::remove_cgroups(self.cgroup_parent.trim_start_matches('/'));
-        if let Some(before) = &self.ip_forward {
-            let now = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
-            if now != *before {
-                let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", before);
+        for (path, before) in [
+            (IP_FORWARD, &self.ip_forward),
+            (IP6_FORWARD, &self.ip6_forward),
+        ] {
+            if let Some(before) = before {
+                let now = std::fs::read_to_string(path).unwrap_or_default();
+                if now != *before {
+                    let _ = std::fs::write(path, before);
+                }
             }
         }
         if std::env::var_os("HUSK_KEEP_CONTAINERD").is_none() {
@@ -1114,6 +1212,22 @@ fn routed_ipv4_networks() -> Vec<[u8; 4]> {
             // Host byte order (little-endian here): the first octet is
             // the low byte.
             u32::from_str_radix(dest, 16).ok().map(u32::to_le_bytes)
+        })
+        .collect()
+}
+
+/// The first four groups of this host's IPv6 routes' destinations.
+fn routed_ipv6_prefixes() -> Vec<[u16; 4]> {
+    std::fs::read_to_string("/proc/net/ipv6_route")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let dest = l.split_whitespace().next()?;
+            let mut p = [0u16; 4];
+            for (i, g) in p.iter_mut().enumerate() {
+                *g = u16::from_str_radix(dest.get(i * 4..i * 4 + 4)?, 16).ok()?;
+            }
+            Some(p)
         })
         .collect()
 }
@@ -1265,6 +1379,34 @@ mod tests {
         );
         assert_eq!(l[1].as_ref().map(|l| l.tag.as_str()), Some("P"));
         assert_eq!(l[2], None);
+    }
+
+    #[test]
+    fn dual_stack_conflist_has_both_ranges() {
+        let dir = std::env::temp_dir().join(format!("husk-cni-ds-{}", std::process::id()));
+        let read = |net: &CniNetwork| -> serde_json::Value {
+            let f = net.conf_dir.join(format!("10-{}.conflist", net.name));
+            serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap()
+        };
+        let v4 = CniNetwork::create(&dir.join("v4"), "v4").unwrap();
+        assert_eq!((v4.subnet6.clone(), v4.gateway6.clone()), (None, None));
+        let ipam = read(&v4)["plugins"][0]["ipam"].clone();
+        assert_eq!(ipam["ranges"].as_array().unwrap().len(), 1, "{ipam}");
+
+        let ds = CniNetwork::create_with(&dir.join("ds"), "ds", IpFamilies::DualStack).unwrap();
+        let subnet6 = ds.subnet6.clone().unwrap();
+        let gateway6 = ds.gateway6.clone().unwrap();
+        let net6: std::net::Ipv6Addr = subnet6.trim_end_matches("/64").parse().unwrap();
+        assert_eq!(net6.segments()[0], 0xfd88, "{subnet6}");
+        assert_eq!(net6.segments()[4..], [0; 4], "{subnet6}");
+        assert_eq!(gateway6, format!("{}1", subnet6.trim_end_matches("/64")));
+        let conf = read(&ds);
+        let ipam = &conf["plugins"][0]["ipam"];
+        assert_eq!(ipam["ranges"][1][0]["subnet"], subnet6.as_str(), "{ipam}");
+        assert_eq!(ipam["ranges"][1][0]["gateway"], gateway6.as_str(), "{ipam}");
+        assert_eq!(ipam["routes"][1]["dst"], "::/0", "{ipam}");
+        assert_eq!(conf["plugins"][0]["isGateway"], true);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

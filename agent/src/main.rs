@@ -3,7 +3,8 @@
 //! Blocks the signals it handles (before any thread starts), mounts /proc,
 //! /sys, /dev, /run, /tmp and cgroup2, puts stdio on /dev/console, starts the
 //! log stream to the host, takes containers' stdio streams on vsock port
-//! 1027, prepares the containers' pod cgroup, serves the ttrpc `Agent` API on vsock port 1024,
+//! 1027, prepares the containers' pod cgroup, turns IPv6 off and quiet on
+//! the pod's interface (until a pod gives it an IPv6 address), serves the ttrpc `Agent` API on vsock port 1024,
 //! and only then prints `husk-agent ready (version X, kernel Y)`. Then it
 //! reaps every child (handing `Exec`'s their statuses) and powers off on SIGTERM/SIGINT/SIGPWR or a `Shutdown`
 //! request (at once after ready when the command line has `husk.oneshot=1`).
@@ -52,6 +53,14 @@ fn main() {
     let _ = ProcFacts.boot_id();
     let _ = ProcFacts.meminfo();
     husk_agent::exec::prepare();
+    // The pod interface's IPv6 off and quiet until a pod asks for it.
+    match husk_agent::network::ipv6::quiet_at_boot() {
+        Ok(done) if done.is_empty() => {}
+        Ok(done) => log(&format!(
+            "IPv6 off and quiet on {done:?} until a pod has an IPv6 address"
+        )),
+        Err(e) => log(&format!("quieting IPv6: {e}")),
+    }
 
     // Tests and benchmarks ask for an echo port on the command line.
     if let Some(port) = cmdline::cmdline_value(&cmdline, "husk.echo_port") {

@@ -8,11 +8,17 @@
 //! then the routes (those on the link before those through a gateway, which
 //! need them). That is a few dozen syscalls (~0.3 ms each in an emulated
 //! guest kernel) and no fork.
+//!
+//! IPv6 ([`ipv6`]): quiet on eth0 from boot (no router solicitations, no
+//! DAD, off); a request with IPv6 addresses turns it on before eth0 goes
+//! up (one sysctl write), and its addresses are added without DAD (usable
+//! at once). The response says whether eth0 has every IPv6 address asked
+//! for: only then does the host pass the pod's IPv6 frames in.
 
 use std::net::IpAddr;
 
 use husk_agent_protocol::agent::{ConfigureNetworkRequest, ConfigureNetworkResponse};
-use husk_netlink::{Address, LinkChange, Netlink, NetlinkError, Route};
+use husk_netlink::{Address, Link, LinkChange, Netlink, NetlinkError, Route};
 use thiserror::Error;
 
 /// Why `ConfigureNetwork` failed.
@@ -20,8 +26,14 @@ use thiserror::Error;
 pub enum NetworkError {
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
-    #[error("the guest has {0} network interfaces besides lo; exactly one was expected")]
+    #[error("the guest has {0} Ethernet interfaces besides lo and not one device among them to take as the pod's")]
     Interfaces(usize),
+    #[error("turning IPv6 on for {interface}: {source}")]
+    Ipv6 {
+        interface: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{step}: {source}")]
     Netlink {
         step: String,
@@ -36,7 +48,7 @@ impl NetworkError {
         match self {
             Self::Invalid { .. } => ttrpc::Code::INVALID_ARGUMENT,
             Self::Interfaces(_) => ttrpc::Code::FAILED_PRECONDITION,
-            Self::Netlink { .. } => ttrpc::Code::INTERNAL,
+            Self::Ipv6 { .. } | Self::Netlink { .. } => ttrpc::Code::INTERNAL,
         }
     }
 }
@@ -178,12 +190,7 @@ impl NetworkPlan {
         let step = |step: String| move |source| NetworkError::Netlink { step, source };
         let mut nl = Netlink::new().map_err(step("opening a netlink socket".into()))?;
         let links = nl.links().map_err(step("listing interfaces".into()))?;
-        let mut others = links.iter().filter(|l| !l.loopback);
-        let (Some(eth), None) = (others.next(), others.next()) else {
-            return Err(NetworkError::Interfaces(
-                links.iter().filter(|l| !l.loopback).count(),
-            ));
-        };
+        let eth = pod_interface(&links)?;
         if let Some(lo) = links.iter().find(|l| l.loopback && !l.up) {
             let up = LinkChange {
                 up: Some(true),
@@ -192,6 +199,14 @@ impl NetworkPlan {
             nl.set_link(lo.index, up)
                 .map_err(step("bringing lo up".into()))?;
         }
+        // IPv6 on (it is off from boot) before eth0 goes up, so it comes
+        // up once with it; a kernel without IPv6 skips what needs it.
+        let wants_ipv6 = self.addresses.iter().any(|a| a.addr.is_ipv6());
+        let has_ipv6 = wants_ipv6
+            && ipv6::enable(&eth.name).map_err(|source| NetworkError::Ipv6 {
+                interface: eth.name.clone(),
+                source,
+            })?;
         let change = LinkChange {
             mtu: self.mtu,
             mac: Some(self.mac),
@@ -200,16 +215,26 @@ impl NetworkPlan {
         nl.set_link(eth.index, change)
             .map_err(step(format!("setting {}'s MAC, MTU and up", eth.name)))?;
         let mut skipped = Vec::new();
+        let mut ipv6_added = 0;
         let no_family = |e: &NetlinkError| e.errno() == Some(libc::EAFNOSUPPORT);
+        let no_ipv6 = |what: String| format!("{what}: no IPv6 in the guest");
         for a in &self.addresses {
+            let v6 = a.addr.is_ipv6();
+            if v6 && !has_ipv6 {
+                skipped.push(no_ipv6(format!("{}/{}", a.addr, a.prefix_len)));
+                continue;
+            }
             match nl.add_address(eth.index, *a) {
-                Err(e) if a.addr.is_ipv6() && no_family(&e) => {
-                    skipped.push(format!("{}/{}: no IPv6 in the guest", a.addr, a.prefix_len));
+                Ok(()) => ipv6_added += usize::from(v6),
+                Err(e) if v6 && no_family(&e) => {
+                    skipped.push(no_ipv6(format!("{}/{}", a.addr, a.prefix_len)))
                 }
-                r => r.map_err(step(format!(
-                    "adding {}/{} to {}",
-                    a.addr, a.prefix_len, eth.name
-                )))?,
+                Err(source) => {
+                    return Err(NetworkError::Netlink {
+                        step: format!("adding {}/{} to {}", a.addr, a.prefix_len, eth.name),
+                        source,
+                    })
+                }
             }
         }
         for r in &self.routes {
@@ -217,18 +242,46 @@ impl NetworkPlan {
                 oif: Some(eth.index),
                 ..*r
             };
+            if r.ipv6 && !has_ipv6 {
+                skipped.push(match wants_ipv6 {
+                    true => no_ipv6(format!("route {}", describe(r))),
+                    false => format!("route {}: the pod has no IPv6 address", describe(r)),
+                });
+                continue;
+            }
             match nl.add_route(route) {
                 Err(e) if r.ipv6 && no_family(&e) => {
-                    skipped.push(format!("route {}: no IPv6 in the guest", describe(r)));
+                    skipped.push(no_ipv6(format!("route {}", describe(r))));
                 }
                 res => res.map_err(step(format!("adding route {}", describe(r))))?,
             }
         }
+        let ipv6_asked = self.addresses.iter().filter(|a| a.addr.is_ipv6()).count();
         Ok(ConfigureNetworkResponse {
             guest_interface: eth.name.clone(),
             skipped,
+            ipv6: ipv6_asked > 0 && ipv6_added == ipv6_asked,
             ..Default::default()
         })
+    }
+}
+
+/// The pod's interface: the one Ethernet interface besides lo, or, among
+/// several, the one device of them (no link kind: virtio-net), not one of
+/// the virtual interfaces the guest kernel makes at boot (`dummy0`,
+/// `ifb0`...) or a container made since.
+fn pod_interface(links: &[Link]) -> Result<&Link, NetworkError> {
+    let ethernet: Vec<&Link> = links
+        .iter()
+        .filter(|l| !l.loopback && l.mac.is_some())
+        .collect();
+    if let [one] = ethernet.as_slice() {
+        return Ok(one);
+    }
+    let mut devices = ethernet.iter().filter(|l| l.kind.is_none());
+    match (devices.next(), devices.next()) {
+        (Some(one), None) => Ok(one),
+        _ => Err(NetworkError::Interfaces(ethernet.len())),
     }
 }
 
@@ -243,6 +296,8 @@ fn describe(r: &Route) -> String {
         None => dest,
     }
 }
+
+pub mod ipv6;
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope as Scope,
     RouteType,
@@ -103,7 +103,11 @@ impl Netlink {
     }
 
     /// Adds an address to interface `index`; an address already there is
-    /// left as it is.
+    /// left as it is. An IPv6 address is added without duplicate address
+    /// detection (`IFA_F_NODAD`): every address given here was checked
+    /// where it was assigned (a pod's, by CNI on its veth), and DAD would
+    /// hold it tentative (unusable as a source) for a second and cost the
+    /// interface a neighbour solicitation and a timer.
     pub fn add_address(&mut self, index: u32, a: Address) -> Result<()> {
         let max = if a.addr.is_ipv4() { 32 } else { 128 };
         if a.prefix_len > max {
@@ -116,6 +120,9 @@ impl Netlink {
         m.header.family = family(a.addr.is_ipv6());
         m.header.prefix_len = a.prefix_len;
         m.header.index = index;
+        if a.addr.is_ipv6() {
+            m.header.flags = AddressHeaderFlags::Nodad;
+        }
         m.attributes.push(AddressAttribute::Local(a.addr));
         m.attributes.push(AddressAttribute::Address(a.addr));
         let r = self.change(

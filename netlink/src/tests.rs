@@ -174,3 +174,66 @@ fn ingress_redirect_both_ways_and_removal() {
         assert!(nl.add_redirect(a, b).is_err());
     });
 }
+
+/// The `IFA_F_*` flags of IPv6 address `addr` in this thread's namespace
+/// (`/proc/thread-self/net/if_inet6`: address, index, prefix, scope,
+/// flags, name).
+fn inet6_flags(addr: &std::net::Ipv6Addr) -> Option<u32> {
+    let hex: String = addr.octets().iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::read_to_string("/proc/thread-self/net/if_inet6")
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&hex.as_str()))
+        .and_then(|f| u32::from_str_radix(f.get(4)?, 16).ok())
+}
+
+#[test]
+fn ipv6_address_without_dad_and_a_link_local_gateway() {
+    in_new_netns(|| {
+        let mut nl = Netlink::new().unwrap();
+        nl.add_veth("sa", "sb").unwrap();
+        for name in ["sa", "sb"] {
+            let l = nl.link_by_name(name).unwrap();
+            let up = LinkChange {
+                up: Some(true),
+                ..Default::default()
+            };
+            nl.set_link(l.index, up).unwrap();
+        }
+        let a = nl.link_by_name("sa").unwrap();
+        let v6: std::net::Ipv6Addr = "fd42::7".parse().unwrap();
+        let addr = Address {
+            addr: IpAddr::V6(v6),
+            prefix_len: 64,
+        };
+        nl.add_address(a.index, addr).unwrap();
+        nl.add_address(a.index, addr).unwrap(); // already there: fine
+        assert!(nl.addresses(a.index).unwrap().contains(&addr));
+        // Usable at once: no DAD, so never tentative.
+        let flags = inet6_flags(&v6).expect("fd42::7 in if_inet6");
+        assert_eq!(flags & 0x40, 0, "tentative (flags {flags:#x})");
+        assert_ne!(flags & 0x02, 0, "IFA_F_NODAD missing (flags {flags:#x})");
+        // A default route through a link-local gateway (on the link, no
+        // route to it needed).
+        let gw: IpAddr = "fe80::1".parse().unwrap();
+        let default = Route {
+            dest: None,
+            gateway: Some(gw),
+            oif: Some(a.index),
+            scope: SCOPE_UNIVERSE,
+            protocol: 0,
+            ipv6: true,
+        };
+        nl.add_route(default).unwrap();
+        nl.add_route(default).unwrap();
+        let routes = nl.routes().unwrap();
+        assert!(
+            routes.iter().any(|r| r.ipv6
+                && r.dest.is_none()
+                && r.gateway == Some(gw)
+                && r.oif == Some(a.index)),
+            "{routes:?}"
+        );
+    });
+}

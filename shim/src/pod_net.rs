@@ -7,13 +7,19 @@
 //! threads stay in the host's):
 //! - finds the veth (the one interface besides lo, or `eth0` among several),
 //! - creates the tap [`TAP_NAME`] (`/dev/net/tun`, `IFF_TAP | IFF_NO_PI |
-//!   IFF_VNET_HDR`, what the VMM's net device expects), MTU = the veth's, up,
+//!   IFF_VNET_HDR`, what the VMM's net device expects), IPv6 off (it sends
+//!   the guest nothing of its own), MTU = the veth's, up,
 //! - adds an ingress qdisc to both and u32 filters with a mirred egress
-//!   redirect to the other: the ARP and IPv4 frames (IPv6 too when the pod
-//!   has an IPv6 address) the bridge sends the veth go to the guest, every
-//!   frame the guest sends leaves by the veth,
+//!   redirect to the other: the ARP and IPv4 frames the bridge sends the
+//!   veth go to the guest, every frame the guest sends leaves by the veth,
 //! - reads the veth's MAC, MTU, addresses and routes: what the guest's eth0
 //!   is given ([`GuestNetwork`], through the agent's `ConfigureNetwork`).
+//!
+//! IPv6 frames go in only once the guest has the pod's IPv6 addresses
+//! ([`PodNetwork::redirect_ipv6`], after `ConfigureNetwork` said so): until
+//! then, and for good in a guest that could not take them, they stay with
+//! the veth (whose stack in the pod's namespace has the same addresses and
+//! nothing listening) instead of costing a guest that would drop them.
 //!
 //! The tap's fd goes to the VMM ([`TapSource::Fd`]); the tap is not
 //! persistent, so it and its qdisc go when the last fd closes (the VM's and
@@ -77,6 +83,13 @@ pub struct GuestNetwork {
     pub routes: Vec<Route>,
 }
 
+impl GuestNetwork {
+    /// Whether the pod has an IPv6 address (besides link-local ones).
+    pub fn has_ipv6(&self) -> bool {
+        self.addresses.iter().any(|a| a.addr.is_ipv6())
+    }
+}
+
 /// The pod's tap and tc redirect; removed on drop.
 #[derive(Debug)]
 pub struct PodNetwork {
@@ -88,6 +101,8 @@ pub struct PodNetwork {
     tap: Arc<OwnedFd>,
     tap_index: u32,
     guest: GuestNetwork,
+    /// [`PodNetwork::redirect_ipv6`] done.
+    ipv6_redirected: bool,
 }
 
 impl PodNetwork {
@@ -114,6 +129,7 @@ impl PodNetwork {
             tap: Arc::new(tap),
             tap_index,
             guest,
+            ipv6_redirected: false,
         })
     }
 
@@ -135,6 +151,33 @@ impl PodNetwork {
     /// The veth's interface index in the pod's namespace.
     pub fn veth_index(&self) -> u32 {
         self.veth_index
+    }
+
+    /// Passes the veth's IPv6 frames to the guest too: call once the
+    /// guest's eth0 has the pod's IPv6 addresses. Once: a second call is a
+    /// no-op. One filter, added whole or not at all; what was added goes
+    /// with the veth's qdisc on drop.
+    pub fn redirect_ipv6(&mut self) -> Result<(), PodNetError> {
+        if self.ipv6_redirected {
+            return Ok(());
+        }
+        let (veth, tap) = (self.veth_index, self.tap_index);
+        let r = in_netns(&self.pod, &self.netns, Path::new("(held)"), move || {
+            Netlink::new()?.add_redirect_of(veth, tap, libc::ETH_P_IPV6 as u16)
+        })?;
+        r.map_err(|source| PodNetError::Netlink {
+            pod: self.pod.clone(),
+            step: format!("redirecting {}'s IPv6 to {TAP_NAME}", self.guest.host_name),
+            source,
+        })?;
+        self.ipv6_redirected = true;
+        tracing::info!(pod = %self.pod, veth = %self.guest.host_name, "pod network: IPv6 redirected to the guest");
+        Ok(())
+    }
+
+    /// Whether the veth's IPv6 frames go to the guest.
+    pub fn ipv6_redirected(&self) -> bool {
+        self.ipv6_redirected
     }
 }
 
@@ -235,6 +278,9 @@ fn setup_here(pod: &str, netns: &Path) -> Result<Setup, PodNetError> {
             mac: None,
             up: Some(true),
         };
+        if let Err(e) = tap_ipv6_off() {
+            tracing::warn!(pod, error = %e, "pod network: turning IPv6 off on {TAP_NAME}");
+        }
         nl.set_link(t.index, change)
             .map_err(nl_err(format!("setting {TAP_NAME}'s MTU and up")))?;
         for (i, name) in [(veth.index, &veth.name), (t.index, &t.name)] {
@@ -249,7 +295,7 @@ fn setup_here(pod: &str, netns: &Path) -> Result<Setup, PodNetError> {
             .into_iter()
             .filter(|a| !matches!(a.addr, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
             .collect();
-        for protocol in guest_ethertypes(&addresses) {
+        for protocol in GUEST_ETHERTYPES {
             nl.add_redirect_of(veth.index, t.index, protocol)
                 .map_err(nl_err(format!("redirecting {} to {TAP_NAME}", veth.name)))?;
         }
@@ -284,17 +330,27 @@ fn setup_here(pod: &str, netns: &Path) -> Result<Setup, PodNetError> {
     }
 }
 
-/// What the veth passes on to the guest: ARP and IPv4, and IPv6 only when
-/// the pod has an IPv6 address of its own. The rest (the IPv6 neighbour,
-/// router and multicast-listener chatter every new veth on the bridge
-/// sends, flooded to every pod) would only cost each guest an interrupt
-/// and a frame handled in its kernel, to be dropped.
-fn guest_ethertypes(addresses: &[Address]) -> Vec<u16> {
-    let mut p = vec![libc::ETH_P_ARP as u16, libc::ETH_P_IP as u16];
-    if addresses.iter().any(|a| a.addr.is_ipv6()) {
-        p.push(libc::ETH_P_IPV6 as u16);
+/// What the veth passes on to the guest from the start: ARP and IPv4.
+/// IPv6 follows once the guest has the pod's IPv6 addresses
+/// ([`PodNetwork::redirect_ipv6`]); an IPv4-only pod never gets it: the
+/// IPv6 neighbour, router and multicast-listener chatter every new veth on
+/// the bridge sends, flooded to every pod, would only cost its guest an
+/// interrupt and a frame handled in its kernel, to be dropped. Other
+/// ethertypes have no use in a pod.
+const GUEST_ETHERTYPES: [u16; 2] = [libc::ETH_P_ARP as u16, libc::ETH_P_IP as u16];
+
+/// Turns IPv6 off on the tap [`TAP_NAME`] of this thread's namespace,
+/// before it goes up. The tap is only a pipe to the guest: with IPv6 on,
+/// the pod namespace's kernel would send the guest IPv6 of its own (the
+/// tap's link-local probe, multicast reports, and router solicitations
+/// backing off to hourly for ever), each an interrupt in an idle guest. A
+/// host without IPv6 has no such setting: nothing to do.
+fn tap_ipv6_off() -> io::Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{TAP_NAME}/disable_ipv6");
+    match std::fs::write(&path, "1") {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
     }
-    p
 }
 
 /// Creates the tap [`TAP_NAME`] in this thread's namespace.

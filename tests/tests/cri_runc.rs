@@ -305,6 +305,16 @@ fn pod_flow(handler: &str, shim: Option<&Path>, opts: Options, expect: Expect) {
             text(&host.stdout),
             "the host's kernel"
         );
+        if expect.network {
+            // An IPv4-only pod's guest has IPv6 off on eth0: it sends no
+            // IPv6 chatter (cri_dualstack.rs: a pod with an IPv6 address).
+            let off = ["cat", "/proc/sys/net/ipv6/conf/eth0/disable_ipv6"];
+            assert_eq!(
+                read(&talker, &off),
+                "1\n",
+                "IPv6 on an IPv4-only pod's eth0"
+            );
+        }
     }
     let host = cri.exec_sync(&talker, &["hostname"], EXEC_TIMEOUT).unwrap();
     assert_eq!(text(&host.stdout), "flow\n");

@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
 use husk_agent_protocol::agent::{IpAddress, NetInterface, NetRoute};
+use husk_netlink::Link;
 
 use super::*;
 
@@ -32,6 +33,14 @@ fn request() -> ConfigureNetworkRequest {
                 dest: "10.99.0.0".into(),
                 dest_prefix_len: 16,
                 scope: 253,
+                ..Default::default()
+            },
+            // What a router on the link that is known by its link-local
+            // address gives (Calico; CNI's bridge gives its range's
+            // gateway).
+            NetRoute {
+                gateway: "fe80::1".into(),
+                ipv6: true,
                 ..Default::default()
             },
         ],
@@ -78,6 +87,30 @@ fn plan_checks_every_field() {
     bad(&|r| r.routes[0].scope = 300, "routes[0].scope");
 }
 
+const IFA_F_NODAD: u32 = 0x02;
+const IFA_F_TENTATIVE: u32 = 0x40;
+
+/// eth0's IPv6 setting `key` in this thread's namespace.
+fn sysctl(key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/eth0/{key}"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// The `IFA_F_*` flags of IPv6 address `addr` in this thread's namespace
+/// (`/proc/thread-self/net/if_inet6`: address, index, prefix, scope,
+/// flags, name).
+fn inet6_flags(addr: &std::net::Ipv6Addr) -> Option<u32> {
+    let hex: String = addr.octets().iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::read_to_string("/proc/thread-self/net/if_inet6")
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&hex.as_str()))
+        .and_then(|f| u32::from_str_radix(f.get(4)?, 16).ok())
+}
+
 /// In a namespace whose only interface besides lo is one end of a veth
 /// (the other end in a second namespace, as the host's side is): the plan
 /// applied, then read back through netlink.
@@ -97,10 +130,40 @@ fn apply_configures_the_only_interface() {
         let peer = nl.link_by_name("peer").unwrap();
         nl.move_link(peer.index, outer.as_raw_fd()).unwrap();
 
+        // As the agent's boot leaves it: IPv6 off and quiet on eth0.
+        assert_eq!(ipv6::quiet_at_boot().unwrap(), vec!["eth0".to_string()]);
+        // An IPv4-only pod: IPv6 stays off, not even a link-local address.
+        let mut v4 = request();
+        v4.interface.as_mut().unwrap().addresses.truncate(1);
+        v4.routes.truncate(2);
+        let resp = NetworkPlan::from_request(&v4).unwrap().apply().unwrap();
+        assert!(!resp.ipv6 && resp.skipped.is_empty(), "{resp:?}");
+        assert_eq!(sysctl("disable_ipv6"), "1");
+        let eth = nl.link_by_name("eth0").unwrap();
+        assert!(
+            nl.addresses(eth.index)
+                .unwrap()
+                .iter()
+                .all(|a| a.addr.is_ipv4()),
+            "IPv6 on an IPv4-only pod's eth0"
+        );
+
+        // Dual-stack: IPv6 on, its address usable at once (no DAD), the
+        // default route through a link-local gateway; still no router
+        // solicitations.
         let resp = NetworkPlan::from_request(&request())
             .unwrap()
             .apply()
             .unwrap();
+        assert!(resp.ipv6 && resp.skipped.is_empty(), "{resp:?}");
+        assert_eq!(
+            (sysctl("disable_ipv6"), sysctl("accept_ra")),
+            ("0".into(), "0".into())
+        );
+        let v6: std::net::Ipv6Addr = "fd00::5".parse().unwrap();
+        let flags = inet6_flags(&v6).expect("fd00::5 on eth0");
+        assert_eq!(flags & IFA_F_TENTATIVE, 0, "tentative: flags {flags:#x}");
+        assert_ne!(flags & IFA_F_NODAD, 0, "flags {flags:#x}");
         assert_eq!(resp.guest_interface, "eth0");
         let eth = nl.link_by_name("eth0").unwrap();
         assert_eq!(eth.mac, Some([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]));
@@ -115,13 +178,52 @@ fn apply_configures_the_only_interface() {
         assert!(routes.iter().any(|r| r.dest.is_none()
             && r.gateway == Some(IpAddr::V4(Ipv4Addr::new(10, 99, 0, 1)))
             && r.oif == Some(eth.index)));
+        assert!(
+            routes.iter().any(|r| r.dest.is_none()
+                && r.ipv6
+                && r.gateway == Some("fe80::1".parse().unwrap())
+                && r.oif == Some(eth.index)),
+            "{routes:?}"
+        );
         // Again: everything is there already, which is fine.
         NetworkPlan::from_request(&request())
             .unwrap()
             .apply()
             .unwrap();
 
-        // Two interfaces: which one is the pod's is not guessed.
+        // Interfaces the guest kernel makes at boot (dummy0, ifb0...) are
+        // not the pod's; nor is a link of another kind a container made.
+        // Unit: pick among them.
+        let links = |v: &[(&str, Option<&str>, bool)]| -> Vec<Link> {
+            v.iter()
+                .enumerate()
+                .map(|(i, (name, kind, mac))| Link {
+                    index: i as u32 + 1,
+                    name: name.to_string(),
+                    mac: mac.then_some([2, 0, 0, 0, 0, i as u8]),
+                    mtu: Some(1500),
+                    kind: kind.map(str::to_string),
+                    up: false,
+                    loopback: *name == "lo",
+                })
+                .collect()
+        };
+        let boot = links(&[
+            ("lo", None, false),
+            ("dummy0", Some("dummy"), true),
+            ("eth0", None, true),
+            ("ifb0", Some("ifb"), true),
+            ("ifb1", Some("ifb"), true),
+            ("ip6tnl0", Some("ip6tnl"), false),
+        ]);
+        assert_eq!(pod_interface(&boot).unwrap().name, "eth0");
+        let two = links(&[("eth0", None, true), ("eth1", None, true)]);
+        assert!(matches!(
+            pod_interface(&two),
+            Err(NetworkError::Interfaces(2))
+        ));
+
+        // Two veths (no device): which one is the pod's is not guessed.
         nl.add_veth("x0", "x1").unwrap();
         let e = NetworkPlan::from_request(&request())
             .unwrap()

@@ -14,8 +14,26 @@ use crate::pod_net::GuestNetwork;
 pub struct NetworkConfigured {
     /// The guest's name of the interface (eth0).
     pub guest_interface: String,
-    /// What the guest could not take (IPv6 in a guest without it).
+    /// What the guest could not take (IPv6 in a guest without it), as the
+    /// guest words it: for logs only.
     pub skipped: Vec<String>,
+    /// The guest's interface has every IPv6 address it was given (and it
+    /// was given one): the pod's IPv6 frames may go in.
+    pub ipv6: bool,
+}
+
+/// At most this many of the guest's skipped lines are kept (for logs),
+const SKIPPED_MAX: usize = 16;
+/// each cut to this many characters.
+const SKIPPED_LINE_MAX: usize = 200;
+
+/// The guest's `skipped` lines, bounded for the host's logs.
+fn bounded(lines: Vec<String>) -> Vec<String> {
+    lines
+        .into_iter()
+        .take(SKIPPED_MAX)
+        .map(|l| l.chars().take(SKIPPED_LINE_MAX).collect())
+        .collect()
 }
 
 fn text(ip: Option<IpAddr>) -> String {
@@ -73,7 +91,8 @@ impl AgentClient {
             self.call("ConfigureNetwork", |c, ctx| c.configure_network(ctx, &req))?;
         Ok(NetworkConfigured {
             guest_interface: r.guest_interface,
-            skipped: r.skipped,
+            skipped: bounded(r.skipped),
+            ipv6: r.ipv6,
         })
     }
 }
@@ -87,6 +106,15 @@ mod tests {
     use husk_netlink::{Address, Route, SCOPE_LINK};
 
     use super::*;
+
+    #[test]
+    fn skipped_lines_are_bounded() {
+        let lines = vec!["x".repeat(10_000); 1000];
+        let b = bounded(lines);
+        assert_eq!(b.len(), SKIPPED_MAX);
+        assert!(b.iter().all(|l| l.len() == SKIPPED_LINE_MAX));
+        assert_eq!(bounded(vec!["é".into()]), vec!["é".to_string()]);
+    }
 
     #[test]
     fn request_carries_the_veth() {

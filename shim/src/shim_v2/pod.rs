@@ -39,6 +39,14 @@ pub const GUEST_SHARE: &str = "/run/husk/pod";
 const CONTAINER_API: u32 = 4;
 /// The agent API that configures the pod's network.
 const NETWORK_API: u32 = 5;
+/// The pod VM's kernel arguments besides the VMM's: none of the
+/// interfaces the guest kernel would make at boot for nobody (`dummy0` of
+/// CONFIG_DUMMY, `ifb0` and `ifb1` of CONFIG_IFB; a pod that wants one
+/// makes it), so eth0 is the guest's one interface besides lo, as the
+/// agent's `ConfigureNetwork` expects, and boot makes three devices less.
+/// A kernel without those drivers ignores them (a `module.param` argument
+/// is never passed on to init).
+const POD_KERNEL_ARGS: &str = "dummy.numdummies=0 ifb.numifbs=0";
 /// A pod's vsock socket, in its directory.
 const VSOCK: &str = "v.sock";
 
@@ -103,7 +111,7 @@ impl PodFactory for SandboxFactory {
         let guest = GuestSpec {
             kernel: config.kernel.clone(),
             initrd: config.initramfs.clone(),
-            cmdline_extra: String::new(),
+            cmdline_extra: POD_KERNEL_ARGS.into(),
             mem_mib: config.vm_memory_mib(request.memory_limit),
             vcpus: config.vcpus,
             pvm_compat: PvmCompat::Auto,
@@ -182,7 +190,7 @@ impl PodFactory for SandboxFactory {
         // On error the tree is dropped: its directory goes.
         let sandbox = Sandbox::start(cfg).map_err(|e| pod_err(crate::cli::error_chain(&e)))?;
         // From here a failure drops the pod: VM stopped, directory removed.
-        let pod = Pod {
+        let mut pod = Pod {
             id: self.pod.clone(),
             tree,
             sandbox: Some(sandbox),
@@ -200,6 +208,8 @@ impl PodFactory for SandboxFactory {
             }
             Err(e) => return Err(pod_err(format!("asking the agent its version: {e}"))),
         };
+        // Whether the pod has IPv6 addresses, and the guest took them.
+        let mut ipv6 = None;
         if let Some(net) = &pod.network {
             let t0 = std::time::Instant::now();
             let done = if api < NETWORK_API {
@@ -213,7 +223,20 @@ impl PodFactory for SandboxFactory {
             }
             .map_err(|e| pod_err(format!("configuring the guest's network: {e}")))?;
             tracing::info!(pod = %self.pod, guest_interface = %done.guest_interface, skipped = ?done.skipped,
-                ms = t0.elapsed().as_millis() as u64, "pod network configured in the guest");
+                ipv6 = done.ipv6, ms = t0.elapsed().as_millis() as u64, "pod network configured in the guest");
+            ipv6 = net.guest().has_ipv6().then_some(done.ipv6);
+        }
+        // IPv6 frames go in only now that the guest has the pod's IPv6
+        // addresses; a guest without them stays IPv4-only.
+        match (ipv6, pod.network.as_mut()) {
+            (Some(true), Some(net)) => net
+                .redirect_ipv6()
+                .map_err(|e| pod_err(crate::cli::error_chain(&e)))?,
+            (Some(false), Some(net)) => {
+                tracing::warn!(pod = %self.pod, veth = %net.guest().host_name,
+                "the pod has IPv6 addresses the guest did not take: it answers on IPv4 only")
+            }
+            _ => {}
         }
         let info = pod.sandbox().start_info();
         tracing::info!(pod = %self.pod, restored = info.restored, template_created = info.template_created,
