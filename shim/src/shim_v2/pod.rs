@@ -39,14 +39,6 @@ pub const GUEST_SHARE: &str = "/run/husk/pod";
 const CONTAINER_API: u32 = 4;
 /// The agent API that configures the pod's network.
 const NETWORK_API: u32 = 5;
-/// The pod VM's kernel arguments besides the VMM's: none of the
-/// interfaces the guest kernel would make at boot for nobody (`dummy0` of
-/// CONFIG_DUMMY, `ifb0` and `ifb1` of CONFIG_IFB; a pod that wants one
-/// makes it), so eth0 is the guest's one interface besides lo, as the
-/// agent's `ConfigureNetwork` expects, and boot makes three devices less.
-/// A kernel without those drivers ignores them (a `module.param` argument
-/// is never passed on to init).
-const POD_KERNEL_ARGS: &str = "dummy.numdummies=0 ifb.numifbs=0";
 /// A pod's vsock socket, in its directory.
 const VSOCK: &str = "v.sock";
 
@@ -111,7 +103,7 @@ impl PodFactory for SandboxFactory {
         let guest = GuestSpec {
             kernel: config.kernel.clone(),
             initrd: config.initramfs.clone(),
-            cmdline_extra: POD_KERNEL_ARGS.into(),
+            cmdline_extra: String::new(),
             mem_mib: config.vm_memory_mib(request.memory_limit),
             vcpus: config.vcpus,
             pvm_compat: PvmCompat::Auto,
