@@ -4,8 +4,12 @@ use super::layout::CMDLINE_MAX;
 use super::BootError;
 
 /// What every husk guest gets: the serial console, resets through the i8042
-/// (the VMM sees them; there is no ACPI), reboot at once on panic.
-pub const BASE: &str = "console=ttyS0 reboot=k panic=-1 nomodule";
+/// (the VMM sees them; there is no ACPI), reboot at once on panic, and no
+/// interfaces of the built-in dummy and ifb drivers at boot (they would
+/// make dummy0, ifb0 and ifb1: a pod's guest has eth0 as its one interface
+/// besides lo, which the agent's ConfigureNetwork checks; containers still
+/// make their own with `ip link add`).
+pub const BASE: &str = "console=ttyS0 reboot=k panic=-1 nomodule dummy.numdummies=0 ifb.numifbs=0";
 
 /// Extra arguments for nested PVM hosts (`kvm_pvm`), where the guest kernel's
 /// CPL0 code runs in the host's instruction emulator, which cannot execute
