@@ -244,15 +244,25 @@ pub fn resource_writes(field: &str, r: &LinuxResources) -> Result<Vec<Write1>, S
     Ok(w)
 }
 
+/// Where the kernel lists its huge page sizes (`hugepages-2048kB`, ...).
+pub const HUGEPAGES: &str = "/sys/kernel/mm/hugepages";
+
 /// A huge page size as the kernel names it in hugetlb files: a number
 /// without leading zeros, then `KB`, `MB` or `GB` (`2MB`, `1GB`, `64KB`).
 fn is_page_size(s: &str) -> bool {
-    let Some(digits) = ["KB", "MB", "GB"].iter().find_map(|u| s.strip_suffix(u)) else {
-        return false;
-    };
-    (1..=7).contains(&digits.len())
+    page_size_kb(s).is_some()
+}
+
+/// A page size ([`is_page_size`]) in KiB (`2MB` -> 2048).
+fn page_size_kb(s: &str) -> Option<u64> {
+    let (digits, unit) = [("KB", 1u64), ("MB", 1 << 10), ("GB", 1 << 20)]
+        .iter()
+        .find_map(|(u, kb)| s.strip_suffix(u).map(|d| (d, *kb)))?;
+    let ok = (1..=7).contains(&digits.len())
         && !digits.starts_with('0')
-        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.bytes().all(|b| b.is_ascii_digit());
+    ok.then(|| digits.parse::<u64>().ok().map(|n| n * unit))
+        .flatten()
 }
 
 /// The controller a write needs (`memory.max` -> `memory`).
@@ -330,10 +340,16 @@ impl Cgroup {
     /// not enabled here: refused, naming the field. The exceptions are the
     /// limits that hold without their file ([`Self::holds_without`]).
     pub fn apply(&self, writes: &[Write1]) -> Result<(), CgroupError> {
+        self.apply_with(writes, Path::new(HUGEPAGES))
+    }
+
+    /// [`Self::apply`] with the kernel's huge page sizes listed in
+    /// `hugepages` (tests).
+    fn apply_with(&self, writes: &[Write1], hugepages: &Path) -> Result<(), CgroupError> {
         for (file, value, field) in writes {
             let path = self.dir.join(file);
             if !path.exists() {
-                if let Some(why) = self.holds_without(file, value) {
+                if let Some(why) = self.holds_without(file, value, hugepages) {
                     crate::log::log(&format!("container: {field}: {file} skipped: {why}"));
                     continue;
                 }
@@ -367,9 +383,12 @@ impl Cgroup {
     ///   (the guest's) has no swap files, and a process there never swaps
     ///   (containerd's CRI sets a swap limit with every memory limit;
     ///   kubelet on a cgroup v2 node adds `unified: memory.swap.max=0`);
-    /// - `hugetlb.<size>.max` / `.rsvd.max`: the guest has no huge pages of
-    ///   that size (or no hugetlb at all), so no process can use any.
-    fn holds_without(&self, file: &str, value: &str) -> Option<String> {
+    /// - `hugetlb.<size>.max` / `.rsvd.max` for a size the kernel has no
+    ///   pages of (no `<hugepages>/hugepages-<kB>kB`): no process can use
+    ///   any. A size it has, without the file: refused (the controller is
+    ///   not there), except `.rsvd.max` next to its `.max` (a kernel
+    ///   before reservation accounting).
+    fn holds_without(&self, file: &str, value: &str, hugepages: &Path) -> Option<String> {
         if file == "memory.swap.max" && self.dir.join("memory.max").exists() {
             return Some("this kernel has no swap".to_owned());
         }
@@ -377,8 +396,11 @@ impl Cgroup {
             .strip_prefix("hugetlb.")?
             .strip_suffix(".max")
             .map(|s| s.strip_suffix(".rsvd").unwrap_or(s))?;
-        if file.ends_with(".rsvd.max") && self.dir.join(format!("hugetlb.{size}.max")).exists() {
-            return Some("this kernel accounts no hugetlb reservations".to_owned());
+        let kb = page_size_kb(size)?;
+        if hugepages.join(format!("hugepages-{kb}kB")).exists() {
+            let max = self.dir.join(format!("hugetlb.{size}.max"));
+            return (file.ends_with(".rsvd.max") && max.exists())
+                .then(|| "this kernel accounts no hugetlb reservations".to_owned());
         }
         Some(if value == "0" {
             format!("this guest has no {size} huge pages (a zero limit holds)")
@@ -809,13 +831,20 @@ mod tests {
 
     /// A guest with 2 MB pages only: the 1 GB limits (zero or not) are
     /// skipped, the 2 MB ones written; a reservation file a kernel lacks
-    /// is skipped next to its max; any other missing file is refused.
+    /// is skipped next to its max; any other missing file is refused (a
+    /// size the guest has included).
     #[test]
     fn hugetlb_sizes_the_guest_lacks() {
         let dir = std::env::temp_dir().join(format!("husk-cg-huge-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let cg = Cgroup { dir: dir.clone() };
+        let cg = Cgroup {
+            dir: dir.join("cg"),
+        };
+        let sizes = dir.join("hugepages");
+        fs::create_dir_all(sizes.join("hugepages-2048kB")).unwrap();
+        fs::create_dir_all(&cg.dir).unwrap();
+        let dir = cg.dir.clone();
         fs::write(dir.join("hugetlb.2MB.max"), "max").unwrap();
         let writes = resource_writes(
             "r",
@@ -823,7 +852,7 @@ mod tests {
                     {"pageSize":"1GB","limit":0},{"pageSize":"1GB","limit":1073741824}]}"#),
         )
         .unwrap();
-        cg.apply(&writes).unwrap();
+        cg.apply_with(&writes, &sizes).unwrap();
         assert_eq!(read_small(&dir.join("hugetlb.2MB.max")).unwrap(), "4194304");
         for f in [
             "hugetlb.2MB.rsvd.max",
@@ -833,14 +862,21 @@ mod tests {
             assert!(!dir.join(f).exists(), "{f}");
         }
         let w = |f: &str, v: &str| (f.to_owned(), v.to_owned(), format!("r.{f}"));
-        let e = cg.apply(&[w("cpu.max", "max 100000")]).unwrap_err();
-        assert!(
-            matches!(&e, CgroupError::Spec(s) if s.field == "r.cpu.max"),
-            "{e}"
-        );
-        let e = cg.apply(&[w("hugetlbx.max", "0")]).unwrap_err();
-        assert!(matches!(&e, CgroupError::Spec(_)), "{e}");
-        fs::remove_dir_all(&dir).unwrap();
+        let refused = |writes: &[Write1], field: &str| {
+            let e = cg.apply_with(writes, &sizes).unwrap_err();
+            assert!(
+                matches!(&e, CgroupError::Spec(s) if s.field == field),
+                "{e}"
+            );
+        };
+        refused(&[w("cpu.max", "max 100000")], "r.cpu.max");
+        // Not a page size (a `unified` key), and a size the kernel has
+        // whose file is not there (no hugetlb controller here): refused.
+        refused(&[w("hugetlb.x.max", "0")], "r.hugetlb.x.max");
+        refused(&[w("hugetlbx.max", "0")], "r.hugetlbx.max");
+        fs::remove_file(dir.join("hugetlb.2MB.max")).unwrap();
+        refused(&[w("hugetlb.2MB.max", "0")], "r.hugetlb.2MB.max");
+        fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     #[test]
