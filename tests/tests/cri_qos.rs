@@ -337,7 +337,6 @@ fn husk_kubelet_qos_resources_in_the_guest() {
                 }),
                 ..Default::default()
             }),
-            ..Default::default()
         });
         let c = cri
             .create_container(&pod_id, &config, &pod_config)
