@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, clippy (warnings are errors), unit
-# tests, the tiny test-guest VM tests and the real guest-kernel test, then a
+# tests, the tiny test-guest VM tests and the real guest-kernel tests (among
+# them the CRI ones through containerd, tests/tests/cri_*.rs: cri_runc,
+# cri_boundary, cri_qos for kubelet's QoS-class resources), then a
 # bounded fuzz run of every guest-data parser (HUSK_FUZZ_SECONDS per target,
 # default 20; 0 skips it). Builds the guest image first (cached). VM tests
 # skip, saying so, only where /dev/kvm is absent.

@@ -440,6 +440,41 @@ impl Cri {
         .map(|r| r.status.unwrap_or_default())
     }
 
+    /// `ContainerStatus`, verbose: the status, and the runtime's `info`
+    /// (containerd: key `info`, a JSON object with the runtime spec it
+    /// made, `runtimeSpec`).
+    pub fn container_status_verbose(
+        &self,
+        id: &str,
+    ) -> Result<api::ContainerStatusResponse, CriError> {
+        let container_id = id.to_string();
+        self.call("ContainerStatus", |mut c| async move {
+            c.container_status(api::ContainerStatusRequest {
+                container_id,
+                verbose: true,
+            })
+            .await
+        })
+    }
+
+    /// `UpdateContainerResources`: new Linux resources for container `id`
+    /// (kubelet's in-place resize sends the whole set).
+    pub fn update_container_resources(
+        &self,
+        id: &str,
+        linux: &api::LinuxContainerResources,
+    ) -> Result<(), CriError> {
+        let req = api::UpdateContainerResourcesRequest {
+            container_id: id.to_string(),
+            linux: Some(linux.clone()),
+            ..Default::default()
+        };
+        self.call("UpdateContainerResources", |mut c| async move {
+            c.update_container_resources(req).await
+        })
+        .map(drop)
+    }
+
     /// `ListContainers` (all states, all pods).
     pub fn list_containers(&self) -> Result<Vec<api::Container>, CriError> {
         self.call("ListContainers", |mut c| async move {

@@ -323,6 +323,45 @@ fn isolation(sb: &Sandbox) {
             container_id: "iso-oom".into()
         })
     );
+    // kubelet's hugepage limits (one for every size the node has) and a
+    // BestEffort container's CPU (shares 2, a period, no quota): 2 MB pages
+    // are limited, a size the guest lacks (1 GB without gbpages, 16 GB
+    // never on x86) is skipped, zero or not; the lowest weight and no
+    // bandwidth limit.
+    let spec = spec_edited(
+        &[
+            "sh",
+            "-c",
+            "cd /sys/fs/cgroup && cat hugetlb.2MB.max hugetlb.2MB.rsvd.max cpu.max cpu.weight",
+        ],
+        |v| {
+            v["linux"]["resources"]["hugepageLimits"] = serde_json::json!([
+                {"pageSize": "2MB", "limit": 4 << 20},
+                {"pageSize": "1GB", "limit": 0},
+                {"pageSize": "16GB", "limit": 1u64 << 34}
+            ]);
+            v["linux"]["resources"]["cpu"] = serde_json::json!({"shares": 2, "period": 100000});
+        },
+    );
+    let r = run_spec(sb, "iso-hugetlb", &spec);
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "4194304\n4194304\nmax 100000\n1\n",
+        "{}",
+        text(&r)
+    );
+    // A page size that is not one is refused, naming the field.
+    let spec = spec_edited(&["true"], |v| {
+        v["linux"]["resources"]["hugepageLimits"] =
+            serde_json::json!([{"pageSize": "2MiB", "limit": 0}]);
+    });
+    let (code, msg) =
+        code_of(agent.create_container("iso-bad-hugetlb", &spec, GUEST_ROOTFS, Stdio::null()));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+    assert!(
+        msg.contains("linux.resources.hugepageLimits[0].pageSize"),
+        "{msg}"
+    );
     // A fork bomb under a pids limit: the forks past the limit fail, and
     // the agent (outside the container's cgroup) still answers and still
     // runs containers. The background sleeps hold stdout open until the

@@ -4,7 +4,15 @@
 //!
 //! Only controllers the kernel offers are enabled (`cgroup.controllers` of
 //! the root); a limit for a controller that is not there is refused with the
-//! field named.
+//! field named. Two kinds of limit hold without a file to write, and are
+//! skipped with a log line instead: a swap limit where the kernel has no
+//! swap, and a `hugepageLimits` entry for a huge page size the guest does
+//! not have (no process in the guest can get such pages; kubelet sends a
+//! zero limit for every size the *node* has, whatever the pod asks).
+//!
+//! `cpu.cpus`/`cpu.mems` are ignored with a log line: they name the host's
+//! CPUs and NUMA nodes, which are not the guest's (Kata drops them too); the
+//! VM's vCPUs are what bounds the pod.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -16,8 +24,10 @@ use oci_spec::runtime::LinuxResources;
 
 use super::error::SpecError;
 
-/// The controllers containers use.
-pub const CONTROLLERS: [&str; 4] = ["cpu", "memory", "pids", "io"];
+/// The controllers a CRI spec's `linux.resources` sets, enabled for the
+/// containers where the kernel offers them (the guest has no cpuset: one
+/// vCPU, see the module docs).
+pub const CONTROLLERS: [&str; 6] = ["cpu", "memory", "pids", "io", "hugetlb", "cpuset"];
 
 /// One interface-file write: (file name, value, the spec field it comes from).
 pub type Write1 = (String, String, String);
@@ -128,7 +138,7 @@ pub fn resource_writes(field: &str, r: &LinuxResources) -> Result<Vec<Write1>, S
             );
         }
         if c.cpus().is_some() || c.mems().is_some() {
-            warn("cpu.cpus/mems (no cpuset controller in the guest)");
+            warn("cpu.cpus/mems (they name the host's CPUs and NUMA nodes, not the guest's)");
         }
         if c.realtime_runtime().is_some() || c.realtime_period().is_some() {
             warn("cpu.realtime* (no cgroup v2 file)");
@@ -183,8 +193,29 @@ pub fn resource_writes(field: &str, r: &LinuxResources) -> Result<Vec<Write1>, S
             warn("blockIO.weightDevice/leafWeight");
         }
     }
-    if r.hugepage_limits().as_ref().is_some_and(|v| !v.is_empty()) {
-        warn("hugepageLimits (no hugetlb in the guest)");
+    for (i, h) in r.hugepage_limits().iter().flatten().enumerate() {
+        let f = format!("{field}.hugepageLimits[{i}]");
+        let size = h.page_size();
+        if !is_page_size(size) {
+            return Err(SpecError::new(
+                format!("{f}.pageSize"),
+                format!("{size:?} is not a huge page size (digits, then KB, MB or GB: \"2MB\")"),
+            ));
+        }
+        if h.limit() < 0 {
+            return Err(SpecError::new(
+                format!("{f}.limit"),
+                format!("{} is not a byte count", h.limit()),
+            ));
+        }
+        // The reservation limit too, as runc does (a mapping reserves its
+        // pages before it faults them in).
+        for file in [
+            format!("hugetlb.{size}.max"),
+            format!("hugetlb.{size}.rsvd.max"),
+        ] {
+            put(&file, h.limit().to_string(), format!("{f}.limit"));
+        }
     }
     if r.network().is_some() {
         warn("network (no net_cls/net_prio on cgroup v2)");
@@ -211,6 +242,27 @@ pub fn resource_writes(field: &str, r: &LinuxResources) -> Result<Vec<Write1>, S
         }
     }
     Ok(w)
+}
+
+/// Where the kernel lists its huge page sizes (`hugepages-2048kB`, ...).
+pub const HUGEPAGES: &str = "/sys/kernel/mm/hugepages";
+
+/// A huge page size as the kernel names it in hugetlb files: a number
+/// without leading zeros, then `KB`, `MB` or `GB` (`2MB`, `1GB`, `64KB`).
+fn is_page_size(s: &str) -> bool {
+    page_size_kb(s).is_some()
+}
+
+/// A page size ([`is_page_size`]) in KiB (`2MB` -> 2048).
+fn page_size_kb(s: &str) -> Option<u64> {
+    let (digits, unit) = [("KB", 1u64), ("MB", 1 << 10), ("GB", 1 << 20)]
+        .iter()
+        .find_map(|(u, kb)| s.strip_suffix(u).map(|d| (d, *kb)))?;
+    let ok = (1..=7).contains(&digits.len())
+        && !digits.starts_with('0')
+        && digits.bytes().all(|b| b.is_ascii_digit());
+    ok.then(|| digits.parse::<u64>().ok().map(|n| n * unit))
+        .flatten()
 }
 
 /// The controller a write needs (`memory.max` -> `memory`).
@@ -285,19 +337,22 @@ impl Cgroup {
     }
 
     /// Writes each value; a file that is not there means its controller is
-    /// not enabled here: refused, naming the field. The exception is
-    /// `memory.swap.max` next to a `memory.max`: a kernel without swap
-    /// (the guest's) has no swap files, and a process there never swaps,
-    /// so any swap limit holds (containerd's CRI sets one with every
-    /// memory limit).
+    /// not enabled here: refused, naming the field. The exceptions are the
+    /// limits that hold without their file ([`Self::holds_without`]).
     pub fn apply(&self, writes: &[Write1]) -> Result<(), CgroupError> {
+        self.apply_with(writes, Path::new(HUGEPAGES))
+    }
+
+    /// [`Self::apply`] with the kernel's huge page sizes listed in
+    /// `hugepages` (tests).
+    fn apply_with(&self, writes: &[Write1], hugepages: &Path) -> Result<(), CgroupError> {
         for (file, value, field) in writes {
             let path = self.dir.join(file);
-            if file == "memory.swap.max" && !path.exists() && self.dir.join("memory.max").exists() {
-                crate::log::log(&format!(
-                    "container: {field}: ignored (this kernel has no swap)"
-                ));
-                continue;
+            if !path.exists() {
+                if let Some(why) = self.holds_without(file, value, hugepages) {
+                    crate::log::log(&format!("container: {field}: {file} skipped: {why}"));
+                    continue;
+                }
             }
             if let Err(e) = write_file(&path, value) {
                 return Err(match e.kind() {
@@ -321,6 +376,37 @@ impl Cgroup {
             }
         }
         Ok(())
+    }
+
+    /// Why a limit whose `file` is not there holds anyway, if it does:
+    /// - `memory.swap.max` next to a `memory.max`: a kernel without swap
+    ///   (the guest's) has no swap files, and a process there never swaps
+    ///   (containerd's CRI sets a swap limit with every memory limit;
+    ///   kubelet on a cgroup v2 node adds `unified: memory.swap.max=0`);
+    /// - `hugetlb.<size>.max` / `.rsvd.max` for a size the kernel has no
+    ///   pages of (no `<hugepages>/hugepages-<kB>kB`): no process can use
+    ///   any. A size it has, without the file: refused (the controller is
+    ///   not there), except `.rsvd.max` next to its `.max` (a kernel
+    ///   before reservation accounting).
+    fn holds_without(&self, file: &str, value: &str, hugepages: &Path) -> Option<String> {
+        if file == "memory.swap.max" && self.dir.join("memory.max").exists() {
+            return Some("this kernel has no swap".to_owned());
+        }
+        let size = file
+            .strip_prefix("hugetlb.")?
+            .strip_suffix(".max")
+            .map(|s| s.strip_suffix(".rsvd").unwrap_or(s))?;
+        let kb = page_size_kb(size)?;
+        if hugepages.join(format!("hugepages-{kb}kB")).exists() {
+            let max = self.dir.join(format!("hugetlb.{size}.max"));
+            return (file.ends_with(".rsvd.max") && max.exists())
+                .then(|| "this kernel accounts no hugetlb reservations".to_owned());
+        }
+        Some(if value == "0" {
+            format!("this guest has no {size} huge pages (a zero limit holds)")
+        } else {
+            format!("this guest has no {size} huge pages to hand out, so the limit is not written")
+        })
     }
 
     pub fn procs_path(&self) -> PathBuf {
@@ -638,6 +724,159 @@ mod tests {
         assert_eq!(read_small(&dir.join("memory.max")).unwrap(), "100");
         assert!(!dir.join("memory.swap.max").exists());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn files(w: &[Write1]) -> Vec<(&str, &str)> {
+        w.iter().map(|(f, v, _)| (f.as_str(), v.as_str())).collect()
+    }
+
+    /// What kubelet sends for each QoS class (kuberuntime's
+    /// generateLinuxContainerResources; a hugepageLimits entry of 0 for
+    /// every size the node has): BestEffort's shares 2 and period with no
+    /// quota is the lowest weight and no bandwidth limit.
+    #[test]
+    fn kubelet_qos_resources() {
+        let zeros =
+            r#""hugepageLimits":[{"pageSize":"2MB","limit":0},{"pageSize":"1GB","limit":0}]"#;
+        let hugetlb_zeros = [
+            ("hugetlb.2MB.max", "0"),
+            ("hugetlb.2MB.rsvd.max", "0"),
+            ("hugetlb.1GB.max", "0"),
+            ("hugetlb.1GB.rsvd.max", "0"),
+        ];
+        let best_effort = resource_writes(
+            "linux.resources",
+            &res(&format!(
+                r#"{{"cpu":{{"shares":2,"period":100000}},{zeros}}}"#
+            )),
+        )
+        .unwrap();
+        let mut want = vec![("cpu.weight", "1"), ("cpu.max", "max 100000")];
+        want.extend(hugetlb_zeros);
+        assert_eq!(files(&best_effort), want);
+        let guaranteed = resource_writes(
+            "linux.resources",
+            &res(&format!(
+                r#"{{"memory":{{"limit":67108864}},
+                    "cpu":{{"shares":256,"quota":25000,"period":100000}},{zeros}}}"#
+            )),
+        )
+        .unwrap();
+        let mut want = vec![
+            ("memory.max", "67108864"),
+            ("cpu.weight", "10"),
+            ("cpu.max", "25000 100000"),
+        ];
+        want.extend(hugetlb_zeros);
+        assert_eq!(files(&guaranteed), want);
+        // A pod that asks for 2 MiB pages: its limit, in bytes.
+        let w = resource_writes(
+            "r",
+            &res(r#"{"hugepageLimits":[{"pageSize":"2MB","limit":4194304}]}"#),
+        )
+        .unwrap();
+        assert_eq!(
+            w,
+            [
+                (
+                    "hugetlb.2MB.max".to_owned(),
+                    "4194304".to_owned(),
+                    "r.hugepageLimits[0].limit".to_owned()
+                ),
+                (
+                    "hugetlb.2MB.rsvd.max".to_owned(),
+                    "4194304".to_owned(),
+                    "r.hugepageLimits[0].limit".to_owned()
+                ),
+            ]
+        );
+        // cpuset fields name the host's CPUs: not written.
+        let w = resource_writes("r", &res(r#"{"cpu":{"cpus":"0-3","mems":"0"}}"#)).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn bad_page_sizes_name_the_field() {
+        for bad in [
+            "2M",
+            "02MB",
+            "2MiB",
+            "2mb",
+            "MB",
+            "",
+            "../x",
+            "2MB/..",
+            "1 GB",
+            "99999999GB",
+        ] {
+            let json = format!(
+                r#"{{"hugepageLimits":[{{"pageSize":"2MB","limit":0}},{{"pageSize":{bad:?},"limit":0}}]}}"#
+            );
+            let e = resource_writes("linux.resources", &res(&json)).unwrap_err();
+            assert_eq!(
+                e.field, "linux.resources.hugepageLimits[1].pageSize",
+                "{bad:?}"
+            );
+        }
+        let e = resource_writes(
+            "resources",
+            &res(r#"{"hugepageLimits":[{"pageSize":"2MB","limit":-1}]}"#),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "resources.hugepageLimits[0].limit");
+        for good in ["64KB", "2MB", "32MB", "1GB", "16GB"] {
+            assert!(is_page_size(good), "{good}");
+        }
+    }
+
+    /// A guest with 2 MB pages only: the 1 GB limits (zero or not) are
+    /// skipped, the 2 MB ones written; a reservation file a kernel lacks
+    /// is skipped next to its max; any other missing file is refused (a
+    /// size the guest has included).
+    #[test]
+    fn hugetlb_sizes_the_guest_lacks() {
+        let dir = std::env::temp_dir().join(format!("husk-cg-huge-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let cg = Cgroup {
+            dir: dir.join("cg"),
+        };
+        let sizes = dir.join("hugepages");
+        fs::create_dir_all(sizes.join("hugepages-2048kB")).unwrap();
+        fs::create_dir_all(&cg.dir).unwrap();
+        let dir = cg.dir.clone();
+        fs::write(dir.join("hugetlb.2MB.max"), "max").unwrap();
+        let writes = resource_writes(
+            "r",
+            &res(r#"{"hugepageLimits":[{"pageSize":"2MB","limit":4194304},
+                    {"pageSize":"1GB","limit":0},{"pageSize":"1GB","limit":1073741824}]}"#),
+        )
+        .unwrap();
+        cg.apply_with(&writes, &sizes).unwrap();
+        assert_eq!(read_small(&dir.join("hugetlb.2MB.max")).unwrap(), "4194304");
+        for f in [
+            "hugetlb.2MB.rsvd.max",
+            "hugetlb.1GB.max",
+            "hugetlb.1GB.rsvd.max",
+        ] {
+            assert!(!dir.join(f).exists(), "{f}");
+        }
+        let w = |f: &str, v: &str| (f.to_owned(), v.to_owned(), format!("r.{f}"));
+        let refused = |writes: &[Write1], field: &str| {
+            let e = cg.apply_with(writes, &sizes).unwrap_err();
+            assert!(
+                matches!(&e, CgroupError::Spec(s) if s.field == field),
+                "{e}"
+            );
+        };
+        refused(&[w("cpu.max", "max 100000")], "r.cpu.max");
+        // Not a page size (a `unified` key), and a size the kernel has
+        // whose file is not there (no hugetlb controller here): refused.
+        refused(&[w("hugetlb.x.max", "0")], "r.hugetlb.x.max");
+        refused(&[w("hugetlbx.max", "0")], "r.hugetlbx.max");
+        fs::remove_file(dir.join("hugetlb.2MB.max")).unwrap();
+        refused(&[w("hugetlb.2MB.max", "0")], "r.hugetlb.2MB.max");
+        fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     #[test]
