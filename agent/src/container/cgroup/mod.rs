@@ -296,12 +296,8 @@ pub fn read_small(path: &Path) -> io::Result<String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use super::resources::tests::res;
     use super::*;
-    use oci_spec::runtime::LinuxResources;
-
-    fn res(json: &str) -> LinuxResources {
-        serde_json::from_str(json).unwrap()
-    }
 
     /// A kernel without swap: memory.swap.max is skipped where the memory
     /// controller is there, refused where it is not.

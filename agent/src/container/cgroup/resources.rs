@@ -247,12 +247,13 @@ pub fn controller_of(file: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
 
-    fn res(json: &str) -> LinuxResources {
+    /// `linux.resources` from JSON (also the directory tests').
+    pub(in crate::container::cgroup) fn res(json: &str) -> LinuxResources {
         serde_json::from_str(json).unwrap()
     }
 
