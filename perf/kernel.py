@@ -23,6 +23,8 @@ import subprocess
 import tempfile
 import time
 
+from template import restore_oneshot  # perf/template.py: process start -> first ttrpc reply
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INITRD = os.path.join(ROOT, "target/guest-image/initramfs.cpio.gz")
 ENV = dict(os.environ, RUST_LOG="warn")
@@ -58,20 +60,6 @@ def cold_boot(husk, kernel, tmp, mem):
     finally:
         vm.terminate()
         vm.wait()
-
-
-def restore_oneshot(husk, tpl, tmp, i):
-    uds = os.path.join(tmp, f"r{i}.sock")
-    r = subprocess.run([husk, "vm", "run", "--from-template", tpl, "--vsock-uds", uds, "--oneshot",
-                        "--timings", "--console", "/dev/null", "--timeout", "120", "--name", f"r{i}"],
-                       capture_output=True, text=True, env=ENV)
-    if r.returncode != 0:
-        raise SystemExit(f"restore {i} failed: {r.stderr}")
-    for line in r.stdout.splitlines():
-        k, _, v = line.partition(": ")
-        if k == "first_ttrpc_reply_s":
-            return float(v)
-    raise SystemExit(f"restore {i}: no first_ttrpc_reply_s in {r.stdout!r}")
 
 
 def start_restored(husk, tpl, tmp, name):
