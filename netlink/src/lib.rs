@@ -23,6 +23,8 @@
 mod link;
 mod route;
 mod tc;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::io;
 

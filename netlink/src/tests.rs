@@ -175,19 +175,6 @@ fn ingress_redirect_both_ways_and_removal() {
     });
 }
 
-/// The `IFA_F_*` flags of IPv6 address `addr` in this thread's namespace
-/// (`/proc/thread-self/net/if_inet6`: address, index, prefix, scope,
-/// flags, name).
-fn inet6_flags(addr: &std::net::Ipv6Addr) -> Option<u32> {
-    let hex: String = addr.octets().iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::read_to_string("/proc/thread-self/net/if_inet6")
-        .unwrap()
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.first() == Some(&hex.as_str()))
-        .and_then(|f| u32::from_str_radix(f.get(4)?, 16).ok())
-}
-
 #[test]
 fn ipv6_address_without_dad_and_a_link_local_gateway() {
     in_new_netns(|| {
@@ -211,7 +198,7 @@ fn ipv6_address_without_dad_and_a_link_local_gateway() {
         nl.add_address(a.index, addr).unwrap(); // already there: fine
         assert!(nl.addresses(a.index).unwrap().contains(&addr));
         // Usable at once: no DAD, so never tentative.
-        let flags = inet6_flags(&v6).expect("fd42::7 in if_inet6");
+        let flags = crate::testing::inet6_flags(&v6).expect("fd42::7 in if_inet6");
         assert_eq!(flags & 0x40, 0, "tentative (flags {flags:#x})");
         assert_ne!(flags & 0x02, 0, "IFA_F_NODAD missing (flags {flags:#x})");
         // A default route through a link-local gateway (on the link, no

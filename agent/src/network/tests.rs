@@ -98,19 +98,6 @@ fn sysctl(key: &str) -> String {
         .to_string()
 }
 
-/// The `IFA_F_*` flags of IPv6 address `addr` in this thread's namespace
-/// (`/proc/thread-self/net/if_inet6`: address, index, prefix, scope,
-/// flags, name).
-fn inet6_flags(addr: &std::net::Ipv6Addr) -> Option<u32> {
-    let hex: String = addr.octets().iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::read_to_string("/proc/thread-self/net/if_inet6")
-        .unwrap()
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.first() == Some(&hex.as_str()))
-        .and_then(|f| u32::from_str_radix(f.get(4)?, 16).ok())
-}
-
 /// In a namespace whose only interface besides lo is one end of a veth
 /// (the other end in a second namespace, as the host's side is): the plan
 /// applied, then read back through netlink.
@@ -161,7 +148,7 @@ fn apply_configures_the_only_interface() {
             ("0".into(), "0".into())
         );
         let v6: std::net::Ipv6Addr = "fd00::5".parse().unwrap();
-        let flags = inet6_flags(&v6).expect("fd00::5 on eth0");
+        let flags = husk_netlink::testing::inet6_flags(&v6).expect("fd00::5 on eth0");
         assert_eq!(flags & IFA_F_TENTATIVE, 0, "tentative: flags {flags:#x}");
         assert_ne!(flags & IFA_F_NODAD, 0, "flags {flags:#x}");
         assert_eq!(resp.guest_interface, "eth0");
