@@ -201,7 +201,8 @@ impl NetworkPlan {
         }
         // IPv6 on (it is off from boot) before eth0 goes up, so it comes
         // up once with it; a kernel without IPv6 skips what needs it.
-        let wants_ipv6 = self.addresses.iter().any(|a| a.addr.is_ipv6());
+        let ipv6_asked = self.addresses.iter().filter(|a| a.addr.is_ipv6()).count();
+        let wants_ipv6 = ipv6_asked > 0;
         let has_ipv6 = wants_ipv6
             && ipv6::enable(&eth.name).map_err(|source| NetworkError::Ipv6 {
                 interface: eth.name.clone(),
@@ -256,11 +257,10 @@ impl NetworkPlan {
                 res => res.map_err(step(format!("adding route {}", describe(r))))?,
             }
         }
-        let ipv6_asked = self.addresses.iter().filter(|a| a.addr.is_ipv6()).count();
         Ok(ConfigureNetworkResponse {
             guest_interface: eth.name.clone(),
             skipped,
-            ipv6: ipv6_asked > 0 && ipv6_added == ipv6_asked,
+            ipv6: wants_ipv6 && ipv6_added == ipv6_asked,
             ..Default::default()
         })
     }
