@@ -113,13 +113,15 @@ impl Cgroup {
     fn apply_with(&self, writes: &[Write1], hugepages: &Path) -> Result<(), CgroupError> {
         for (file, value, field) in writes {
             let path = self.dir.join(file);
-            if !path.exists() {
-                if let Some(why) = self.holds_without(file, value, hugepages) {
-                    crate::log::log(&format!("container: {field}: {file} skipped: {why}"));
-                    continue;
-                }
-            }
+            // The write itself tells whether the file is there: no stat
+            // first (each syscall is guest work on the container's path).
             if let Err(e) = write_file(&path, value) {
+                if e.kind() == io::ErrorKind::NotFound {
+                    if let Some(why) = self.holds_without(file, value, hugepages) {
+                        crate::log::log(&format!("container: {field}: {file} skipped: {why}"));
+                        continue;
+                    }
+                }
                 return Err(match e.kind() {
                     io::ErrorKind::NotFound => CgroupError::Spec(SpecError::new(
                         field,
