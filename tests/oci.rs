@@ -374,9 +374,18 @@ pub fn busybox_image(name: &str, cmd: &[&str]) -> io::Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     let img = busybox_with(name, cmd, busybox)?;
     // Written aside and renamed: concurrent tests never see half a tar.
-    let tmp = dir.join(format!(".busybox-{key}.{}.tmp", std::process::id()));
-    img.write_tar(&tmp)?;
-    std::fs::rename(&tmp, &out)?;
+    // The aside name is unique per writer, not per process: the tests of
+    // one binary are threads of one process, and two of them renaming the
+    // same aside file made the second rename fail with ENOENT.
+    static WRITER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".busybox-{key}.{}-{n}.tmp", std::process::id()));
+    let with_path = |what: &str, p: &Path, e: io::Error| {
+        io::Error::new(e.kind(), format!("{what} {}: {e}", p.display()))
+    };
+    img.write_tar(&tmp)
+        .map_err(|e| with_path("write", &tmp, e))?;
+    std::fs::rename(&tmp, &out).map_err(|e| with_path("rename", &tmp, e))?;
     Ok(out)
 }
 
