@@ -242,7 +242,7 @@ mod tests {
         bus.insert(0x60, 5, "i8042", dev()).unwrap();
         let mut d = [0u8; 1];
         for _ in 0..3 {
-            bus.write(0x3f8, &[b'x']);
+            bus.write(0x3f8, b"x");
         }
         bus.read(0x3fd, &mut d);
         bus.write(0x64, &[0xfe]);

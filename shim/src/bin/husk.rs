@@ -45,7 +45,7 @@ enum Command {
 #[derive(Subcommand)]
 enum VmCommand {
     /// Boot a VM in this process; exits with the guest's outcome.
-    Run(vm_run::RunArgs),
+    Run(Box<vm_run::RunArgs>),
     /// One running pod VM's counters, as JSON (from its shim's monitor
     /// socket).
     Stats(pods::StatsArgs),

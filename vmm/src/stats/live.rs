@@ -385,7 +385,7 @@ mod tests {
         // What a vCPU's exits and the devices do.
         for _ in 0..5 {
             v0.io_out.inc();
-            pio.write(0x3f8, &[b'x']);
+            pio.write(0x3f8, b"x");
         }
         v0.mmio_read.inc();
         mmio.read(0xd000_2000, &mut [0u8; 4]);
