@@ -472,6 +472,8 @@ fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
             .iter_mut()
             .map(|v| (v.id(), Arc::new(VcpuCounters::default()), v.take_stats_fd()))
             .collect(),
+        // KVM_GET_STATS_FD here, on the caller's thread (the vCPUs' at
+        // `Vcpu::new`): no VMM thread's filter needs the ioctl.
         vm_fd: KvmStatsFd::open(sources.vm.fd(), "VM"),
     }));
     let mut threads = Vec::with_capacity(vcpus.len());
@@ -497,6 +499,9 @@ fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
         let t = std::thread::Builder::new()
             .name(format!("husk-vcpu{}", v.id()))
             .spawn(move || {
+                // Its tid, for readers of its CPU clock: before the filter
+                // (gettid is not on the vCPU list; clock_gettime, used at
+                // its end, is).
                 let counters = ctx.counters.clone();
                 counters.thread_started();
                 // Before the first KVM_RUN: guest input starts there.

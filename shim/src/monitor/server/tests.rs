@@ -182,3 +182,37 @@ fn never_binds_through_a_link() {
     std::fs::remove_dir_all(dir).unwrap();
     std::fs::remove_dir_all(elsewhere).unwrap();
 }
+
+/// A real HTTP client (curl, where installed) reads both endpoints.
+#[test]
+fn curl_reads_it() {
+    let (server, path, _, dir) = serve_temp("curl", IO_TIMEOUT);
+    let curl = |target: &str| {
+        std::process::Command::new("curl")
+            .args(["-sSf", "--max-time", "30", "--unix-socket"])
+            .arg(&path)
+            .arg(format!("http://localhost{target}"))
+            .output()
+    };
+    let out = match curl("/metrics") {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("SKIP curl_reads_it: no curl here ({e})");
+            return;
+        }
+    };
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("# TYPE husk_vm_interrupts_total counter"),
+        "{text}"
+    );
+    let out = curl("/stats").unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stats: PodStats = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats.pod, "pod-a");
+    // A 404 is an error to curl -f.
+    assert!(!curl("/nope").unwrap().status.success());
+    drop(server);
+    std::fs::remove_dir_all(dir).unwrap();
+}
