@@ -5,9 +5,14 @@
 //! offset inside its range. Accesses nobody claims read as all ones and
 //! writes to them are dropped, as on a real machine with nothing decoding the
 //! address; they never stop the VM.
+//!
+//! The bus counts every access per range (and those nobody claims): one
+//! relaxed atomic add beside the device's lock, see [`crate::counters`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+
+use crate::counters::{AccessCounts, RangeCounts};
 
 /// A device attached to a [`Bus`].
 pub trait BusDevice: Send {
@@ -44,12 +49,15 @@ struct Entry {
     len: u64,
     name: String,
     device: SharedDevice,
+    counts: Arc<AccessCounts>,
 }
 
 /// Address ranges mapped to devices.
 #[derive(Default)]
 pub struct Bus {
     ranges: BTreeMap<u64, Entry>,
+    /// Accesses no range claims.
+    unclaimed: Arc<AccessCounts>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -105,9 +113,28 @@ impl Bus {
                 len,
                 name: name.to_string(),
                 device,
+                counts: Arc::default(),
             },
         );
         Ok(())
+    }
+
+    /// Each range's access counts, by base address.
+    pub fn range_counts(&self) -> Vec<RangeCounts> {
+        self.ranges
+            .iter()
+            .map(|(&base, e)| RangeCounts {
+                name: e.name.clone(),
+                base,
+                len: e.len,
+                counts: e.counts.clone(),
+            })
+            .collect()
+    }
+
+    /// The counts of accesses no range claims.
+    pub fn unclaimed_counts(&self) -> Arc<AccessCounts> {
+        self.unclaimed.clone()
     }
 
     /// The device covering `addr` and the offset of `addr` inside its range.
@@ -124,10 +151,12 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.resolve(addr, data.len()) {
             Some((entry, offset)) => {
+                entry.counts.reads.inc();
                 lock_device(&entry.device).read(offset, data);
                 true
             }
             None => {
+                self.unclaimed.reads.inc();
                 data.fill(0xff);
                 false
             }
@@ -139,10 +168,14 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.resolve(addr, data.len()) {
             Some((entry, offset)) => {
+                entry.counts.writes.inc();
                 lock_device(&entry.device).write(offset, data);
                 true
             }
-            None => false,
+            None => {
+                self.unclaimed.writes.inc();
+                false
+            }
         }
     }
 }
@@ -200,6 +233,36 @@ mod tests {
         // An access straddling the end of a range belongs to nobody.
         let mut d = [0u8; 2];
         assert!(!bus.read(0x64, &mut d));
+    }
+
+    #[test]
+    fn counts_accesses_per_range_and_unclaimed() {
+        let mut bus = Bus::new();
+        bus.insert(0x3f8, 8, "serial", dev()).unwrap();
+        bus.insert(0x60, 5, "i8042", dev()).unwrap();
+        let mut d = [0u8; 1];
+        for _ in 0..3 {
+            bus.write(0x3f8, b"x");
+        }
+        bus.read(0x3fd, &mut d);
+        bus.write(0x64, &[0xfe]);
+        bus.read(0x80, &mut d);
+        bus.write(0x80, &[0]);
+        bus.write(0x81, &[0]);
+        let counts: Vec<(String, u64, u64, u64)> = bus
+            .range_counts()
+            .into_iter()
+            .map(|r| (r.name, r.base, r.counts.reads.get(), r.counts.writes.get()))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![
+                ("i8042".to_string(), 0x60, 0, 1),
+                ("serial".to_string(), 0x3f8, 1, 3)
+            ]
+        );
+        let u = bus.unclaimed_counts();
+        assert_eq!((u.reads.get(), u.writes.get()), (1, 2));
     }
 
     #[test]

@@ -6,12 +6,16 @@
 //! touch `kvm-ioctls`.
 
 pub mod bus;
+pub mod counters;
 pub mod legacy;
 pub mod virtio;
 
 use std::io;
+use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
+
+use counters::Counter;
 
 /// Something a device pulls to raise an edge-triggered interrupt or an event.
 ///
@@ -22,25 +26,41 @@ pub trait Interrupt: Send + Sync {
     fn trigger(&self) -> io::Result<()>;
 }
 
-/// An [`Interrupt`] backed by an `EventFd`.
+/// An [`Interrupt`] backed by an `EventFd`; counts its triggers.
 #[derive(Debug)]
-pub struct EventFdTrigger(EventFd);
+pub struct EventFdTrigger {
+    evt: EventFd,
+    count: Arc<Counter>,
+}
 
 impl EventFdTrigger {
     /// Wraps `evt`.
     pub fn new(evt: EventFd) -> Self {
-        Self(evt)
+        Self {
+            evt,
+            count: Arc::default(),
+        }
     }
 
     /// The wrapped `EventFd` (to register it as an irqfd or watch it).
     pub fn event_fd(&self) -> &EventFd {
-        &self.0
+        &self.evt
+    }
+
+    /// How many times it was triggered (a handle that outlives it).
+    pub fn count(&self) -> Arc<Counter> {
+        self.count.clone()
+    }
+
+    fn fire(&self) -> io::Result<()> {
+        self.count.inc();
+        self.evt.write(1)
     }
 }
 
 impl Interrupt for EventFdTrigger {
     fn trigger(&self) -> io::Result<()> {
-        self.0.write(1)
+        self.fire()
     }
 }
 
@@ -48,6 +68,22 @@ impl vm_superio::Trigger for EventFdTrigger {
     type E = io::Error;
 
     fn trigger(&self) -> io::Result<()> {
-        self.0.write(1)
+        self.fire()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    #[test]
+    fn an_eventfd_trigger_counts() {
+        let t = EventFdTrigger::new(EventFd::new(EFD_NONBLOCK).expect("eventfd"));
+        let count = t.count();
+        Interrupt::trigger(&t).expect("write");
+        vm_superio::Trigger::trigger(&t).expect("write");
+        assert_eq!(count.get(), 2);
+        assert_eq!(t.event_fd().read().expect("read"), 2);
     }
 }

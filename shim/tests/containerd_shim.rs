@@ -89,6 +89,7 @@ fn ctr_runs_containers_in_a_pod_vm() {
     assert!(ps.lines().count() >= 2, "{ps}");
     let metrics = c.ctr_ok(["task", "metrics", "sleeper"]);
     assert!(metrics.contains("memory"), "{metrics}");
+    check_monitor(&run_dir, "sleeper");
     c.ctr_ok(["task", "pause", "sleeper"]);
     assert_eq!(task_status(&c, "sleeper").as_deref(), Some("PAUSED"));
     c.ctr_ok(["task", "resume", "sleeper"]);
@@ -97,7 +98,78 @@ fn ctr_runs_containers_in_a_pod_vm() {
     wait_stopped(&c, "sleeper", Duration::from_secs(60));
     c.ctr_ok(["task", "delete", "sleeper"]);
     c.ctr_ok(["container", "delete", "sleeper"]);
+    // The shim logged the VM's counters when it stopped (containerd
+    // copies the shim's log asynchronously: a bounded wait for the line).
+    let logged = |c: &Containerd| {
+        c.log_tail(2000)
+            .lines()
+            .any(|l| l.contains("pod VM counters") && l.contains("sleeper"))
+    };
+    let end = Instant::now() + Duration::from_secs(30);
+    while !logged(&c) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(logged(&c), "no counters line\n{}", c.log_tail(60));
+    if let Some(l) = c
+        .log_tail(2000)
+        .lines()
+        .find(|l| l.contains("pod VM counters") && l.contains("sleeper"))
+    {
+        eprintln!("{}", &l[..l.len().min(700)]);
+    }
     assert_clean(&c, &run_dir);
+}
+
+/// The running pod's monitor socket (0600, in its VM's directory) and
+/// what `husk pods`, `husk vm stats` and `GET /metrics` make of it: the
+/// guest ran, so it exited, took vsock interrupts and used CPU.
+fn check_monitor(run_dir: &Path, pod: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let socks = husk_shim::monitor::list_sockets(run_dir).unwrap();
+    assert_eq!(socks.len(), 1, "{socks:?}");
+    let mode = std::fs::symlink_metadata(&socks[0])
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{:o}", mode);
+    let husk = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_husk"))
+            .args(args)
+            .arg("--run-dir")
+            .arg(run_dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "husk {args:?}: {out:?}");
+        text(&out.stdout)
+    };
+    let json = husk(&["vm", "stats", pod]);
+    let p: husk_shim::monitor::PodStats = serde_json::from_str(&json).unwrap();
+    assert_eq!(p.pod, pod);
+    assert!(p.vm.running, "{json}");
+    assert!(p.vm.interrupts_of("vsock", "queue").unwrap() > 0, "{json}");
+    assert!(p.vm.loop_exits() > 0, "{json}");
+    assert!(p.vm.vcpu_cpu_ns().unwrap() > 0, "{json}");
+    if p.vm.vcpus.iter().all(|v| v.kvm.is_some()) {
+        assert!(p.vm.kvm_vcpu_sum("exits").unwrap() > 0, "{json}");
+    }
+    let table = husk(&["pods"]);
+    eprintln!("husk pods:\n{table}");
+    assert!(
+        table.lines().nth(1).is_some_and(|l| l.starts_with(pod)),
+        "{table}"
+    );
+    let all: Vec<husk_shim::monitor::PodStats> =
+        serde_json::from_str(&husk(&["pods", "--json"])).unwrap();
+    assert_eq!(all.len(), 1);
+    let metrics = husk_shim::monitor::http::get(&socks[0], "/metrics", Duration::from_secs(10))
+        .map(|b| text(&b))
+        .unwrap();
+    let irq_line =
+        format!("husk_vm_interrupts_total{{pod=\"{pod}\",device=\"vsock\",kind=\"queue\"}} ");
+    assert!(
+        metrics.lines().any(|l| l.starts_with(&irq_line)),
+        "{metrics}"
+    );
 }
 
 /// A terminal session: typed input, the answer, the exit code.

@@ -2,7 +2,8 @@
 //! ttrpc API through the hybrid-vsock socket, the agent's log stream reaches
 //! the host (guest-initiated), several MiB go each way over concurrent
 //! streams without a byte lost or reordered, and the agent shuts the VM
-//! down on request.
+//! down on request. The VM's counters show what that took (exits,
+//! vsock interrupts, KVM's statistics) while it runs and once it ended.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -44,6 +45,27 @@ fn echo_round_trip(uds: &Path, seed: u64) -> Duration {
     assert_eq!(back.len(), data.len(), "stream {seed}: length");
     assert!(back == data, "stream {seed}: content differs");
     t.elapsed()
+}
+
+/// What a guest that booted and moved MiB over vsock must have counted.
+fn check_counters(s: &husk_vmm::VmStats, running: bool) {
+    assert_eq!(s.running, running);
+    let text = serde_json::to_string(s).unwrap();
+    // The vsock device raised used-ring interrupts, and the driver read
+    // and acked them through its MMIO registers.
+    assert!(s.interrupts_of("vsock", "queue").unwrap() > 0, "{text}");
+    let vsock = s.mmio.devices.iter().find(|d| d.device == "vsock").unwrap();
+    assert!(vsock.reads > 0 && vsock.writes > 0, "{text}");
+    // The console spoke through the serial port.
+    let serial = s.pio.devices.iter().find(|d| d.device == "serial").unwrap();
+    assert!(serial.writes > 0, "{text}");
+    assert!(s.loop_exits() > 0, "{text}");
+    assert!(s.vcpu_cpu_ns().is_some_and(|ns| ns > 0), "{text}");
+    // KVM's own counts, where the kernel has them: every exit, those it
+    // handles itself too (what it counts where differs between hosts).
+    if s.vcpus.iter().all(|v| v.kvm.is_some()) {
+        assert!(s.kvm_vcpu_sum("exits").unwrap() > 0, "{text}");
+    }
 }
 
 #[test]
@@ -128,11 +150,27 @@ fn agent_over_vsock_streams_and_shutdown() {
 
     // The ttrpc connection still works after the bulk traffic.
     assert_eq!(client.health().unwrap(), "SERVING");
+    let live = h.stats();
+    check_counters(&live, true);
     client.shutdown().unwrap();
     let o = h
         .wait(Some(Duration::from_secs(120)))
         .unwrap_or_else(|| fail("no shutdown"));
     assert_eq!(o.reason, ExitReason::GuestShutdown);
+    let last = h.stats();
+    check_counters(&last, false);
+    // Counters only grow.
+    let irqs = |s: &husk_vmm::VmStats| s.interrupts_of("vsock", "queue").unwrap();
+    assert!(irqs(&last) >= irqs(&live));
+    assert!(last.loop_exits() >= live.loop_exits());
+    assert!(last.uptime_ns >= live.uptime_ns);
+    eprintln!(
+        "counters at the end: run-loop exits {}, KVM exits {:?}, vsock queue interrupts {}, vCPU CPU {:?} ns",
+        last.loop_exits(),
+        last.kvm_vcpu_sum("exits"),
+        irqs(&last),
+        last.vcpu_cpu_ns()
+    );
     let text = std::fs::read_to_string(&console).unwrap();
     assert!(text.contains("powering off (shutdown request)"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();

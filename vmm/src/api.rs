@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::runstate::{ExitNotifier, RunState, VmOutcome};
 use crate::snapshot_sources::Captured;
+use crate::stats::{StatsReader, VmCounters, VmStats};
 
 /// What the host can ask of a running VMM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +106,7 @@ pub struct VmmHandle {
     pub(crate) state: Arc<RunState>,
     pub(crate) console: Arc<ConsoleWatch>,
     pub(crate) started: Instant,
+    pub(crate) counters: Arc<VmCounters>,
     pub(crate) thread: Option<JoinHandle<()>>,
 }
 
@@ -122,6 +124,19 @@ impl VmmHandle {
     /// The console observer (markers, last lines).
     pub fn console(&self) -> &Arc<ConsoleWatch> {
         &self.console
+    }
+
+    /// The VM's counters now (see [`crate::stats`]); once it has stopped,
+    /// its final counts. Read on the calling thread: no request goes to
+    /// the VMM thread, which may be busy (a snapshot) or gone.
+    pub fn stats(&self) -> VmStats {
+        self.counters.stats()
+    }
+
+    /// A reader of the counters for another thread (a monitor endpoint);
+    /// it outlives the handle and keeps none of the VM's resources.
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader(self.counters.clone())
     }
 
     fn not_running(&self) -> ApiError {

@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use husk_devices::bus::{Bus, SharedDevice};
+use husk_devices::counters::Counter;
 use husk_devices::legacy::{cmos, i8042, serial, Cmos, ConsoleSink, ConsoleWatch, Serial, I8042};
 use husk_devices::virtio::block::Block;
 use husk_devices::virtio::fs::{isolate_umask, Fs};
@@ -34,6 +35,7 @@ use crate::runstate::RunState;
 use crate::seccomp;
 use crate::snapshot::{self, Snapshot};
 use crate::snapshot_sources::{DeviceHandles, SnapshotSources};
+use crate::stats::{self, KvmStatsFd, VcpuCounters, VmCounters};
 use crate::vstate::vcpu::{self, BootEntry, SaveCaps, Vcpu, VcpuContext};
 use crate::vstate::{kvm, memory, vm::Vm};
 
@@ -80,6 +82,8 @@ struct Parts {
     facts: Facts,
     sources: SnapshotSources,
     seccomp: SeccompMode,
+    /// The serial port's interrupt count.
+    serial_irqs: Arc<Counter>,
 }
 
 fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
@@ -104,11 +108,9 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
 
     // Devices.
     let console = Arc::new(ConsoleWatch::new(console_markers(&config.ready_marker)));
-    let serial_irq = serial_irq(&vm)?;
-    let serial_dev = Serial::new(
-        EventFdTrigger::new(serial_irq),
-        console_sink(&config.console, &console)?,
-    );
+    let serial_trigger = EventFdTrigger::new(serial_irq(&vm)?);
+    let serial_irqs = serial_trigger.count();
+    let serial_dev = Serial::new(serial_trigger, console_sink(&config.console, &console)?);
     let (mut pio, serial, cmos, reset_evt) = legacy_devices(serial_dev, Cmos::default())?;
     let mut mmio = Bus::new();
     let mut devices = DeviceManager::new();
@@ -215,6 +217,7 @@ fn build(config: VmConfig, extra: ExtraDevices) -> Result<VmmHandle, VmmError> {
             nets,
         },
         seccomp: config.seccomp,
+        serial_irqs,
     })
 }
 
@@ -231,10 +234,11 @@ fn build_restored(config: RestoreConfig) -> Result<VmmHandle, VmmError> {
     snap.vm.restore(vm.fd())?;
 
     let console = Arc::new(ConsoleWatch::new(console_markers(READY_MARKER)));
-    let serial_irq = serial_irq(&vm)?;
+    let serial_trigger = EventFdTrigger::new(serial_irq(&vm)?);
+    let serial_irqs = serial_trigger.count();
     let serial_dev = Serial::from_state(
         &snap.devices.serial,
-        EventFdTrigger::new(serial_irq),
+        serial_trigger,
         console_sink(&config.console, &console)?,
     )
     .map_err(|e| VmmError::Restore(e.to_string()))?;
@@ -357,6 +361,7 @@ fn build_restored(config: RestoreConfig) -> Result<VmmHandle, VmmError> {
             nets,
         },
         seccomp: config.seccomp,
+        serial_irqs,
     })
 }
 
@@ -445,6 +450,7 @@ fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
         facts,
         sources,
         seccomp,
+        serial_irqs,
     } = p;
     let (filtered_tx, filtered) = mpsc::channel();
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
@@ -454,6 +460,22 @@ fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
     let api_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("API eventfd"))?;
     let ctl_api_evt = api_evt.try_clone().map_err(io_err("API eventfd"))?;
     let (req_tx, req_rx) = mpsc::channel();
+    let mut vcpus = vcpus;
+    let counters = Arc::new(VmCounters::new(stats::live::Sources {
+        name: name.clone(),
+        started,
+        pio: &pio,
+        mmio: &mmio,
+        virtio_interrupts: devices.interrupt_counts(),
+        serial_irqs,
+        vcpus: vcpus
+            .iter_mut()
+            .map(|v| (v.id(), Arc::new(VcpuCounters::default()), v.take_stats_fd()))
+            .collect(),
+        // KVM_GET_STATS_FD here, on the caller's thread (the vCPUs' at
+        // `Vcpu::new`): no VMM thread's filter needs the ioctl.
+        vm_fd: KvmStatsFd::open(sources.vm.fd(), "VM"),
+    }));
     let mut threads = Vec::with_capacity(vcpus.len());
     let mut gos = Vec::with_capacity(vcpus.len());
     // Dropping `gos` (every error path) ends the vCPU threads before their
@@ -463,19 +485,25 @@ fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
         controller::stop_started(state, threads);
         Err(e)
     };
-    for v in vcpus {
+    for (v, vcpu_counters) in vcpus.into_iter().zip(counters.vcpu_counters()) {
         let ctx = VcpuContext {
             pio: pio.clone(),
             mmio: mmio.clone(),
             mem: sources.mem.clone(),
             state: state.clone(),
             save: save.clone(),
+            counters: vcpu_counters,
         };
         let report = filtered_tx.clone();
         let (go_tx, go) = mpsc::channel::<()>();
         let t = std::thread::Builder::new()
             .name(format!("husk-vcpu{}", v.id()))
             .spawn(move || {
+                // Its tid, for readers of its CPU clock: before the filter
+                // (gettid is not on the vCPU list; clock_gettime, used at
+                // its end, is).
+                let counters = ctx.counters.clone();
+                counters.thread_started();
                 // Before the first KVM_RUN: guest input starts there.
                 let nnp = confine::no_new_privs(seccomp);
                 let ready = seccomp::setup(ThreadKind::Vcpu, seccomp, &report, || {
@@ -484,6 +512,7 @@ fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
                 if ready && go.recv().is_ok() {
                     v.run(ctx);
                 }
+                counters.thread_ending();
             })
             .map_err(io_err("spawning a vCPU thread"));
         match t {
@@ -513,6 +542,7 @@ fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
     );
     let ctl = Controller {
         facts,
+        counters: counters.clone(),
         state: state.clone(),
         reset_evt,
         api_evt: ctl_api_evt,
@@ -607,6 +637,7 @@ fn launch(p: Parts) -> Result<VmmHandle, VmmError> {
         state,
         console,
         started,
+        counters,
         thread: Some(ctl_thread),
     })
 }

@@ -18,6 +18,7 @@ use crate::device_manager::Subscriber;
 use crate::exit::ExitReason;
 use crate::runstate::{RunState, Timeline, VmOutcome};
 use crate::snapshot_sources::{Captured, SnapshotFacts, SnapshotSources};
+use crate::stats::VmCounters;
 
 /// The console text of a kernel panic.
 pub const PANIC_MARKER: &str = "Kernel panic - not syncing";
@@ -86,6 +87,9 @@ pub(crate) struct Facts {
 
 pub(crate) struct Controller {
     pub(crate) facts: Facts,
+    /// Finished (final counts kept, KVM stats fds closed) once the vCPUs
+    /// have stopped.
+    pub(crate) counters: Arc<VmCounters>,
     pub(crate) state: Arc<RunState>,
     pub(crate) reset_evt: EventFd,
     pub(crate) api_evt: EventFd,
@@ -251,6 +255,7 @@ impl MutEventSubscriber for Controller {
 /// publishes the outcome.
 pub(crate) fn run(controller: Controller, devices: Vec<Subscriber>, vcpus: Vec<JoinHandle<()>>) {
     let state = controller.state.clone();
+    let counters = controller.counters.clone();
     let console = controller.console.clone();
     let name = controller.facts.name.clone();
     let marker = controller.facts.ready_marker.clone();
@@ -283,6 +288,10 @@ pub(crate) fn run(controller: Controller, devices: Vec<Subscriber>, vcpus: Vec<J
     // reference, is gone): later requests fail fast with NotRunning.
     drop(controller);
     stop_vcpus(&state, vcpus, &name);
+    // The final counts (pread64 of the KVM stats fds, which then close).
+    let stats = counters.finish();
+    tracing::debug!(vm = %name, loop_exits = stats.loop_exits(), kvm_exits = ?stats.kvm_vcpu_sum("exits"),
+        vcpu_cpu_ns = ?stats.vcpu_cpu_ns(), "VM counters at its end");
     let reason = state.exit_reason().unwrap_or(ExitReason::HostRequest);
     let timeline = Timeline {
         started: Some(started),

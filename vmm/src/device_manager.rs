@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::MutEventSubscriber;
 use husk_devices::bus::Bus;
+use husk_devices::counters::InterruptCounts;
 use husk_devices::virtio::interrupt::MmioInterrupt;
 use husk_devices::virtio::transport::mmio::{
     MmioTransport, MmioTransportState, MMIO_WINDOW, NOTIFY_OFFSET,
@@ -90,6 +91,8 @@ pub struct DeviceManager {
     next_gsi: u32,
     slots: Vec<(String, MmioSlot)>,
     subscribers: Vec<Subscriber>,
+    /// Each device's MMIO base and its interrupt's counts.
+    interrupts: Vec<(u64, Arc<InterruptCounts>)>,
 }
 
 impl Default for DeviceManager {
@@ -105,6 +108,7 @@ impl DeviceManager {
             next_gsi: FIRST_VIRTIO_GSI,
             slots: Vec::new(),
             subscribers: Vec::new(),
+            interrupts: Vec::new(),
         }
     }
 
@@ -206,6 +210,7 @@ impl DeviceManager {
         }
         let dyn_dev: Arc<Mutex<dyn VirtioDevice>> = device.clone();
         let interrupt = Arc::new(MmioInterrupt::new(irq));
+        let counts = interrupt.counts();
         let transport = match state {
             None => MmioTransport::new(dyn_dev, mem.clone(), interrupt, notify),
             Some(st) => MmioTransport::restore(dyn_dev, mem.clone(), interrupt, notify, st),
@@ -221,6 +226,7 @@ impl DeviceManager {
                 source,
             })?;
         self.subscribers.push(device);
+        self.interrupts.push((slot.base, counts));
         tracing::debug!(device = %name, base = format_args!("{:#x}", slot.base), gsi = slot.gsi, "virtio-mmio device attached");
         self.slots.push((name, slot.clone()));
         Ok((slot, transport))
@@ -229,6 +235,11 @@ impl DeviceManager {
     /// The `virtio_mmio.device=` entries of all attached devices.
     pub fn cmdline_entries(&self) -> Vec<String> {
         self.slots.iter().map(|(_, s)| s.cmdline_entry()).collect()
+    }
+
+    /// Each attached device's MMIO base and its interrupt's counts.
+    pub fn interrupt_counts(&self) -> Vec<(u64, Arc<InterruptCounts>)> {
+        self.interrupts.clone()
     }
 
     /// Takes the devices' event loop subscribers.

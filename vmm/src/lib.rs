@@ -26,6 +26,7 @@ pub mod runstate;
 pub(crate) mod seccomp;
 pub mod snapshot;
 pub(crate) mod snapshot_sources;
+pub mod stats;
 pub mod vstate;
 
 pub use api::{ApiError, VmInfo, VmmHandle, VmmRequest, VmmResponse};
@@ -38,3 +39,4 @@ pub use controller::PANIC_MARKER;
 pub use error::{StartError, VmmError};
 pub use exit::{EmulationFailure, ExitReason};
 pub use runstate::{ExitNotifier, Timeline, VmOutcome};
+pub use stats::{StatsReader, VmStats};

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::counters::InterruptCounts;
+
 /// Why the device interrupts the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InterruptKind {
@@ -38,12 +40,14 @@ pub trait VirtioInterrupt: Send + Sync {
 }
 
 /// The MMIO transport's interrupt: status bits the driver reads and acks,
-/// and an eventfd that KVM turns into the device's GSI (irqfd).
+/// and an eventfd that KVM turns into the device's GSI (irqfd). Counts
+/// what it raises, by kind.
 pub struct MmioInterrupt {
     status: Arc<AtomicU32>,
     /// The device asked for a reset ([`VirtioInterrupt::needs_reset`]).
     needs_reset: AtomicBool,
     irq: EventFd,
+    counts: Arc<InterruptCounts>,
 }
 
 impl MmioInterrupt {
@@ -52,7 +56,14 @@ impl MmioInterrupt {
             status: Arc::new(AtomicU32::new(0)),
             needs_reset: AtomicBool::new(false),
             irq,
+            counts: Arc::default(),
         }
+    }
+
+    /// The interrupts raised so far, by kind (a handle that outlives this
+    /// object and holds no eventfd).
+    pub fn counts(&self) -> Arc<InterruptCounts> {
+        self.counts.clone()
     }
 
     /// Whether the device asked for a reset since the last [`clear`](Self::clear).
@@ -89,6 +100,10 @@ impl MmioInterrupt {
 
 impl VirtioInterrupt for MmioInterrupt {
     fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
+        match kind {
+            InterruptKind::Queue => self.counts.queue.inc(),
+            InterruptKind::Config => self.counts.config.inc(),
+        }
         self.status.fetch_or(kind.status_bit(), Ordering::SeqCst);
         self.irq.write(1)
     }
@@ -96,5 +111,28 @@ impl VirtioInterrupt for MmioInterrupt {
     fn needs_reset(&self) -> io::Result<()> {
         self.needs_reset.store(true, Ordering::SeqCst);
         self.trigger(InterruptKind::Config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    #[test]
+    fn counts_each_kind_it_raises() {
+        let i = MmioInterrupt::new(EventFd::new(EFD_NONBLOCK).expect("eventfd"));
+        let counts = i.counts();
+        for _ in 0..3 {
+            i.trigger(InterruptKind::Queue).expect("trigger");
+        }
+        i.needs_reset().expect("needs reset");
+        // Acks and resets clear the status, not the counts.
+        i.ack(3);
+        i.clear();
+        assert_eq!((counts.queue.get(), counts.config.get()), (3, 1));
+        assert_eq!(i.irq().read().expect("read"), 4);
+        drop(i);
+        assert_eq!(counts.queue.get(), 3);
     }
 }

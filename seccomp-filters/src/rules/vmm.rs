@@ -2,7 +2,9 @@
 //! devices' event handlers (vsock's Unix-socket muxer, virtio-blk and the
 //! in-process virtio-fs server), the `VmmHandle` requests
 //! (Info/Stop/Pause/Resume/Snapshot: a snapshot writes files), and the VM's
-//! teardown (kicking and joining the vCPU threads, dropping guest memory).
+//! teardown (kicking and joining the vCPU threads, reading the final
+//! counters, dropping guest memory). Live counters are read on the
+//! asking thread (`VmmHandle::stats`), not here.
 
 use super::kvm::*;
 use super::{allow, allow_args, allow_when, ioctls, Cond, Rule};
@@ -84,6 +86,9 @@ fn block() -> Vec<Rule> {
     vec![
         // virtio-blk: reads and writes of the image (read_exact_at /
         // write_all_at = pread64 / pwrite64; pwrite64 is allowed above).
+        // Also the VM's final counters when it stops (controller::run →
+        // VmCounters::finish): one pread64 of each KVM binary stats fd,
+        // opened by the builder (KVM_GET_STATS_FD is not allowed here).
         allow(sys!(SYS_pread64)),
         // virtio-blk: FLUSH (sync_data).
         allow(sys!(SYS_fdatasync)),

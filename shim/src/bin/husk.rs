@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use husk_shim::cli::{agent, check, exit_code, install, run, template, vm_run};
+use husk_shim::cli::{agent, check, exit_code, install, pods, run, template, vm_run};
 
 #[derive(Parser)]
 #[command(name = "husk", version, about = "husk microVM container runtime")]
@@ -37,12 +37,18 @@ enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// The pod VMs running on this node (containerd's shims) and their
+    /// counters: vCPU CPU time, exits, interrupts, uptime.
+    Pods(pods::PodsArgs),
 }
 
 #[derive(Subcommand)]
 enum VmCommand {
     /// Boot a VM in this process; exits with the guest's outcome.
-    Run(vm_run::RunArgs),
+    Run(Box<vm_run::RunArgs>),
+    /// One running pod VM's counters, as JSON (from its shim's monitor
+    /// socket).
+    Stats(pods::StatsArgs),
 }
 
 #[derive(Subcommand)]
@@ -100,6 +106,10 @@ fn main() {
         Command::Vm {
             command: VmCommand::Run(args),
         } => vm_run::run(&args, start),
+        Command::Vm {
+            command: VmCommand::Stats(args),
+        } => pods::stats(&args),
+        Command::Pods(args) => pods::pods(&args),
         Command::Agent { command } => match command {
             AgentCommand::Ping(args) => agent::ping(&args),
             AgentCommand::Exec(args) => agent::exec(&args),

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod check;
 pub mod device_args;
 pub mod install;
+pub mod pods;
 pub mod run;
 pub mod template;
 pub mod vm_run;

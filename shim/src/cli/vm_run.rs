@@ -75,6 +75,11 @@ pub struct RunArgs {
     /// Print boot timings (seconds since process start) to stdout.
     #[arg(long)]
     pub timings: bool,
+    /// Print the VM's final counters (exits by reason and device,
+    /// interrupts per device, KVM's statistics, vCPU CPU time) to stdout
+    /// as JSON when it ends.
+    #[arg(long)]
+    pub stats: bool,
     /// Give the guest a virtio-vsock device behind this hybrid-vsock Unix
     /// socket (host: connect, write `CONNECT <port>\n`, read `OK ...\n`;
     /// guest connections to host port P go to `PATH_P`).
@@ -297,6 +302,12 @@ pub fn run(args: &RunArgs, process_start: Instant) -> i32 {
                 "first_ttrpc_reply_s: {:.6}",
                 t.duration_since(process_start).as_secs_f64()
             );
+        }
+    }
+    if args.stats {
+        match serde_json::to_string_pretty(&handle.stats()) {
+            Ok(j) => println!("{j}"),
+            Err(e) => eprintln!("husk: VM {name}: encoding its counters: {e}"),
         }
     }
     let code = report(&outcome, timed_out, interrupted, args, &name);

@@ -12,11 +12,12 @@
 //! touches a newer one's files.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use husk_shim_protos::mount::Mount;
-use husk_vmm::{ConsoleConfig, PvmCompat, SeccompMode, ShareConfig};
+use husk_vmm::{ConsoleConfig, PvmCompat, SeccompMode, ShareConfig, StatsReader};
 use sha2::{Digest, Sha256};
 
 use super::config::Config;
@@ -26,6 +27,8 @@ use super::host_cgroup::{self, HostCgroup};
 use super::host_fs::{HostFsError, PodTree};
 use super::spec::Volume;
 use crate::agent_client::{AgentClient, ProcessStreams, Stdio};
+use crate::monitor::server::MonitorServer;
+use crate::monitor::PodStats;
 use crate::pod_net::PodNetwork;
 use crate::sandbox::store::TemplateStore;
 use crate::sandbox::template_build::VmTemplateBuilder;
@@ -181,13 +184,18 @@ impl PodFactory for SandboxFactory {
         };
         // On error the tree is dropped: its directory goes.
         let sandbox = Sandbox::start(cfg).map_err(|e| pod_err(crate::cli::error_chain(&e)))?;
+        let stats = sandbox.vmm().stats_reader();
+        let monitor = start_monitor(&tree, &self.pod, &self.namespace, &stats);
         // From here a failure drops the pod: VM stopped, directory removed.
         let mut pod = Pod {
             id: self.pod.clone(),
             tree,
+            monitor,
             sandbox: Some(sandbox),
             network,
             host_cgroup: std::sync::Mutex::new(host_cgroup),
+            stats,
+            stats_logged: AtomicBool::new(false),
         };
         let agent = pod.sandbox().agent();
         let api = match agent.version() {
@@ -237,17 +245,49 @@ impl PodFactory for SandboxFactory {
     }
 }
 
+/// Serves the pod VM's counters on `monitor.sock` in its directory; a
+/// pod without it (logged) runs all the same.
+fn start_monitor(
+    tree: &PodTree,
+    pod: &str,
+    namespace: &str,
+    stats: &StatsReader,
+) -> Option<MonitorServer> {
+    let (reader, pod_id, ns) = (stats.clone(), pod.to_owned(), namespace.to_owned());
+    let source = move || PodStats {
+        pod: pod_id.clone(),
+        namespace: ns.clone(),
+        shim_pid: std::process::id(),
+        vm: reader.stats(),
+    };
+    match MonitorServer::start_at(tree.dir_fd(), tree.dir(), Box::new(source)) {
+        Ok(m) => {
+            tracing::debug!(pod, socket = %m.path().display(), "monitor serving");
+            Some(m)
+        }
+        Err(e) => {
+            tracing::warn!(pod, error = %crate::cli::error_chain(&e), "no monitor socket for the pod");
+            None
+        }
+    }
+}
+
 /// One pod's VM.
 pub struct Pod {
     id: String,
     /// The VM's directory and container tree (released after the VM).
     tree: PodTree,
+    /// The monitor endpoint (stopped before the VM goes).
+    monitor: Option<MonitorServer>,
     /// Present until drop.
     sandbox: Option<Sandbox>,
     /// The pod's tap and tc redirect, removed after the VM (drop order).
     network: Option<PodNetwork>,
     /// Left once the VM has ended.
     host_cgroup: std::sync::Mutex<Option<HostCgroup>>,
+    /// The VM's counters (final once it stopped), logged once then.
+    stats: StatsReader,
+    stats_logged: AtomicBool,
 }
 
 impl Pod {
@@ -326,6 +366,7 @@ impl PodVm for Pod {
         if self.sandbox().power_off(deadline).is_none() {
             tracing::warn!(pod = %self.id, "the pod VM did not stop");
         }
+        self.log_counters();
         // The VM is gone: its host files can go now, whoever drops it.
         self.release_host_files();
     }
@@ -341,6 +382,31 @@ fn host_fs_error(cid: &str, what: &str, e: HostFsError) -> TaskError {
 }
 
 impl Pod {
+    /// Logs the VM's final counters, once (one line; `husk pods` and the
+    /// monitor socket show them while it runs).
+    fn log_counters(&self) {
+        if self.stats_logged.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let s = self.stats.stats();
+        let json = serde_json::to_string(&s).unwrap_or_default();
+        tracing::info!(
+            pod = %self.id,
+            stopped = !s.running,
+            uptime_s = s.uptime_ns as f64 / 1e9,
+            vcpu_cpu_s = s.vcpu_cpu_ns().map(|n| n as f64 / 1e9),
+            kvm_exits = s.kvm_vcpu_sum("exits"),
+            loop_exits = s.loop_exits(),
+            mmio_exits = s.kvm_vcpu_sum("mmio_exits"),
+            halt_wakeups = s.kvm_vcpu_sum("halt_wakeup"),
+            irq_injections = s.kvm_vcpu_sum("irq_injections"),
+            insn_emulation = s.kvm_vcpu_sum("insn_emulation"),
+            interrupts_raised = s.interrupts_raised(),
+            counters = %json,
+            "pod VM counters"
+        );
+    }
+
     /// Unmounts what the pod's tree mounted and removes the VM's
     /// directory; call once the VM has ended.
     fn release_host_files(&self) {
@@ -355,9 +421,11 @@ impl Pod {
 
 impl Drop for Pod {
     fn drop(&mut self) {
-        // The VM first (stopped, its threads joined), then its network, then
-        // the host files.
+        // The monitor, then the VM (stopped, its threads joined), then its
+        // network, then the host files.
+        drop(self.monitor.take());
         drop(self.sandbox.take());
+        self.log_counters();
         drop(self.network.take());
         self.release_host_files();
     }

@@ -18,6 +18,7 @@ use crate::exit::{
 };
 use crate::runstate::RunState;
 use crate::snapshot::VcpuState;
+use crate::stats::{KvmStatsFd, VcpuCounters};
 
 /// Errors creating or configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -76,10 +77,13 @@ pub struct BootEntry {
 pub struct Vcpu {
     id: u8,
     fd: VcpuFd,
+    /// The kernel's statistics of this vCPU (opened here, on the
+    /// builder's thread; read by whoever asks for the VM's stats).
+    stats_fd: Option<KvmStatsFd>,
 }
 
 impl Vcpu {
-    /// Creates vCPU `id`.
+    /// Creates vCPU `id` (a cold boot's or a restore's).
     pub fn new(vm: &VmFd, id: u8) -> Result<Self, VcpuError> {
         let fd = vm
             .create_vcpu(u64::from(id))
@@ -88,7 +92,13 @@ impl Vcpu {
                 what: "KVM_CREATE_VCPU",
                 source,
             })?;
-        Ok(Self { id, fd })
+        let stats_fd = KvmStatsFd::open(&fd, "vCPU");
+        Ok(Self { id, fd, stats_fd })
+    }
+
+    /// Takes the vCPU's KVM stats fd (for the VM's counters).
+    pub fn take_stats_fd(&mut self) -> Option<KvmStatsFd> {
+        self.stats_fd.take()
     }
 
     /// Loads a saved state (restore): CPUID first, then the rest.
@@ -252,7 +262,10 @@ impl Vcpu {
     }
 
     /// Runs the vCPU until the VM stops; reports why through `state`.
+    /// Counts each exit by reason in `ctx.counters` (a relaxed atomic add
+    /// each; the buses count per device).
     pub fn run(mut self, ctx: VcpuContext) {
+        let n = &ctx.counters;
         ctx.state.vcpu_started();
         let reason = loop {
             if ctx.state.stop.load(Ordering::Acquire) {
@@ -273,41 +286,55 @@ impl Vcpu {
             match self.fd.run() {
                 Ok(exit) => match exit {
                     VcpuExit::IoIn(port, data) => {
+                        n.io_in.inc();
                         ctx.pio.read(u64::from(port), data);
                     }
                     VcpuExit::IoOut(port, data) => {
+                        n.io_out.inc();
                         ctx.pio.write(u64::from(port), data);
                     }
                     VcpuExit::MmioRead(addr, data) => {
+                        n.mmio_read.inc();
                         ctx.mmio.read(addr, data);
                     }
                     VcpuExit::MmioWrite(addr, data) => {
+                        n.mmio_write.inc();
                         ctx.mmio.write(addr, data);
                     }
-                    VcpuExit::Shutdown => break Some(ExitReason::TripleFault { vcpu: self.id }),
+                    VcpuExit::Shutdown => {
+                        n.shutdown.inc();
+                        break Some(ExitReason::TripleFault { vcpu: self.id });
+                    }
                     VcpuExit::SystemEvent(kind, _) => {
+                        n.system_event.inc();
                         break Some(ExitReason::SystemEvent {
                             vcpu: self.id,
                             kind,
-                        })
+                        });
                     }
                     VcpuExit::FailEntry(reason, _) => {
+                        n.other.inc();
                         break Some(ExitReason::FailEntry {
                             vcpu: self.id,
                             reason,
-                        })
+                        });
                     }
-                    VcpuExit::InternalError => break Some(self.internal_error(&ctx.mem)),
-                    VcpuExit::Intr => {}
+                    VcpuExit::InternalError => {
+                        n.other.inc();
+                        break Some(self.internal_error(&ctx.mem));
+                    }
+                    VcpuExit::Intr => n.intr.inc(),
                     other => {
+                        n.other.inc();
                         break Some(ExitReason::Unexpected {
                             vcpu: self.id,
                             exit: format!("{other:?}"),
-                        })
+                        });
                     }
                 },
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     // Kicked (or a spurious signal): the loop re-checks `stop`.
+                    n.eintr.inc();
                 }
                 Err(e) => {
                     break Some(ExitReason::VcpuError {
@@ -359,6 +386,8 @@ pub struct VcpuContext {
     pub mem: GuestMemoryMmap,
     pub state: Arc<RunState>,
     pub save: Arc<SaveCaps>,
+    /// This vCPU's exit counters.
+    pub counters: Arc<VcpuCounters>,
 }
 
 /// What a vCPU saves when it parks.

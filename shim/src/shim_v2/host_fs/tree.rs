@@ -4,6 +4,7 @@
 //! <run_dir>/<pod key>/              0700, one per pod (see `pod_dir`)
 //!   <incarnation>/                  0700, one per VM of the pod
 //!     v.sock                        the VM's vsock socket (+ v.sock_<port>)
+//!     monitor.sock                  the VM's counters (0600, `crate::monitor`)
 //!     run/<sandbox id>/             the sandbox's own directory
 //!     mounts/                       host-private: a bind of itself, shared
 //!       <cid>/rootfs                containerd's rootfs mounts
@@ -190,6 +191,12 @@ impl PodTree {
     /// The incarnation's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The incarnation's directory, as a descriptor (the monitor socket
+    /// is bound beneath it).
+    pub fn dir_fd(&self) -> BorrowedFd<'_> {
+        self.dir_fd.as_fd()
     }
 
     /// The pod's virtio-fs share (read-only view of the container tree).
