@@ -148,6 +148,15 @@ def table(docs):
     row("  of which until RunPodSandbox returned", lambda d: d["cpu"]["pod_processes_at_sandbox_s"]["p50"], " s")
     row("  during StartContainer", lambda d: d["cpu"]["pod_processes_start_container_s"]["p50"], " s")
     row("CPU per pod, its host cgroups, p50", lambda d: d["cpu"]["pod_cgroup_s"]["p50"], " s")
+    row("idle pod CPU over the settle, its processes, p50 (% of a core)",
+        lambda d: (d.get("idle_cpu_pct") or {}).get("p50"), " %", 2)
+    idle = lambda d, k, scale=1.0: ((d.get("vm_idle_per_s") or {}).get(k) or {}).get("p50", float("nan")) * scale  # noqa: E731
+    row("  of which the vCPU thread (husk pods counters), p50", lambda d: idle(d, "vcpu_cpu_ms", 0.1), " %", 3)
+    row("  idle VM: KVM exits per s, p50",
+        lambda d: idle(d, "kvm_exits"), "", 1)
+    row("    interrupts injected per s, p50", lambda d: idle(d, "irq_injections"), "", 1)
+    row("    halt wake-ups per s, p50", lambda d: idle(d, "halt_wakeup"), "", 1)
+    row("    emulated instructions per s, p50", lambda d: idle(d, "insn_emulation"), "", 0)
     row("containerd CPU per pod", lambda d: d["cpu"]["containerd_s_per_pod"], " s")
     row("PSS per pod, shim + its processes, p50", lambda d: d["memory_kib"]["pss"]["p50"] / 1024, " MiB", 1)
     row("RSS per pod, same, p50", lambda d: d["memory_kib"]["rss"]["p50"] / 1024, " MiB", 1)

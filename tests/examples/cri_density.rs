@@ -493,7 +493,7 @@ fn run(a: &Args, work: &Path) -> Result<Value, String> {
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let f = CriFixture::start(handler, shim.as_deref(), opts)
         .map_err(|e| format!("CRI fixture: {e}"))?;
-    let result = measure(a, &f, handler);
+    let result = measure(a, &f, handler, work);
     if let Some(p) = &a.log {
         let log = f.containerd().work_dir().join("containerd.log");
         if let Err(e) = std::fs::copy(&log, p) {
@@ -510,7 +510,7 @@ fn run(a: &Args, work: &Path) -> Result<Value, String> {
     Ok(doc)
 }
 
-fn measure(a: &Args, f: &CriFixture, handler: &str) -> Result<Value, String> {
+fn measure(a: &Args, f: &CriFixture, handler: &str, work: &Path) -> Result<Value, String> {
     let sock = f.containerd().address().to_path_buf();
     let address = sock.to_string_lossy().into_owned();
     let tick = clock_ticks();
@@ -626,8 +626,6 @@ fn measure(a: &Args, f: &CriFixture, handler: &str) -> Result<Value, String> {
         .filter_map(|r| r.t_running)
         .fold(0.0_f64, f64::max);
 
-    // All running: settle, then per pod CPU and memory.
-    std::thread::sleep(Duration::from_secs_f64(a.settle));
     let cri = f.cri();
     let mut kids: HashMap<u32, Vec<u32>> = HashMap::new();
     let mut shims: HashMap<String, u32> = HashMap::new();
@@ -647,6 +645,28 @@ fn measure(a: &Args, f: &CriFixture, handler: &str) -> Result<Value, String> {
             }
         }
     }
+    // Each pod's process tree CPU now, for its idle rate over the settle.
+    let cpu_of_tree = |spid: u32| -> u64 {
+        tree(spid, &kids)
+            .iter()
+            .filter_map(|&q| proc_stat(q))
+            .map(|s| s.1)
+            .sum()
+    };
+    let cpu_before: HashMap<String, u64> = shims
+        .iter()
+        .map(|(id, &spid)| (id.clone(), cpu_of_tree(spid)))
+        .collect();
+    // All running: settle, then per pod CPU and memory. husk: each pod
+    // VM's counters (`husk pods --json`) before and after the settle, so
+    // what an idle pod costs is counted, not only timed.
+    let pods_dir = work.join("pods");
+    let vm_before = (handler == "husk").then(|| husk_pods(&a.shim, &pods_dir));
+    let settle_t = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(a.settle));
+    let settle_s = settle_t.elapsed().as_secs_f64();
+    let vm_idle =
+        vm_before.map(|before| idle_rates(&before, &husk_pods(&a.shim, &pods_dir), settle_s));
     let mut pods_json = Vec::new();
     let mut still_running = 0;
     for r in &runs {
@@ -693,6 +713,11 @@ fn measure(a: &Args, f: &CriFixture, handler: &str) -> Result<Value, String> {
                     .map(|s| s.1)
                     .sum();
                 p["shim_pid"] = json!(spid);
+                if let Some(&c0) = cpu_before.get(id) {
+                    // % of a core over the settle (clock ticks: coarse).
+                    p["idle_cpu_pct"] =
+                        json!((cpu.saturating_sub(c0)) as f64 / tick / settle_s.max(1e-9) * 100.0);
+                }
                 p["processes"] = json!(procs.len());
                 p["proc_cpu_s"] = json!(cpu as f64 / tick);
                 p["pss_kib"] = json!(sum("Pss"));
@@ -703,6 +728,9 @@ fn measure(a: &Args, f: &CriFixture, handler: &str) -> Result<Value, String> {
                 if handler == "husk" {
                     p["guest_ram_kib"] = json!(guest_ram(spid));
                     p["threads_cpu_s"] = json!(threads_cpu_s(spid));
+                    if let Some(rates) = vm_idle.as_ref().and_then(|m| m.get(id)) {
+                        p["vm_idle_per_s"] = rates.clone();
+                    }
                 }
             }
         }
@@ -763,6 +791,9 @@ fn measure(a: &Args, f: &CriFixture, handler: &str) -> Result<Value, String> {
         "run_pod_sandbox_s": summary(&stat("run_pod_sandbox_s")),
         "create_container_s": summary(&stat("create_container_s")),
         "start_container_s": summary(&stat("start_container_s")),
+        "vm_idle_per_s": idle_summary(&pods_json),
+        "idle_cpu_pct": summary(&stat("idle_cpu_pct")),
+        "settle_s": settle_s,
         "cpu": {
             "machine_busy_s": machine_cpu_s,
             "baseline_busy_cores": baseline_cores,
@@ -793,4 +824,111 @@ fn measure(a: &Args, f: &CriFixture, handler: &str) -> Result<Value, String> {
         "samples": samples.into_inner().unwrap_or_default(),
         "pod_list": pods_json,
     }))
+}
+
+/// Every husk pod VM's counters, by pod id, as `husk pods --json` (next
+/// to the shim) reads them from the pods' monitor sockets; empty (said
+/// once) when that fails.
+fn husk_pods(shim: &Path, run_dir: &Path) -> HashMap<String, Value> {
+    let husk = shim.with_file_name("husk");
+    let out = std::process::Command::new(&husk)
+        .arg("pods")
+        .arg("--json")
+        .arg("--run-dir")
+        .arg(run_dir)
+        .output();
+    let pods = match out {
+        Ok(o) if o.status.success() => serde_json::from_slice::<Vec<Value>>(&o.stdout),
+        Ok(o) => {
+            eprintln!(
+                "cri_density: {} pods: {}: {}",
+                husk.display(),
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return HashMap::new();
+        }
+        Err(e) => {
+            eprintln!("cri_density: {}: {e}", husk.display());
+            return HashMap::new();
+        }
+    };
+    match pods {
+        Ok(v) => v
+            .into_iter()
+            .filter_map(|p| Some((p["pod"].as_str()?.to_owned(), p)))
+            .collect(),
+        Err(e) => {
+            eprintln!("cri_density: husk pods --json: {e}");
+            HashMap::new()
+        }
+    }
+}
+
+/// The figures of one pod VM's counters that show what it does while
+/// idle: vCPU thread CPU and KVM's exits, interrupts injected, halt
+/// wake-ups, emulated instructions, and the exits our run loop took.
+fn vm_figures(p: &Value) -> Vec<(&'static str, f64)> {
+    let vcpu = &p["vm"]["vcpus"][0];
+    let kvm = |k: &str| vcpu["kvm"]["counters"][k].as_f64();
+    let exits = &vcpu["exits"];
+    let vmm_exits: f64 = ["io_in", "io_out", "mmio_read", "mmio_write"]
+        .iter()
+        .filter_map(|k| exits[*k].as_f64())
+        .sum();
+    [
+        ("vcpu_cpu_ms", vcpu["cpu_ns"].as_f64().map(|n| n / 1e6)),
+        ("kvm_exits", kvm("exits")),
+        ("irq_injections", kvm("irq_injections")),
+        ("halt_wakeup", kvm("halt_wakeup")),
+        ("insn_emulation", kvm("insn_emulation")),
+        ("vmm_exits", Some(vmm_exits)),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k, v?)))
+    .collect()
+}
+
+/// Per pod: each figure's rate over `secs` between two `husk pods`
+/// readings.
+fn idle_rates(
+    before: &HashMap<String, Value>,
+    after: &HashMap<String, Value>,
+    secs: f64,
+) -> HashMap<String, Value> {
+    let mut out = HashMap::new();
+    for (id, b) in before {
+        let Some(a) = after.get(id) else { continue };
+        let fb: HashMap<_, _> = vm_figures(b).into_iter().collect();
+        let mut rates = serde_json::Map::new();
+        for (k, va) in vm_figures(a) {
+            if let Some(vb) = fb.get(k) {
+                rates.insert(k.to_owned(), json!((va - vb) / secs.max(1e-9)));
+            }
+        }
+        out.insert(id.clone(), Value::Object(rates));
+    }
+    out
+}
+
+/// p50/max of each idle rate over the pods that have them.
+fn idle_summary(pods: &[Value]) -> Value {
+    let mut out = serde_json::Map::new();
+    for k in [
+        "vcpu_cpu_ms",
+        "kvm_exits",
+        "irq_injections",
+        "halt_wakeup",
+        "insn_emulation",
+        "vmm_exits",
+    ] {
+        let v: Vec<f64> = pods
+            .iter()
+            .filter_map(|p| p["vm_idle_per_s"][k].as_f64())
+            .collect();
+        if !v.is_empty() {
+            out.insert(k.to_owned(), summary(&v));
+        }
+    }
+    Value::Object(out)
 }
