@@ -36,6 +36,13 @@ fn main() {
         ));
         return;
     }
+    // One malloc arena, set while this is the only thread: each thread
+    // that allocates (every ttrpc connection has several) would otherwise
+    // get a 132 KiB arena of its own, and each page of it the guest
+    // touches is a guest page fault (milliseconds of emulated kernel on
+    // nested hosts) and guest memory private to this VM.
+    // SAFETY: mallopt takes no pointers; no other thread exists yet.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     // First, while this is the only thread: every thread inherits the mask.
     let signals = init::block_signals();
     init::one_malloc_arena();
