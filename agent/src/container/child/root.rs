@@ -14,7 +14,9 @@
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use super::{errno, fail, Step};
+use super::errno;
+use super::report::{fail, Step};
+use super::tally::{ChildStep, Tally};
 use crate::container::in_root::{open_in_root, FdPath};
 use crate::container::mounts::{InRoot, RootfsPlan};
 
@@ -95,11 +97,12 @@ fn last_name(t: &InRoot) -> &CStr {
 ///
 /// # Safety
 /// For the child.
-pub(super) unsafe fn setup_root(r: RawFd, root: &RootfsPlan) {
+pub(super) unsafe fn setup_root(r: RawFd, t: &Tally, root: &RootfsPlan) {
     let null = std::ptr::null::<libc::c_char>();
     // SAFETY: (whole block) raw calls on prepared strings and descriptors
     // of ours.
     unsafe {
+        t.mount();
         if libc::mount(
             null,
             c"/".as_ptr(),
@@ -111,6 +114,7 @@ pub(super) unsafe fn setup_root(r: RawFd, root: &RootfsPlan) {
             fail(r, Step::RootPropagation, 0, errno());
         }
         let rootfs = root.rootfs.as_ptr();
+        t.mount();
         if libc::mount(
             rootfs,
             rootfs,
@@ -138,6 +142,7 @@ pub(super) unsafe fn setup_root(r: RawFd, root: &RootfsPlan) {
                 .data
                 .as_ref()
                 .map_or(std::ptr::null(), |d| d.as_ptr().cast());
+            t.mount();
             if libc::mount(
                 ptr(&m.source),
                 FdPath::new(target.as_raw_fd()).as_ptr(),
@@ -159,11 +164,13 @@ pub(super) unsafe fn setup_root(r: RawFd, root: &RootfsPlan) {
             };
             let top_path = FdPath::new(top.as_raw_fd());
             if let Some(flags) = m.remount {
+                t.mount();
                 if libc::mount(null, top_path.as_ptr(), null, flags, std::ptr::null()) < 0 {
                     fail(r, Step::Remount, i, errno());
                 }
             }
             if let Some(flags) = m.propagation {
+                t.mount();
                 if libc::mount(null, top_path.as_ptr(), null, flags, std::ptr::null()) < 0 {
                     fail(r, Step::Propagation, i, errno());
                 }
@@ -191,6 +198,7 @@ pub(super) unsafe fn setup_root(r: RawFd, root: &RootfsPlan) {
                             fail(r, Step::Device, i, errno());
                         }
                         let node = OwnedFd::from_raw_fd(node);
+                        t.mount();
                         if libc::mount(
                             from.as_ptr(),
                             FdPath::new(node.as_raw_fd()).as_ptr(),
@@ -223,18 +231,21 @@ pub(super) unsafe fn setup_root(r: RawFd, root: &RootfsPlan) {
                 fail(r, Step::Symlink, i, errno());
             }
         }
+        t.mark(ChildStep::Mounts, 0);
         // pivot_root(".", "."): the old root ends up on top of the new one
         // and is detached at once (no put_old directory needed).
         if libc::fchdir(rfd) < 0 {
             fail(r, Step::PivotRoot, 0, errno());
         }
         drop(root_fd);
-        pivot_here(r);
+        pivot_here(r, t);
         if let Some(flags) = root.post_propagation {
+            t.mount();
             if libc::mount(null, c"/".as_ptr(), null, flags, std::ptr::null()) < 0 {
                 fail(r, Step::PostPropagation, 0, errno());
             }
         }
+        t.mark(ChildStep::PivotRoot, 0);
     }
 }
 
@@ -243,9 +254,12 @@ pub(super) unsafe fn setup_root(r: RawFd, root: &RootfsPlan) {
 ///
 /// # Safety
 /// For the child.
-unsafe fn pivot_here(r: RawFd) {
+unsafe fn pivot_here(r: RawFd, t: &Tally) {
     // SAFETY: raw calls on constant paths.
     unsafe {
+        // pivot_root and umount2 change the mount table too.
+        t.mount();
+        t.mount();
         if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) < 0
             || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) < 0
             || libc::chdir(c"/".as_ptr()) < 0
@@ -271,10 +285,11 @@ const EMPTY_ROOT_DATA: &CStr = c"mode=0555,size=4k,nr_inodes=1";
 ///
 /// # Safety
 /// For the child.
-pub(super) unsafe fn empty_root(r: RawFd) {
+pub(super) unsafe fn empty_root(r: RawFd, t: &Tally) {
     let null = std::ptr::null::<libc::c_char>();
     // SAFETY: (whole block) raw calls on constant strings.
     unsafe {
+        t.mount();
         if libc::mount(
             null,
             c"/".as_ptr(),
@@ -285,6 +300,7 @@ pub(super) unsafe fn empty_root(r: RawFd) {
         {
             fail(r, Step::RootPropagation, 0, errno());
         }
+        t.mount();
         if libc::mount(
             c"tmpfs".as_ptr(),
             c"/".as_ptr(),
@@ -298,7 +314,7 @@ pub(super) unsafe fn empty_root(r: RawFd) {
         if libc::chdir(c"/..".as_ptr()) < 0 {
             fail(r, Step::PivotRoot, 0, errno());
         }
-        pivot_here(r);
+        pivot_here(r, t);
     }
 }
 
@@ -307,11 +323,12 @@ pub(super) unsafe fn empty_root(r: RawFd) {
 ///
 /// # Safety
 /// For the child.
-pub(super) unsafe fn finish_root(r: RawFd, root: &RootfsPlan) {
+pub(super) unsafe fn finish_root(r: RawFd, t: &Tally, root: &RootfsPlan) {
     let null = std::ptr::null::<libc::c_char>();
     // SAFETY: (whole block) raw calls on prepared strings.
     unsafe {
         for (i, path) in root.masked.iter().enumerate() {
+            t.mount();
             if libc::mount(
                 c"/dev/null".as_ptr(),
                 path.as_ptr(),
@@ -324,6 +341,7 @@ pub(super) unsafe fn finish_root(r: RawFd, root: &RootfsPlan) {
                     libc::ENOENT => {}
                     // A directory: an empty read-only tmpfs over it.
                     libc::ENOTDIR => {
+                        t.mount();
                         if libc::mount(
                             c"tmpfs".as_ptr(),
                             path.as_ptr(),
@@ -340,6 +358,7 @@ pub(super) unsafe fn finish_root(r: RawFd, root: &RootfsPlan) {
             }
         }
         for (i, path) in root.readonly.iter().enumerate() {
+            t.mount();
             if libc::mount(
                 path.as_ptr(),
                 path.as_ptr(),
@@ -359,12 +378,14 @@ pub(super) unsafe fn finish_root(r: RawFd, root: &RootfsPlan) {
                 | libc::MS_NOSUID
                 | libc::MS_NODEV
                 | libc::MS_NOEXEC;
+            t.mount();
             if libc::mount(null, path.as_ptr(), null, flags, std::ptr::null()) < 0 {
                 fail(r, Step::Readonly, i, errno());
             }
         }
         if root.root_readonly {
             let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+            t.mount();
             if libc::mount(null, c"/".as_ptr(), null, flags, std::ptr::null()) < 0 {
                 fail(r, Step::RootReadonly, 0, errno());
             }
