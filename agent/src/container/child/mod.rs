@@ -23,8 +23,7 @@
 //! A metered launch also accounts for its steps (`tally.rs`): the child
 //! samples its own usage at each coarse step's end into a record in the
 //! agent's memory (CLONE_VM), which the agent reads once the clone
-//! returns, with the exec's figures from `/proc/<pid>/stat` at the
-//! handoff. The failure report is `report.rs`.
+//! returns. The failure report is `report.rs`.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -43,7 +42,7 @@ use report::fail;
 pub(super) use report::{ChildFailure, Step};
 use tally::{ChildStep, Tally};
 
-use crate::accounting::{monotonic_ns, proc_stat_usage, Meter, Sample};
+use crate::accounting::Meter;
 use crate::exec::{clone_vfork_with, not_default_signals, reset_signals, ChildStack, SignalSet};
 use crate::reaper::{cloexec_pipe, ExitWatch, Reaper};
 
@@ -218,30 +217,15 @@ pub(super) fn launch(
         return Err(LaunchError::Child(failure));
     }
     if let (Some(before), Some(woke)) = (before, woke) {
-        account(meter, &setup, pid, &before, &woke);
+        let namespaces = setup.l.clone_flags.count_ones();
+        let (steps, child_ns, child_calls) = setup.tally.steps(&before, &woke, namespaces);
+        for s in steps {
+            meter.push(s);
+        }
+        meter.add_cost(child_ns, child_calls);
+        meter.resume_at(woke);
     }
     Ok((pid, watch))
-}
-
-/// Adds the clone's, the child's and the exec's steps to `meter`; the
-/// next step starts after the child's figures are read (its usage then
-/// holds that read: three syscalls).
-fn account(meter: &mut Meter, setup: &Setup<'_>, pid: libc::pid_t, before: &Sample, woke: &Sample) {
-    let t = monotonic_ns();
-    // The child's figures at the handoff: on one vCPU the woken agent
-    // thread usually runs once the execve returns to user mode.
-    let exec_usage = proc_stat_usage(pid);
-    let read_ns = monotonic_ns().saturating_sub(t);
-    let namespaces = setup.l.clone_flags.count_ones();
-    let (steps, child_ns, child_calls) = setup.tally.steps(before, woke, namespaces, exec_usage);
-    for s in steps {
-        meter.push(s);
-    }
-    meter.add_cost(child_ns.saturating_add(read_ns), child_calls + 3);
-    meter.resume_at(Sample {
-        end_ns: woke.end_ns.saturating_add(read_ns),
-        ..*woke
-    });
 }
 
 /// Starts `child_main(setup)` with clone(CLONE_VM | CLONE_VFORK) plus the
