@@ -24,7 +24,8 @@ plugins and busybox-static installed; `bash guest-image/build.sh` done):
 Options: --runtimes husk,runc  --profile release|debug (the husk shim
 build; default release)  --mem-mib M  --settle S  --no-build  --debug
 (containerd and the shim log at debug level)  --logs DIR (keep
-containerd's logs there).
+containerd's logs there)  --kubelet (kubelet's BestEffort pod cgroup parent
+and container resources: cpu shares + period, oom_score_adj, unified).
 """
 import argparse
 import calendar
@@ -62,7 +63,7 @@ MARKS = [
     ("serving", r"shim serving pod=(\S+)"),
     ("restored", r"sandbox started sandbox=(\S+)"),
     ("vm_ready", r"pod VM ready pod=(\S+)"),
-    ("created", r'tasks: created container="?([0-9a-f]+)'),
+    ("created", r'tasks(?:::create)?: created container="?([0-9a-f]+)'),
     ("started", r"tasks: started process=([0-9a-f]+)"),
 ]
 
@@ -120,14 +121,15 @@ def phases(doc, log_path):
 
 # The shim's line per CreateContainer / StartContainer (agent API 6):
 # `guest steps container=<id> pod=<pod> phase=create|start steps=[{...}]`.
-GUEST_STEPS = re.compile(r"guest steps container=(\S+) pod=(\S+) phase=(\w+) steps=(\[\S*\])")
+GUEST_STEPS = re.compile(r'guest steps container=(\S+) pod=(\S+) phase="?(\w+)"? steps=(\[.*\])\s*$')
 STEP_FIELDS = ("wall_us", "user_us", "sys_us", "minflt", "majflt", "nvcsw", "nivcsw", "count")
 
 
 def guest_steps(doc, log_path):
     """{(kind, phase): {step: {field: [value per pod]}, ...}} with kind
     "pause" (the sandbox's container: its id is the pod's) or "app", for
-    the pods of `doc` that started; each step's unit under "unit"."""
+    the pods of `doc` that started; each step's unit under "unit"; a
+    step's parts (wall time and count only) as "<step> / <part>"."""
     pods = {p["id"] for p in doc["pod_list"] if p["ok"]}
     out = {}
     with open(log_path, errors="replace") as f:
@@ -145,7 +147,9 @@ def guest_steps(doc, log_path):
             kind = "pause" if cid == pod else "app"
             table = out.setdefault((kind, phase), {})
             for st in steps:
-                row = table.setdefault(st["name"], {k: [] for k in STEP_FIELDS})
+                # A part (one spec mount, ...) under its step's name.
+                name = f"{st['within']} / {st['name']}" if st.get("within") else st["name"]
+                row = table.setdefault(name, {k: [] for k in STEP_FIELDS})
                 row["unit"] = st.get("unit", "")
                 for k in STEP_FIELDS:
                     row[k].append(st.get(k, 0))
@@ -317,6 +321,8 @@ def main():
     ap.add_argument("--logs", default=None, help="keep containerd's logs in this dir")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--debug", action="store_true")
+    ap.add_argument("--kubelet", action="store_true",
+                    help="kubelet's BestEffort pod cgroup parent and container resources")
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (containerd, CNI)")
@@ -343,6 +349,8 @@ def main():
                 cmd += ["--kernel", a.kernel]
         if a.debug:
             cmd.append("--debug")
+        if a.kubelet:
+            cmd.append("--kubelet")
         print("+ " + " ".join(cmd), file=sys.stderr)
         r = subprocess.run(cmd, cwd=ROOT)
         if r.returncode != 0 or not os.path.exists(out):

@@ -22,6 +22,8 @@
 //! [`sample`] makes only raw calls on the stack, so the clone child (which
 //! shares the agent's memory and may not allocate) uses it too.
 
+use std::borrow::Cow;
+
 /// The name of the row that holds what the accounting itself cost: its
 /// wall time, and as its count the syscalls made for it.
 pub const ACCOUNTING: &str = "accounting";
@@ -142,7 +144,10 @@ pub fn sample(scope: Scope) -> Sample {
 /// One step's figures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
+    /// The step this one is a part of (its wall time is in that step's
+    /// too; a part has its wall time and count only); "" for a step.
+    pub within: &'static str,
     pub wall_us: u64,
     pub usage: Usage,
     /// How many of `unit` the step did ("" when it counts nothing).
@@ -154,9 +159,10 @@ impl Step {
     /// The step from boundary `from` to boundary `to`: the wall time
     /// between the end of the one and the start of the other (so the
     /// accounting's own reads fall in no step), the usage between them.
-    pub fn between(name: &'static str, from: &Sample, to: &Sample) -> Self {
+    pub fn between(name: impl Into<Cow<'static, str>>, from: &Sample, to: &Sample) -> Self {
         Self {
-            name,
+            name: name.into(),
+            within: "",
             wall_us: to.start_ns.saturating_sub(from.end_ns) / 1000,
             usage: to.usage.since(&from.usage),
             count: 0,
@@ -167,7 +173,8 @@ impl Step {
     /// The step as the protocol carries it.
     pub fn to_msg(&self) -> husk_agent_protocol::agent::StepAccounting {
         husk_agent_protocol::agent::StepAccounting {
-            name: self.name.to_owned(),
+            name: self.name.clone().into_owned(),
+            within: self.within.to_owned(),
             wall_us: self.wall_us,
             user_us: self.usage.user_us,
             sys_us: self.usage.sys_us,
@@ -284,7 +291,8 @@ impl Meter {
         }
         let mut steps = self.steps;
         steps.push(Step {
-            name: ACCOUNTING,
+            name: Cow::Borrowed(ACCOUNTING),
+            within: "",
             wall_us: self.cost_ns / 1000,
             usage: Usage::default(),
             count: self.syscalls,
@@ -400,7 +408,8 @@ mod tests {
         m.mark_counting("touch", 1024, "pages");
         m.mark("nothing");
         m.push(Step {
-            name: "elsewhere",
+            name: "elsewhere".into(),
+            within: "",
             wall_us: 7,
             usage: Usage::default(),
             count: 0,
@@ -408,7 +417,7 @@ mod tests {
         });
         m.add_cost(2000, 3);
         let steps = m.finish();
-        let names: Vec<_> = steps.iter().map(|s| s.name).collect();
+        let names: Vec<_> = steps.iter().map(|s| s.name.as_ref()).collect();
         assert_eq!(names, ["touch", "nothing", "elsewhere", ACCOUNTING]);
         assert!(steps[0].usage.minflt > 0, "{:?}", steps[0]);
         assert_eq!((steps[0].count, steps[0].unit), (1024, "pages"));

@@ -196,6 +196,26 @@ fn check_steps(create: &GuestSteps, start: &GuestSteps) {
         start.table("start")
     );
     let step = |name: &str| start.0.iter().find(|s| s.name == name).unwrap();
+    // Each spec mount timed apart (by the clock), then the device nodes.
+    let parts = |within: &str| -> Vec<String> {
+        start.parts(within).iter().map(|p| p.name.clone()).collect()
+    };
+    assert_eq!(
+        parts("mounts"),
+        [
+            "proc:/proc",
+            "tmpfs:/dev",
+            "devpts:/dev/pts",
+            "tmpfs:/dev/shm",
+            "mqueue:/dev/mqueue",
+            "sysfs:/sys",
+            "cgroup:/sys/fs/cgroup",
+            "devices",
+        ],
+        "{}",
+        start.table("start")
+    );
+    assert_eq!(parts("masked_readonly"), ["masked", "readonly"]);
     for name in ["clone", "mounts", "pivot_root", "exec"] {
         assert!(step(name).wall_us > 0, "{name}: {}", start.table("start"));
     }

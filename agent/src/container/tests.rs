@@ -851,9 +851,22 @@ fn mount_targets_resolve_inside_the_rootfs() {
     std::fs::remove_file(&bound).unwrap();
 }
 
-/// The names of `steps`, in order.
-fn names(steps: &[crate::accounting::Step]) -> Vec<&'static str> {
-    steps.iter().map(|s| s.name).collect()
+/// The names of `steps` (not their parts), in order.
+fn names(steps: &[crate::accounting::Step]) -> Vec<&str> {
+    steps
+        .iter()
+        .filter(|s| s.within.is_empty())
+        .map(|s| s.name.as_ref())
+        .collect()
+}
+
+/// The parts of step `within`: (name, mount calls).
+fn parts<'a>(steps: &'a [crate::accounting::Step], within: &str) -> Vec<(&'a str, u64)> {
+    steps
+        .iter()
+        .filter(|s| s.within == within)
+        .map(|s| (s.name.as_ref(), s.count))
+        .collect()
 }
 
 /// A metered create and start account for each coarse step: the agent's
@@ -902,6 +915,29 @@ fn a_metered_start_accounts_for_each_step() {
         "{steps:#?}"
     );
     let step = |n: &str| steps.iter().find(|s| s.name == n).unwrap();
+    // Each spec mount timed apart, in order, then the device nodes.
+    assert_eq!(
+        parts(&steps, "mounts"),
+        [
+            ("proc:/proc", 1),
+            ("tmpfs:/dev", 1),
+            ("devpts:/dev/pts", 1),
+            ("tmpfs:/dev/shm", 1),
+            ("mqueue:/dev/mqueue", 1),
+            ("sysfs:/sys", 1),
+            ("devices", 0),
+        ],
+        "{steps:#?}"
+    );
+    let paths = parts(&steps, "masked_readonly");
+    assert_eq!(
+        paths.iter().map(|p| p.0).collect::<Vec<_>>(),
+        ["masked", "readonly"]
+    );
+    assert_eq!(
+        paths.iter().map(|p| p.1).sum::<u64>(),
+        step("masked_readonly").count
+    );
     // pid, ipc, uts, mount, network.
     assert_eq!((step("clone").count, step("clone").unit), (5, "namespaces"));
     // `/` rslave, the rootfs bind, the 6 spec mounts (and their remounts).
@@ -956,6 +992,7 @@ fn a_metered_light_sandbox() {
         "{steps:#?}"
     );
     let step = |n: &str| steps.iter().find(|s| s.name == n).unwrap();
+    assert!(steps.iter().all(|s| s.within.is_empty()), "no parts");
     assert_eq!((step("sysctl").count, step("sysctl").unit), (1, "files"));
     // rprivate, the tmpfs, pivot_root, the old root's umount.
     assert_eq!(

@@ -25,6 +25,10 @@ pub struct GuestStep {
     /// How many of `unit` the step did (0 with an empty unit).
     pub count: u64,
     pub unit: String,
+    /// The step this is a part of (its wall time is in that step's too;
+    /// a part has wall time and count only); empty for a step.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub within: String,
 }
 
 impl From<&StepAccounting> for GuestStep {
@@ -40,6 +44,7 @@ impl From<&StepAccounting> for GuestStep {
             nivcsw: m.nivcsw,
             count: m.count,
             unit: m.unit.clone(),
+            within: m.within.clone(),
         }
     }
 }
@@ -60,13 +65,23 @@ impl GuestSteps {
         self.0.is_empty()
     }
 
-    /// The step names, in order.
+    /// The step names (not their parts), in order.
     pub fn names(&self) -> Vec<&str> {
-        self.0.iter().map(|s| s.name.as_str()).collect()
+        self.0
+            .iter()
+            .filter(|s| s.within.is_empty())
+            .map(|s| s.name.as_str())
+            .collect()
     }
 
-    /// A fixed-width table for people: one row per step, then the sum of
-    /// the measured steps (the accounting row excluded).
+    /// The parts of step `within`, in order.
+    pub fn parts(&self, within: &str) -> Vec<&GuestStep> {
+        self.0.iter().filter(|s| s.within == within).collect()
+    }
+
+    /// A fixed-width table for people: one row per step, its parts
+    /// indented below it, then the sum of the steps (neither the parts nor
+    /// the accounting row).
     pub fn table(&self, title: &str) -> String {
         let ms = |us: u64| format!("{:.1}", us as f64 / 1000.0);
         let mut out = format!(
@@ -92,6 +107,10 @@ impl GuestSteps {
         };
         let mut total = GuestStep::default();
         for s in &self.0 {
+            if !s.within.is_empty() {
+                row(&mut out, &format!("  {}", s.name), s);
+                continue;
+            }
             row(&mut out, &s.name, s);
             if s.name != ACCOUNTING_STEP {
                 total.wall_us += s.wall_us;
@@ -108,8 +127,8 @@ impl GuestSteps {
     }
 }
 
-/// Compact JSON (`[{"name":"validate","wall_us":...},...]`): one log
-/// field, no spaces, for `perf/density.py` to parse.
+/// Compact JSON (`[{"name":"validate","wall_us":...},...]`): the log
+/// line's last field, for `perf/density.py` to parse.
 impl fmt::Display for GuestSteps {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match serde_json::to_string(&self.0) {
@@ -146,37 +165,47 @@ mod tests {
     }
 
     fn steps() -> GuestSteps {
+        let mut part = msg("proc:/proc", 30_000, 0, 1, "mounts");
+        part.within = "mounts".into();
         GuestSteps::from_msgs(&[
             msg("mounts", 41_500, 120, 12, "mounts"),
+            part,
             msg("exec", 9_000, 30, 1, "execve"),
             msg(ACCOUNTING_STEP, 2_000, 0, 9, "syscalls"),
         ])
     }
 
     #[test]
-    fn the_log_field_is_json_without_spaces_in_order() {
+    fn the_log_field_is_json_in_order() {
         let s = steps().to_string();
-        assert!(!s.contains(' '), "{s}");
+        assert!(!s.contains('\n'), "{s}");
         let back: Vec<serde_json::Value> = serde_json::from_str(&s).unwrap();
         let names: Vec<_> = back.iter().map(|v| v["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["mounts", "exec", ACCOUNTING_STEP]);
+        assert_eq!(names, ["mounts", "proc:/proc", "exec", ACCOUNTING_STEP]);
         assert_eq!(back[0]["wall_us"], 41_500);
         assert_eq!(back[0]["minflt"], 120);
         assert_eq!(back[0]["unit"], "mounts");
+        // `within` only on parts.
+        assert_eq!(back[1]["within"], "mounts");
+        assert!(back[0].get("within").is_none(), "{s}");
     }
 
     #[test]
-    fn the_table_sums_the_steps_but_not_the_accounting() {
-        let t = steps().table("start");
+    fn the_table_sums_the_steps_but_not_the_parts_or_the_accounting() {
+        let steps = steps();
+        assert_eq!(steps.names(), ["mounts", "exec", ACCOUNTING_STEP]);
+        assert_eq!(steps.parts("mounts").len(), 1);
+        let t = steps.table("start");
         let lines: Vec<_> = t.lines().collect();
-        assert_eq!(lines.len(), 5, "{t}");
+        assert_eq!(lines.len(), 6, "{t}");
         assert!(lines[0].starts_with("start"), "{t}");
         assert!(
             lines[1].starts_with("mounts") && lines[1].contains("41.5"),
             "{t}"
         );
         assert!(lines[1].ends_with("12 mounts"), "{t}");
-        let total = lines[4];
+        assert!(lines[2].starts_with("  proc:/proc"), "{t}");
+        let total = lines[5];
         assert!(total.starts_with("total") && total.contains("50.5"), "{t}");
         assert!(total.contains(" 150 "), "{t}");
     }

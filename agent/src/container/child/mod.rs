@@ -218,7 +218,14 @@ pub(super) fn launch(
     }
     if let (Some(before), Some(woke)) = (before, woke) {
         let namespaces = setup.l.clone_flags.count_ones();
-        let (steps, child_ns, child_calls) = setup.tally.steps(&before, &woke, namespaces);
+        let label = |i: usize| match &setup.l.root {
+            Root::Rootfs(plan) => plan
+                .mounts
+                .get(i)
+                .map_or_else(|| format!("mounts[{i}]"), |m| m.label.clone()),
+            _ => format!("mounts[{i}]"),
+        };
+        let (steps, child_ns, child_calls) = setup.tally.steps(&before, &woke, namespaces, &label);
         for s in steps {
             meter.push(s);
         }

@@ -16,9 +16,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::errno;
 use super::report::{fail, Step};
-use super::tally::{ChildStep, Tally};
+use super::tally::{ChildStep, Part, Tally};
 use crate::container::in_root::{open_in_root, FdPath};
-use crate::container::mounts::{InRoot, RootfsPlan};
+use crate::container::mounts::{InRoot, MountOp, RootfsPlan};
 
 /// The first `n` components of `t` inside `root` (O_PATH), creating each
 /// missing one: a directory, or with `file` the last as an empty file.
@@ -133,49 +133,11 @@ pub(super) unsafe fn setup_root(r: RawFd, t: &Tally, root: &RootfsPlan) {
         let root_fd = OwnedFd::from_raw_fd(fd);
         let rfd = root_fd.as_raw_fd();
         for (i, m) in root.mounts.iter().enumerate() {
-            let target = match resolve(rfd, &m.target, m.target.len(), m.create_file) {
-                Ok(fd) => fd,
-                Err(e) if m.create_file => fail(r, Step::CreateFile, i, e),
-                Err(e) => fail(r, Step::Mkdir, i, e),
-            };
-            let data = m
-                .data
-                .as_ref()
-                .map_or(std::ptr::null(), |d| d.as_ptr().cast());
-            t.mount();
-            if libc::mount(
-                ptr(&m.source),
-                FdPath::new(target.as_raw_fd()).as_ptr(),
-                ptr(&m.fstype),
-                m.flags,
-                data,
-            ) < 0
-            {
-                fail(r, Step::Mount, i, errno());
-            }
-            drop(target);
-            if m.remount.is_none() && m.propagation.is_none() {
-                continue;
-            }
-            // The new mount: the old descriptor names what it covers.
-            let top = match open_in_root(rfd, last_prefix(&m.target), libc::O_PATH) {
-                Ok(fd) => fd,
-                Err(e) => fail(r, Step::Remount, i, e),
-            };
-            let top_path = FdPath::new(top.as_raw_fd());
-            if let Some(flags) = m.remount {
-                t.mount();
-                if libc::mount(null, top_path.as_ptr(), null, flags, std::ptr::null()) < 0 {
-                    fail(r, Step::Remount, i, errno());
-                }
-            }
-            if let Some(flags) = m.propagation {
-                t.mount();
-                if libc::mount(null, top_path.as_ptr(), null, flags, std::ptr::null()) < 0 {
-                    fail(r, Step::Propagation, i, errno());
-                }
-            }
+            let p = t.part_start();
+            spec_mount(r, t, rfd, i, m);
+            t.part_end(Part::Mount(i as u16), p);
         }
+        let p = t.part_start();
         for (i, d) in root.devices.iter().enumerate() {
             let dir = match resolve(rfd, &d.path, d.path.len().saturating_sub(1), false) {
                 Ok(fd) => fd,
@@ -231,6 +193,7 @@ pub(super) unsafe fn setup_root(r: RawFd, t: &Tally, root: &RootfsPlan) {
                 fail(r, Step::Symlink, i, errno());
             }
         }
+        t.part_end(Part::Devices, p);
         t.mark(ChildStep::Mounts, 0);
         // pivot_root(".", "."): the old root ends up on top of the new one
         // and is detached at once (no put_old directory needed).
@@ -246,6 +209,61 @@ pub(super) unsafe fn setup_root(r: RawFd, t: &Tally, root: &RootfsPlan) {
             }
         }
         t.mark(ChildStep::PivotRoot, 0);
+    }
+}
+
+/// Spec mount `i` (`m`): its target resolved (made) inside the rootfs
+/// `rfd`, the mount, its remount and propagation.
+///
+/// # Safety
+/// For the child.
+unsafe fn spec_mount(r: RawFd, t: &Tally, rfd: RawFd, i: usize, m: &MountOp) {
+    let null = std::ptr::null::<libc::c_char>();
+    // SAFETY: (whole block) raw calls on prepared strings and descriptors
+    // of ours.
+    unsafe {
+        let target = match resolve(rfd, &m.target, m.target.len(), m.create_file) {
+            Ok(fd) => fd,
+            Err(e) if m.create_file => fail(r, Step::CreateFile, i, e),
+            Err(e) => fail(r, Step::Mkdir, i, e),
+        };
+        let data = m
+            .data
+            .as_ref()
+            .map_or(std::ptr::null(), |d| d.as_ptr().cast());
+        t.mount();
+        if libc::mount(
+            ptr(&m.source),
+            FdPath::new(target.as_raw_fd()).as_ptr(),
+            ptr(&m.fstype),
+            m.flags,
+            data,
+        ) < 0
+        {
+            fail(r, Step::Mount, i, errno());
+        }
+        drop(target);
+        if m.remount.is_none() && m.propagation.is_none() {
+            return;
+        }
+        // The new mount: the old descriptor names what it covers.
+        let top = match open_in_root(rfd, last_prefix(&m.target), libc::O_PATH) {
+            Ok(fd) => fd,
+            Err(e) => fail(r, Step::Remount, i, e),
+        };
+        let top_path = FdPath::new(top.as_raw_fd());
+        if let Some(flags) = m.remount {
+            t.mount();
+            if libc::mount(null, top_path.as_ptr(), null, flags, std::ptr::null()) < 0 {
+                fail(r, Step::Remount, i, errno());
+            }
+        }
+        if let Some(flags) = m.propagation {
+            t.mount();
+            if libc::mount(null, top_path.as_ptr(), null, flags, std::ptr::null()) < 0 {
+                fail(r, Step::Propagation, i, errno());
+            }
+        }
     }
 }
 
@@ -327,6 +345,7 @@ pub(super) unsafe fn finish_root(r: RawFd, t: &Tally, root: &RootfsPlan) {
     let null = std::ptr::null::<libc::c_char>();
     // SAFETY: (whole block) raw calls on prepared strings.
     unsafe {
+        let p = t.part_start();
         for (i, path) in root.masked.iter().enumerate() {
             t.mount();
             if libc::mount(
@@ -357,6 +376,8 @@ pub(super) unsafe fn finish_root(r: RawFd, t: &Tally, root: &RootfsPlan) {
                 }
             }
         }
+        t.part_end(Part::Masked, p);
+        let p = t.part_start();
         for (i, path) in root.readonly.iter().enumerate() {
             t.mount();
             if libc::mount(
@@ -390,6 +411,7 @@ pub(super) unsafe fn finish_root(r: RawFd, t: &Tally, root: &RootfsPlan) {
                 fail(r, Step::RootReadonly, 0, errno());
             }
         }
+        t.part_end(Part::Readonly, p);
     }
 }
 

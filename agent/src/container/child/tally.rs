@@ -70,8 +70,46 @@ impl ChildStep {
     }
 }
 
+/// A part of a step timed apart (by the clock alone: no syscall).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::container) enum Part {
+    /// The spec's mount at this index (within `mounts`).
+    Mount(u16),
+    /// Device nodes and `/dev` symlinks (within `mounts`).
+    Devices,
+    /// Masked paths (within `masked_readonly`).
+    Masked,
+    /// Read-only paths and the read-only root (within `masked_readonly`).
+    Readonly,
+}
+
+impl Part {
+    fn within(self) -> ChildStep {
+        match self {
+            Self::Mount(_) | Self::Devices => ChildStep::Mounts,
+            Self::Masked | Self::Readonly => ChildStep::Paths,
+        }
+    }
+}
+
 /// The most steps a child records (every [`ChildStep`] once).
 const MAX_STEPS: usize = 9;
+/// The most parts a child records; later ones are not timed apart.
+const MAX_PARTS: usize = 40;
+
+#[derive(Debug, Clone, Copy)]
+struct PartEntry {
+    part: Part,
+    ns: u64,
+    mounts: u32,
+}
+
+/// Where a part began: the clock and the mount calls so far.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::container) struct PartStart {
+    ns: u64,
+    mounts: u32,
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -96,6 +134,8 @@ pub(in crate::container) struct Tally {
     mounts_before: Cell<u32>,
     /// execve calls made.
     execs: Cell<u32>,
+    parts: [Cell<Option<PartEntry>>; MAX_PARTS],
+    parts_len: Cell<usize>,
 }
 
 impl Tally {
@@ -108,6 +148,36 @@ impl Tally {
             mounts: Cell::new(0),
             mounts_before: Cell::new(0),
             execs: Cell::new(0),
+            parts: std::array::from_fn(|_| Cell::new(None)),
+            parts_len: Cell::new(0),
+        }
+    }
+
+    /// In the child: a part begins (a vDSO clock read when on).
+    pub(in crate::container) fn part_start(&self) -> PartStart {
+        PartStart {
+            ns: if self.on {
+                crate::accounting::monotonic_ns()
+            } else {
+                0
+            },
+            mounts: self.mounts.get(),
+        }
+    }
+
+    /// In the child: `part`, begun at `start`, ends now.
+    pub(in crate::container) fn part_end(&self, part: Part, start: PartStart) {
+        if !self.on {
+            return;
+        }
+        let i = self.parts_len.get();
+        if let Some(slot) = self.parts.get(i) {
+            slot.set(Some(PartEntry {
+                part,
+                ns: crate::accounting::monotonic_ns().saturating_sub(start.ns),
+                mounts: self.mounts.get().saturating_sub(start.mounts),
+            }));
+            self.parts_len.set(i + 1);
         }
     }
 
@@ -163,12 +233,15 @@ impl Tally {
     ///   40-70 ms of guest time per start here, and showed ~1 fault: the
     ///   new image's faults come after the handoff).
     ///
-    /// Also returns what the child's samples cost (ns, getrusage calls).
+    /// Each child step is followed by its parts, named by `mount_label`
+    /// for a spec mount's index. Also returns what the child's samples
+    /// cost (ns, getrusage calls).
     pub(in crate::container) fn steps(
         &self,
         before: &Sample,
         woke: &Sample,
         namespaces: u32,
+        mount_label: &dyn Fn(usize) -> String,
     ) -> (Vec<Step>, u64, u64) {
         let entered = Sample {
             start_ns: self.entered_ns.get(),
@@ -190,6 +263,26 @@ impl Tally {
                 Step::between(e.step.name(), &prev, &e.at)
                     .counting(u64::from(e.count), e.step.unit()),
             );
+            let parts = self.parts.iter().take(self.parts_len.get());
+            for p in parts
+                .filter_map(Cell::get)
+                .filter(|p| p.part.within() == e.step)
+            {
+                let name = match p.part {
+                    Part::Mount(i) => mount_label(usize::from(i)),
+                    Part::Devices => "devices".to_owned(),
+                    Part::Masked => "masked".to_owned(),
+                    Part::Readonly => "readonly".to_owned(),
+                };
+                out.push(Step {
+                    name: name.into(),
+                    within: e.step.name(),
+                    wall_us: p.ns / 1000,
+                    usage: Usage::default(),
+                    count: u64::from(p.mounts),
+                    unit: "mounts",
+                });
+            }
             cost += e.at.cost_ns();
             calls += 1;
             prev = e.at;
@@ -250,12 +343,25 @@ mod tests {
         let t = filled();
         let before = at(1_000_000, 1_100_000, 1000, 7000);
         let woke = at(53_300_000, 53_400_000, 1010, 9000);
-        let (steps, cost, calls) = t.steps(&before, &woke, 4);
+        t.parts[0].set(Some(PartEntry {
+            part: Part::Mount(3),
+            ns: 7_000_000,
+            mounts: 2,
+        }));
+        t.parts[1].set(Some(PartEntry {
+            part: Part::Devices,
+            ns: 2_000_000,
+            mounts: 0,
+        }));
+        t.parts_len.set(2);
+        let label = |i: usize| format!("proc:/m{i}");
+        let (steps, cost, calls) = t.steps(&before, &woke, 4, &label);
         let rows: Vec<_> = steps
             .iter()
             .map(|s| {
                 (
-                    s.name,
+                    s.name.as_ref(),
+                    s.within,
                     s.wall_us,
                     s.usage.minflt,
                     s.usage.sys_us,
@@ -268,12 +374,15 @@ mod tests {
             rows,
             [
                 // The agent thread's usage over the clone.
-                ("clone", 8900, 10, 2000, 4, "namespaces"),
-                ("join", 1000, 20, 500, 2, "files"),
-                ("mounts", 30_000, 100, 28_500, 12, "mounts"),
-                ("creds", 2000, 10, 1000, 0, ""),
+                ("clone", "", 8900, 10, 2000, 4, "namespaces"),
+                ("join", "", 1000, 20, 500, 2, "files"),
+                ("mounts", "", 30_000, 100, 28_500, 12, "mounts"),
+                // Its parts, by the clock.
+                ("proc:/m3", "mounts", 7000, 0, 0, 2, "mounts"),
+                ("devices", "mounts", 2000, 0, 0, 0, "mounts"),
+                ("creds", "", 2000, 10, 1000, 0, ""),
                 // Its wall time only.
-                ("exec", 10_000, 0, 0, 2, "execve"),
+                ("exec", "", 10_000, 0, 0, 2, "execve"),
             ]
         );
         assert_eq!((cost, calls), (300_000, 3));
@@ -294,6 +403,17 @@ mod tests {
         for _ in 0..MAX_STEPS {
             t.mark(ChildStep::Creds, 0);
         }
+        let p = t.part_start();
+        t.mount();
+        t.part_end(Part::Masked, p);
+        for _ in 0..MAX_PARTS {
+            t.part_end(Part::Readonly, t.part_start());
+        }
+        assert_eq!(t.parts_len.get(), MAX_PARTS);
+        assert_eq!(
+            t.parts[0].get().map(|p| (p.part, p.mounts)),
+            Some((Part::Masked, 1))
+        );
         assert_eq!(t.len.get(), MAX_STEPS);
         let counts: Vec<_> = t
             .entries
@@ -310,6 +430,10 @@ mod tests {
         t.enter();
         t.mount();
         t.mark(ChildStep::Mounts, 0);
-        assert_eq!((t.len.get(), t.entered_ns.get()), (0, 0));
+        t.part_end(Part::Devices, t.part_start());
+        assert_eq!(
+            (t.len.get(), t.entered_ns.get(), t.parts_len.get()),
+            (0, 0, 0)
+        );
     }
 }

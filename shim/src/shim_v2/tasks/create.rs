@@ -217,7 +217,7 @@ fn pod_name(id: &str, request: &PodRequest) -> String {
 /// an agent before API 6.
 pub(super) fn log_guest_steps(c: &Container, phase: &'static str, steps: &GuestSteps) {
     if !steps.is_empty() {
-        tracing::info!(container = %c.id, pod = %c.pod, phase, steps = %steps, "guest steps");
+        tracing::info!(container = %c.id, pod = %c.pod, phase = %phase, steps = %steps, "guest steps");
     }
 }
 
