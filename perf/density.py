@@ -172,11 +172,15 @@ def guest_steps_table(steps):
                 continue
             for name, r in table.items():
                 count = f"{p50(r['count']):.0f} {r['unit']}" if r["unit"] else ""
+                usage = (f"{p50(r['sys_us']) / 1000:.1f} | {p50(r['user_us']) / 1000:.1f} "
+                         f"| {p50(r['minflt']):.0f} | {p50(r['majflt']):.0f} "
+                         f"| {p50(r['nvcsw']):.0f}/{p50(r['nivcsw']):.0f}")
+                if " / " in name:
+                    # A part: its wall time and count only.
+                    usage, name = "- | - | - | - | -", "&nbsp;&nbsp;" + name.split(" / ", 1)[1]
                 o.append(f"| {kind} {phase} (n={len(r['wall_us'])}) | {name} "
                          f"| {p50(r['wall_us']) / 1000:.1f} | {max(r['wall_us']) / 1000:.1f} "
-                         f"| {p50(r['sys_us']) / 1000:.1f} | {p50(r['user_us']) / 1000:.1f} "
-                         f"| {p50(r['minflt']):.0f} | {p50(r['majflt']):.0f} "
-                         f"| {p50(r['nvcsw']):.0f}/{p50(r['nivcsw']):.0f} | {count} |")
+                         f"| {usage} | {count} |")
     return "\n".join(o)
 
 

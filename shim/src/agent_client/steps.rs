@@ -85,7 +85,7 @@ impl GuestSteps {
     pub fn table(&self, title: &str) -> String {
         let ms = |us: u64| format!("{:.1}", us as f64 / 1000.0);
         let mut out = format!(
-            "{title:<16} {:>9} {:>8} {:>8} {:>7} {:>6} {:>5} {:>5}  count\n",
+            "{title:<24} {:>9} {:>8} {:>8} {:>7} {:>6} {:>5} {:>5}  count\n",
             "wall ms", "user ms", "sys ms", "minflt", "majflt", "vcsw", "ivcsw"
         );
         let row = |out: &mut String, name: &str, s: &GuestStep| {
@@ -94,15 +94,22 @@ impl GuestSteps {
             } else {
                 format!("{} {}", s.count, s.unit)
             };
+            // A part has its wall time and count only.
+            let [user, sys, minflt, majflt, vcsw, ivcsw] = if s.within.is_empty() {
+                [
+                    ms(s.user_us),
+                    ms(s.sys_us),
+                    s.minflt.to_string(),
+                    s.majflt.to_string(),
+                    s.nvcsw.to_string(),
+                    s.nivcsw.to_string(),
+                ]
+            } else {
+                ["-"; 6].map(str::to_owned)
+            };
             out.push_str(&format!(
-                "{name:<16} {:>9} {:>8} {:>8} {:>7} {:>6} {:>5} {:>5}  {count}\n",
+                "{name:<24} {:>9} {user:>8} {sys:>8} {minflt:>7} {majflt:>6} {vcsw:>5} {ivcsw:>5}  {count}\n",
                 ms(s.wall_us),
-                ms(s.user_us),
-                ms(s.sys_us),
-                s.minflt,
-                s.majflt,
-                s.nvcsw,
-                s.nivcsw,
             ));
         };
         let mut total = GuestStep::default();
@@ -205,6 +212,7 @@ mod tests {
         );
         assert!(lines[1].ends_with("12 mounts"), "{t}");
         assert!(lines[2].starts_with("  proc:/proc"), "{t}");
+        assert!(lines[2].contains("30.0        -"), "{t}");
         let total = lines[5];
         assert!(total.starts_with("total") && total.contains("50.5"), "{t}");
         assert!(total.contains(" 150 "), "{t}");
