@@ -9,7 +9,9 @@ bridge network on a /24, local pause and busybox images; one warm-up pod
 first, not counted; then N pods, C at a time; then the memory census;
 then every pod is removed and the leak census taken), keeps its JSON and
 containerd's log (which holds the husk shim's lines), splits each husk pod
-start into the shim's phases from that log, writes everything to one JSON
+start into the shim's phases from that log, aggregates the guest agent's
+own accounting of each container's create and start (the shim's `guest
+steps` lines: p50/max per step over pods), writes everything to one JSON
 file and an SVG (pods running over time; memory per pod), and prints
 Markdown tables.
 
@@ -22,7 +24,8 @@ plugins and busybox-static installed; `bash guest-image/build.sh` done):
 Options: --runtimes husk,runc  --profile release|debug (the husk shim
 build; default release)  --mem-mib M  --settle S  --no-build  --debug
 (containerd and the shim log at debug level)  --logs DIR (keep
-containerd's logs there).
+containerd's logs there)  --kubelet (kubelet's BestEffort pod cgroup parent
+and container resources: cpu shares + period, oom_score_adj, unified).
 """
 import argparse
 import calendar
@@ -60,7 +63,7 @@ MARKS = [
     ("serving", r"shim serving pod=(\S+)"),
     ("restored", r"sandbox started sandbox=(\S+)"),
     ("vm_ready", r"pod VM ready pod=(\S+)"),
-    ("created", r'tasks: created container="?([0-9a-f]+)'),
+    ("created", r'tasks(?:::create)?: created container="?([0-9a-f]+)'),
     ("started", r"tasks: started process=([0-9a-f]+)"),
 ]
 
@@ -112,6 +115,73 @@ def phases(doc, log_path):
             if a in t and b in t:
                 out[name].append(t[b] - t[a])
     return out
+
+
+# ------------------------------------------------ the agent's own accounting
+
+# The shim's line per CreateContainer / StartContainer (agent API 6):
+# `guest steps container=<id> pod=<pod> phase=create|start steps=[{...}]`.
+GUEST_STEPS = re.compile(r'guest steps container=(\S+) pod=(\S+) phase="?(\w+)"? steps=(\[.*\])\s*$')
+STEP_FIELDS = ("wall_us", "user_us", "sys_us", "minflt", "majflt", "nvcsw", "nivcsw", "count")
+
+
+def guest_steps(doc, log_path):
+    """{(kind, phase): {step: {field: [value per pod]}, ...}} with kind
+    "pause" (the sandbox's container: its id is the pod's) or "app", for
+    the pods of `doc` that started; each step's unit under "unit"; a
+    step's parts (wall time and count only) as "<step> / <part>"."""
+    pods = {p["id"] for p in doc["pod_list"] if p["ok"]}
+    out = {}
+    with open(log_path, errors="replace") as f:
+        for line in f:
+            m = GUEST_STEPS.search(line)
+            if not m:
+                continue
+            cid, pod, phase, js = m.groups()
+            if pod not in pods:
+                continue
+            try:
+                steps = json.loads(js)
+            except ValueError:
+                continue
+            kind = "pause" if cid == pod else "app"
+            table = out.setdefault((kind, phase), {})
+            for st in steps:
+                # A part (one spec mount, ...) under its step's name.
+                name = f"{st['within']} / {st['name']}" if st.get("within") else st["name"]
+                row = table.setdefault(name, {k: [] for k in STEP_FIELDS})
+                row["unit"] = st.get("unit", "")
+                for k in STEP_FIELDS:
+                    row[k].append(st.get(k, 0))
+    return out
+
+
+def p50(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def guest_steps_table(steps):
+    """Markdown: per (kind, phase) and step, p50 and max over pods."""
+    o = ["| container, call | step | wall p50 (ms) | wall max (ms) | sys p50 (ms) | user p50 (ms) "
+         "| minflt p50 | majflt p50 | vcsw/ivcsw p50 | count p50 |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    for kind in ("pause", "app"):
+        for phase in ("create", "start"):
+            table = steps.get((kind, phase))
+            if not table:
+                continue
+            for name, r in table.items():
+                count = f"{p50(r['count']):.0f} {r['unit']}" if r["unit"] else ""
+                usage = (f"{p50(r['sys_us']) / 1000:.1f} | {p50(r['user_us']) / 1000:.1f} "
+                         f"| {p50(r['minflt']):.0f} | {p50(r['majflt']):.0f} "
+                         f"| {p50(r['nvcsw']):.0f}/{p50(r['nivcsw']):.0f}")
+                if " / " in name:
+                    # A part: its wall time and count only.
+                    usage, name = "- | - | - | - | -", "&nbsp;&nbsp;" + name.split(" / ", 1)[1]
+                o.append(f"| {kind} {phase} (n={len(r['wall_us'])}) | {name} "
+                         f"| {p50(r['wall_us']) / 1000:.1f} | {max(r['wall_us']) / 1000:.1f} "
+                         f"| {usage} | {count} |")
+    return "\n".join(o)
 
 
 # ---------------------------------------------------------------- output
@@ -264,6 +334,8 @@ def main():
     ap.add_argument("--logs", default=None, help="keep containerd's logs in this dir")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--debug", action="store_true")
+    ap.add_argument("--kubelet", action="store_true",
+                    help="kubelet's BestEffort pod cgroup parent and container resources")
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (containerd, CNI)")
@@ -276,7 +348,7 @@ def main():
     example = os.path.join(TARGET, "debug", "examples", "cri_density")
     logs = a.logs or tempfile.mkdtemp(prefix="husk-density-")
     os.makedirs(logs, exist_ok=True)
-    docs, husk_phases = {}, None
+    docs, husk_phases, husk_steps = {}, None, None
     for rt in rts:
         out = os.path.join(logs, f"{rt}.json")
         log = os.path.join(logs, f"containerd-{rt}.log")
@@ -290,6 +362,8 @@ def main():
                 cmd += ["--kernel", a.kernel]
         if a.debug:
             cmd.append("--debug")
+        if a.kubelet:
+            cmd.append("--kubelet")
         print("+ " + " ".join(cmd), file=sys.stderr)
         r = subprocess.run(cmd, cwd=ROOT)
         if r.returncode != 0 or not os.path.exists(out):
@@ -300,6 +374,7 @@ def main():
             docs[rt] = json.load(f)
         if rt == "husk" and os.path.exists(log):
             husk_phases = phases(docs[rt], log)
+            husk_steps = guest_steps(docs[rt], log)
     ok = {k: v for k, v in docs.items() if v}
     if not ok:
         raise SystemExit("no runtime produced results")
@@ -323,6 +398,10 @@ def main():
         for name, _, _ in PHASES:
             v = husk_phases.get(name, [])
             print(f"| {name} | {fmt(med(v))} | {fmt(max(v) if v else None)} |")
+    if husk_steps:
+        print("\nhusk: the guest agent's accounting of each container's create and start "
+              "(its `guest steps` log lines), over pods:\n")
+        print(guest_steps_table(husk_steps))
     if "husk" in ok:
         th = {}
         for p in ok["husk"]["pod_list"]:
@@ -333,7 +412,9 @@ def main():
                   + ", ".join(f"{k} {med(v):.2f}" for k, v in sorted(th.items(), key=lambda x: -med(x[1]))))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"args": vars(a), "results": docs, "husk_phases": husk_phases}, f, indent=1)
+            json.dump({"args": vars(a), "results": docs, "husk_phases": husk_phases,
+                       "husk_guest_steps": {f"{k} {p}": v for (k, p), v in (husk_steps or {}).items()}},
+                      f, indent=1)
             f.write("\n")
     if a.svg:
         svg(a.svg, ok)

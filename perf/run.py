@@ -11,7 +11,13 @@ Builds a busybox-static bundle (rootfs + config.json from `runc spec`), then:
   credentials, exec), exited (output drained), sandbox stopped (husk run
   does not remove the container: the VM goes).
 
-Usage: perf/run.py [--runs 10] [--husk target/release/husk]
+With --guest-steps, each husk run also prints the guest agent's own
+accounting of the create and the start (`husk run --guest-steps`: per
+step wall time, guest CPU, page faults, context switches, counts; each
+spec mount timed apart), and the p50 of each step over the runs is
+printed.
+
+Usage: perf/run.py [--runs 10] [--husk target/release/husk] [--guest-steps]
 Run from the repository root after ./setup.sh, as root, with runc
 installed (`apt-get install runc`). Prints Markdown.
 """
@@ -50,13 +56,39 @@ def bundle(tmp):
     return b, rootfs
 
 
-def timed(cmd, **kw):
+def timed(cmd, stderr=None, **kw):
     t = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, **kw)
     dt = time.perf_counter() - t
     if r.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed ({r.returncode}): {r.stderr}")
+    if stderr is not None:
+        stderr.append(r.stderr)
     return dt
+
+
+GUEST_COLS = ("wall", "user", "sys", "minflt", "majflt", "vcsw", "ivcsw")
+
+
+def guest_steps(text):
+    """`husk run --guest-steps` tables -> {(call, step): {col: value}};
+    a part's step is "  <name>" (its unmeasured columns absent)."""
+    out, call = {}, None
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 8 and f[1] == "wall" and f[2] == "ms":
+            call = f[0]
+            continue
+        if call is None or len(f) < 8 or f[0] == "total":
+            continue
+        name = ("  " + f[0]) if line.startswith("  ") else f[0]
+        row = {}
+        for k, v in zip(GUEST_COLS, f[1:8]):
+            if v != "-":
+                row[k] = float(v)
+        row["count"] = " ".join(f[8:])
+        out[(call, name)] = row
+    return out
 
 
 def read_timings(path):
@@ -72,6 +104,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--husk", default=os.path.join(ROOT, "target/release/husk"))
+    ap.add_argument("--guest-steps", action="store_true",
+                    help="also aggregate the guest agent's accounting of each create and start")
     a = ap.parse_args()
     if shutil.which("runc") is None:
         raise SystemExit("runc is needed for the baseline: apt-get install runc")
@@ -84,9 +118,10 @@ def main():
         tfile = os.path.join(tmp, "t")
         first = timed(husk + ["--timings", tfile, "--", "/bin/true"])
         first_t = read_timings(tfile)
-        walls, steps = [], []
+        walls, steps, errs = [], [], []
+        extra = ["--guest-steps"] if a.guest_steps else []
         for _ in range(a.runs):
-            walls.append(timed(husk + ["--timings", tfile, "--", "/bin/true"]))
+            walls.append(timed(husk + ["--timings", tfile] + extra + ["--", "/bin/true"], stderr=errs))
             steps.append(read_timings(tfile))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -114,6 +149,21 @@ def main():
                 durs.append(s[k] - (before[-1] if before else 0.0))
         if durs:
             print(f"| {k[:-2]} | {statistics.median(durs) * 1000:.0f} ms |")
+    if a.guest_steps:
+        runs = [guest_steps(e) for e in errs]
+        keys = list(dict.fromkeys(k for r in runs for k in r))
+        print(f"\nthe guest agent's accounting (husk run --guest-steps), p50 of {len(runs)} runs; "
+              f"a part (indented) has its wall time and count only:\n")
+        print("| call | step | wall ms | user ms | sys ms | minflt | majflt | vcsw | ivcsw | count |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for call, name in keys:
+            rows = [r[(call, name)] for r in runs if (call, name) in r]
+            cells = []
+            for c in GUEST_COLS:
+                vals = [r[c] for r in rows if c in r]
+                cells.append(f"{statistics.median(vals):g}" if vals else "-")
+            shown = name.replace("  ", "&nbsp;&nbsp;")
+            print(f"| {call} | {shown} | " + " | ".join(cells) + f" | {rows[-1]['count']} |")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@
 //! ([`exec`]) with its child reaping ([`reaper`]), the ttrpc server
 //! ([`rpc`]), containers' stdio streams ([`stdio`]), the console + vsock
 //! logger ([`log`]), the vsock connect helper ([`vsock`]) and the kernel
-//! command line ([`cmdline`]). `main.rs` is the PID 1 binary.
+//! command line ([`cmdline`]); the accounting of a container's create and
+//! start ([`accounting`]). `main.rs` is the PID 1 binary.
 
+pub mod accounting;
 pub mod cmdline;
 pub mod container;
 pub mod echo;

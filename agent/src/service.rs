@@ -28,6 +28,7 @@ use husk_agent_protocol::{API_VERSION, HEALTH_SERVING};
 use thiserror::Error;
 use ttrpc::{Code, TtrpcContext};
 
+use crate::accounting::Step;
 use crate::exec::{self, ExecSpec};
 use crate::facts::{FactsError, GuestFacts};
 use crate::identity::{GuestControl, NewIdentity};
@@ -341,8 +342,11 @@ impl<F: Guest> Agent for AgentService<F> {
         _: &TtrpcContext,
         req: CreateContainerRequest,
     ) -> ttrpc::Result<CreateContainerResponse> {
-        self.ctr("CreateContainer", |c| c.create(&req))?;
-        Ok(CreateContainerResponse::default())
+        let steps = self.ctr("CreateContainer", |c| c.create(&req))?;
+        Ok(CreateContainerResponse {
+            steps: steps.iter().map(Step::to_msg).collect(),
+            ..Default::default()
+        })
     }
 
     fn start_container(
@@ -350,9 +354,10 @@ impl<F: Guest> Agent for AgentService<F> {
         _: &TtrpcContext,
         req: StartContainerRequest,
     ) -> ttrpc::Result<StartContainerResponse> {
-        let pid = self.ctr("StartContainer", |c| c.start(&req.container_id))?;
+        let (pid, steps) = self.ctr("StartContainer", |c| c.start(&req.container_id))?;
         Ok(StartContainerResponse {
             pid,
+            steps: steps.iter().map(Step::to_msg).collect(),
             ..Default::default()
         })
     }

@@ -17,6 +17,7 @@ mod guest_ops;
 mod identity;
 mod network;
 pub mod stdio;
+mod steps;
 
 use std::io::{self, Read, Write};
 use std::os::fd::IntoRawFd;
@@ -37,6 +38,7 @@ pub use guest_ops::{ExecCommand, ExecOutput, ExecStatus, MountSource, MountSpec,
 pub use identity::{uuid_v4, Identity, ReidentifyOutcome, FRESH_SEED_LEN};
 pub use network::{network_request, NetworkConfigured};
 pub use stdio::{ProcessStreams, StdioError, StreamKind};
+pub use steps::{GuestStep, GuestSteps, Started, ACCOUNTING_STEP};
 
 /// The longest handshake reply line accepted, `\n` included.
 pub const HANDSHAKE_LINE_MAX: usize = 64;

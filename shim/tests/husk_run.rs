@@ -233,10 +233,27 @@ fn husk_run_streams_output_and_exits_with_the_containers_code() {
             .collect()
     };
 
-    let o = husk(&with(&["--", "sh", "-c", "echo out; echo err >&2; exit 3"]));
+    let o = husk(&with(&[
+        "--guest-steps",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]));
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert_eq!(o.stdout, b"out\n");
-    assert!(stderr(&o).contains("err\n"), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("err\n"), "{err}");
+    // --guest-steps: the agent's tables for the create and the start.
+    let firsts: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for name in [
+        "create", "validate", "cgroup", "start", "clone", "mounts", "exec", "total",
+    ] {
+        assert!(firsts.contains(&name), "no {name} row in {err}");
+    }
 
     let data = b"through the container's stdin\n".repeat(1000);
     let o = husk_with_stdin(&with(&["-i", "--", "cat"]), &data);

@@ -15,7 +15,13 @@
 //! of machine CPU sampled before the start phase: the load that is not
 //! ours), `--debug` (containerd and the shim log at debug level), `--log
 //! PATH` (a copy of containerd's log, with the shims' lines), `--out PATH`
-//! (the JSON; default stdout). Progress goes to stderr.
+//! (the JSON; default stdout), `--kubelet` (what kubelet v1.32 sends for a
+//! BestEffort pod on a cgroup v2 node with the cgroupfs driver: the pod's
+//! parent `<root>/kubepods/besteffort/pod<uid>`, the container's
+//! `cpu_shares` 2, `cpu_period` 100000, `oom_score_adj` 1000, zero huge
+//! page limits, `unified` NoSwap and `memory.oom.group`, kubelet's masked
+//! and read-only paths; as tests/tests/cri_qos.rs). Progress goes to
+//! stderr.
 //!
 //! Per pod: RunPodSandbox → CreateContainer → StartContainer returned (the
 //! container is running), each step's end relative to the start of the
@@ -54,6 +60,7 @@ struct Args {
     settle: f64,
     baseline: f64,
     debug: bool,
+    kubelet: bool,
     log: Option<PathBuf>,
     out: Option<PathBuf>,
 }
@@ -62,7 +69,7 @@ fn usage(msg: &str) -> ! {
     eprintln!(
         "cri_density: {msg}\nusage: cri_density --runtime husk|runc [--pods N] [--concurrency C] \
          [--shim PATH] [--template-dir DIR] [--mem-mib M] [--kernel PATH] [--settle S] [--baseline S] [--debug] \
-         [--log PATH] [--out PATH]"
+         [--kubelet] [--log PATH] [--out PATH]"
     );
     std::process::exit(2)
 }
@@ -80,6 +87,7 @@ fn parse_args() -> Args {
         settle: 5.0,
         baseline: 3.0,
         debug: false,
+        kubelet: false,
         log: None,
         out: None,
     };
@@ -87,6 +95,10 @@ fn parse_args() -> Args {
     while let Some(k) = it.next() {
         if k == "--debug" {
             a.debug = true;
+            continue;
+        }
+        if k == "--kubelet" {
+            a.kubelet = true;
             continue;
         }
         let v = it
@@ -336,7 +348,109 @@ fn threads_cpu_s(pid: u32) -> BTreeMap<String, f64> {
     m
 }
 
-/// RunPodSandbox → CreateContainer → StartContainer of pod `name`.
+/// The pod's cgroup parent under the fixture's `root` (relative): kubelet's
+/// BestEffort one with `--kubelet`, else `root` itself.
+fn pod_parent(root: &str, name: &str, kubelet: bool) -> String {
+    if kubelet {
+        format!("{root}/kubepods/besteffort/pod{name}-uid")
+    } else {
+        root.to_owned()
+    }
+}
+
+/// Removes what kubelet would once its pods are gone: `<root>/kubepods`
+/// and the QoS and pod cgroups under it, in every hierarchy, deepest
+/// first (a shim leaves its leaf as it exits: a few tries each).
+fn remove_kubelet_cgroups(root: &str) {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), out);
+            }
+        }
+        out.push(d.to_path_buf());
+    }
+    let cg = Path::new("/sys/fs/cgroup");
+    let hierarchies = std::iter::once(cg.to_path_buf()).chain(
+        std::fs::read_dir(cg)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path()),
+    );
+    for h in hierarchies {
+        let top = h.join(root).join("kubepods");
+        if !top.is_dir() {
+            continue;
+        }
+        let mut dirs = Vec::new();
+        walk(&top, &mut dirs);
+        for d in dirs {
+            let end = Instant::now() + Duration::from_secs(10);
+            while d.is_dir() && std::fs::remove_dir(&d).is_err() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// kubelet v1.32's masked and read-only paths for the default proc
+/// mount (`securitycontext.ConvertToRuntimeMaskedPaths`): containerd 1.6
+/// masks nothing the CRI request does not name.
+const KUBELET_MASKED: [&str; 11] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+const KUBELET_READONLY: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// What kubelet v1.32 sends for a BestEffort container on a cgroup v2
+/// node (tests/tests/cri_qos.rs has every class), with its default
+/// masked and read-only paths.
+fn kubelet_besteffort() -> api::LinuxContainerConfig {
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+    api::LinuxContainerConfig {
+        security_context: Some(api::LinuxContainerSecurityContext {
+            masked_paths: strings(&KUBELET_MASKED),
+            readonly_paths: strings(&KUBELET_READONLY),
+            ..Default::default()
+        }),
+        resources: Some(api::LinuxContainerResources {
+            cpu_shares: 2,
+            cpu_period: 100_000,
+            oom_score_adj: 1000,
+            hugepage_limits: ["2MB", "1GB"]
+                .iter()
+                .map(|s| api::HugepageLimit {
+                    page_size: s.to_string(),
+                    limit: 0,
+                })
+                .collect(),
+            unified: [("memory.swap.max", "0"), ("memory.oom.group", "1")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// RunPodSandbox → CreateContainer → StartContainer of pod `name` (with
+/// kubelet's BestEffort resources when `kubelet`).
 fn start_pod(
     cri: &Cri,
     address: &str,
@@ -344,6 +458,7 @@ fn start_pod(
     image: &str,
     config: api::PodSandboxConfig,
     t0: Instant,
+    kubelet: bool,
 ) -> PodRun {
     let name = config
         .metadata
@@ -368,7 +483,10 @@ fn start_pod(
     let shim = shim_of(address, &id);
     let cpu = || shim.and_then(tree_cpu_s);
     r.cpu_marks[0] = cpu();
-    let c = container_config("app", image, &["sleep", "3600"], "app.log");
+    let mut c = container_config("app", image, &["sleep", "3600"], "app.log");
+    if kubelet {
+        c.linux = Some(kubelet_besteffort());
+    }
     let cid = match cri.create_container(&id, &c, &config) {
         Ok(c) => c,
         Err(e) => {
@@ -521,14 +639,18 @@ fn measure(a: &Args, f: &CriFixture, handler: &str, work: &Path) -> Result<Value
         f.log_root.clone(),
         f.cgroup_parent.clone(),
     );
-    let cfg = |name: &str| pod_config(name, &log_root.join(name), &cgroup_parent);
+    let kubelet = a.kubelet;
+    let cfg = |name: &str| {
+        let root = cgroup_parent.trim_end_matches('/');
+        pod_config(name, &log_root.join(name), &pod_parent(root, name, kubelet))
+    };
 
     // Warm-up: one pod (husk: makes the template if the store has none),
     // then removed. Not counted.
     eprintln!("cri_density: {handler}: warm-up pod");
     let tw = Instant::now();
     let warm = parallel(&sock, 1, 1, |cri, _| {
-        let r = start_pod(cri, &address, handler, &busybox, cfg("warmup"), tw);
+        let r = start_pod(cri, &address, handler, &busybox, cfg("warmup"), tw, kubelet);
         if let Some(id) = &r.id {
             let _ = cri.stop_pod_sandbox(id);
             let _ = cri.remove_pod_sandbox(id);
@@ -588,7 +710,15 @@ fn measure(a: &Args, f: &CriFixture, handler: &str, work: &Path) -> Result<Value
             }
         });
         let runs = parallel(&sock, a.pods, a.concurrency, |cri, i| {
-            let r = start_pod(cri, &address, handler, &busybox, configs[i].clone(), t0);
+            let r = start_pod(
+                cri,
+                &address,
+                handler,
+                &busybox,
+                configs[i].clone(),
+                t0,
+                kubelet,
+            );
             let k = started.load(Ordering::Relaxed) + usize::from(r.error.is_none());
             started.store(k, Ordering::Relaxed);
             match &r.error {
@@ -693,7 +823,7 @@ fn measure(a: &Args, f: &CriFixture, handler: &str, work: &Path) -> Result<Value
             let mut cg_cpu = 0u64;
             let mut cg_mem = 0u64;
             for leaf in [Some(id), r.container.as_ref()].into_iter().flatten() {
-                let rel = format!("{parent}/{leaf}");
+                let rel = format!("{}/{leaf}", pod_parent(&parent, &r.name, kubelet));
                 cg_cpu += cgroup_u64("cpuacct", &rel, "cpuacct.usage").unwrap_or(0);
                 cg_mem += cgroup_u64("memory", &rel, "memory.usage_in_bytes").unwrap_or(0);
             }
@@ -760,6 +890,9 @@ fn measure(a: &Args, f: &CriFixture, handler: &str, work: &Path) -> Result<Value
     .flatten()
     .flatten()
     .collect();
+    if kubelet {
+        remove_kubelet_cgroups(&parent);
+    }
     let teardown_s = tt.elapsed().as_secs_f64();
     let leaks = match f.wait_no_leaks(Duration::from_secs(60)) {
         Ok(()) => Value::Null,

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use husk_shim::agent_client::{
-    AgentClientError, ContainerEvent, ExecCommand, ExecStatus, MountSource, MountSpec, ProcessExit,
-    ProcessStreams, SignalTarget, Stdio, TtySize,
+    AgentClientError, ContainerEvent, ExecCommand, ExecStatus, GuestSteps, MountSource, MountSpec,
+    ProcessExit, ProcessStreams, SignalTarget, Stdio, TtySize, ACCOUNTING_STEP,
 };
 use husk_shim::cli::run::spec::{self, SpecOptions};
 use husk_shim::cli::run::{CONTAINER_API, GUEST_ROOTFS, ROOTFS_TAG};
@@ -116,6 +116,8 @@ struct Ran {
     exit: ProcessExit,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+    /// The agent's accounting of its create and start.
+    steps: (GuestSteps, GuestSteps),
 }
 
 fn read_all(s: Option<UnixStream>) -> std::thread::JoinHandle<Vec<u8>> {
@@ -134,10 +136,10 @@ fn run(sb: &Sandbox, id: &str, args: &[&str], stdin: Option<&[u8]>, keep: bool) 
     let agent = sb.agent();
     let stdio = Stdio::pipes(stdin.is_some());
     let mut streams = ProcessStreams::open(sb.vsock_socket(), id, None, &stdio).unwrap();
-    agent
+    let created = agent
         .create_container(id, &spec_json(args, false), GUEST_ROOTFS, stdio)
         .unwrap();
-    agent.start_container(id).unwrap();
+    let started = agent.start_container(id).unwrap();
     let input = streams.stdin.take().map(|s| {
         let data = stdin.unwrap_or_default().to_vec();
         std::thread::spawn(move || {
@@ -155,11 +157,90 @@ fn run(sb: &Sandbox, id: &str, args: &[&str], stdin: Option<&[u8]>, keep: bool) 
         exit,
         stdout: out.join().unwrap(),
         stderr: err.join().unwrap(),
+        steps: (created, started.steps),
     };
     if !keep {
         agent.remove_container(id).unwrap();
     }
     ran
+}
+
+/// The agent's accounting of a `husk run`-style container (runc's
+/// default spec: new pid, ipc, uts, mount and cgroup namespaces; masked
+/// and read-only paths; no seccomp, no sysctls): every step there, in
+/// order, with what it measured. No timing is asserted beyond "some".
+fn check_steps(create: &GuestSteps, start: &GuestSteps) {
+    assert_eq!(
+        create.names(),
+        ["validate", "stdio", "cgroup", "register", ACCOUNTING_STEP],
+        "{}",
+        create.table("create")
+    );
+    assert_eq!(
+        start.names(),
+        [
+            "prepare",
+            "clone",
+            "join",
+            "setns",
+            "mounts",
+            "pivot_root",
+            "masked_readonly",
+            "creds",
+            "seccomp",
+            "exec",
+            "attach",
+            ACCOUNTING_STEP,
+        ],
+        "{}",
+        start.table("start")
+    );
+    let step = |name: &str| start.0.iter().find(|s| s.name == name).unwrap();
+    // Each spec mount timed apart (by the clock), then the device nodes.
+    let parts = |within: &str| -> Vec<String> {
+        start.parts(within).iter().map(|p| p.name.clone()).collect()
+    };
+    assert_eq!(
+        parts("mounts"),
+        [
+            "proc:/proc",
+            "tmpfs:/dev",
+            "devpts:/dev/pts",
+            "tmpfs:/dev/shm",
+            "mqueue:/dev/mqueue",
+            "sysfs:/sys",
+            "cgroup:/sys/fs/cgroup",
+            "devices",
+        ],
+        "{}",
+        start.table("start")
+    );
+    assert_eq!(parts("masked_readonly"), ["masked", "readonly"]);
+    for name in ["clone", "mounts", "pivot_root", "exec"] {
+        assert!(step(name).wall_us > 0, "{name}: {}", start.table("start"));
+    }
+    assert!(create.0.iter().map(|s| s.wall_us).sum::<u64>() > 0);
+    // pid, ipc, uts, mount made by the clone; the cgroup one unshared.
+    assert_eq!(
+        (step("clone").count, step("clone").unit.as_str()),
+        (4, "namespaces")
+    );
+    assert_eq!(
+        (step("setns").count, step("setns").unit.as_str()),
+        (1, "namespaces")
+    );
+    let mounts = step("mounts");
+    assert!(mounts.count >= 7 && mounts.unit == "mounts", "{mounts:?}");
+    assert_eq!(step("pivot_root").count, 2);
+    assert!(step("masked_readonly").count > 0);
+    // `echo` is looked up along runc's PATH: /bin is its 6th directory.
+    assert_eq!(
+        (step("exec").count, step("exec").unit.as_str()),
+        (6, "execve")
+    );
+    let acct = start.0.last().unwrap();
+    assert_eq!(acct.unit, "syscalls");
+    assert!(acct.count > 0);
 }
 
 /// Reads `s` until what was read contains `needle`.
@@ -212,10 +293,10 @@ fn run_spec(sb: &Sandbox, id: &str, spec: &[u8]) -> Ran {
     let agent = sb.agent();
     let stdio = Stdio::pipes(false);
     let mut streams = ProcessStreams::open(sb.vsock_socket(), id, None, &stdio).unwrap();
-    agent
+    let created = agent
         .create_container(id, spec, GUEST_ROOTFS, stdio)
         .unwrap();
-    agent.start_container(id).unwrap();
+    let started = agent.start_container(id).unwrap();
     let out = read_all(streams.stdout.take());
     let err = read_all(streams.stderr.take());
     let exit = agent.wait_process(id, None, Some(WAIT)).unwrap();
@@ -223,6 +304,7 @@ fn run_spec(sb: &Sandbox, id: &str, spec: &[u8]) -> Ran {
         exit,
         stdout: out.join().unwrap(),
         stderr: err.join().unwrap(),
+        steps: (created, started.steps),
     };
     agent.remove_container(id).unwrap();
     ran
@@ -503,6 +585,9 @@ fn containers_in_one_sandbox() {
             String::from_utf8_lossy(&r.stderr)
         );
         assert_eq!(r.stdout, b"hello\n", "run {i}");
+        if i == 0 {
+            check_steps(&r.steps.0, &r.steps.1);
+        }
     }
 
     // Exit codes, and exec into a stopped container.
@@ -617,7 +702,7 @@ fn containers_in_one_sandbox() {
     agent
         .create_container("long", &json, GUEST_ROOTFS, stdio)
         .unwrap();
-    let pid = agent.start_container("long").unwrap();
+    let pid = agent.start_container("long").unwrap().pid;
     assert!(pid > 1, "the guest pid {pid}");
     let mut out = streams.stdout.take().unwrap();
     let mut seen = String::new();

@@ -33,7 +33,9 @@ pub const LOG_VSOCK_PORT: u32 = 1025;
 ///    streams on [`STDIO_VSOCK_PORT`]; an older agent answers them "not
 ///    supported" (ttrpc NOT_FOUND for an unknown method).
 /// 5: `ConfigureNetwork` (pod networking: the guest's eth0 made the pod's).
-pub const API_VERSION: u32 = 5;
+/// 6: `CreateContainerResponse.steps`, `StartContainerResponse.steps` (the
+///    agent's accounting of a container's create and start).
+pub const API_VERSION: u32 = 6;
 /// The vsock port the agent takes containers' stdio streams on (one
 /// connection per stream, opened by the host; see `agent.proto`).
 pub const STDIO_VSOCK_PORT: u32 = 1027;

@@ -59,6 +59,7 @@ pub use spec::{
 };
 pub use stdio::Stdio;
 
+use crate::accounting::Meter;
 use crate::reaper::{cloexec_pipe, Reaper};
 use exit::{wait_cell, ExitCell};
 use monitor::{monitor, publish, OomState, Watch};
@@ -245,6 +246,19 @@ impl Containers {
     /// applied), its stdio (a pty when asked: the master is returned).
     /// Nothing runs yet.
     pub fn create(&self, plan: Plan, stdio: Stdio) -> Result<Option<OwnedFd>, ContainerError> {
+        self.create_metered(plan, stdio, &mut Meter::off())
+    }
+
+    /// [`Self::create`], its steps measured into `meter`: `cgroup` (the
+    /// pod cgroup checked, the container's made, its limits written:
+    /// counts the files written) and `register` (stdio or pty, the OOM
+    /// watch, the table).
+    pub fn create_metered(
+        &self,
+        plan: Plan,
+        stdio: Stdio,
+        meter: &mut Meter,
+    ) -> Result<Option<OwnedFd>, ContainerError> {
         let id = plan.id.clone();
         if self.table().contains_key(&id) {
             return Err(ContainerError::AlreadyExists { id });
@@ -278,6 +292,15 @@ impl Containers {
             }
             None => None,
         };
+        meter.mark_counting(
+            "cgroup",
+            if cgroup.is_some() {
+                plan.resources.len() as u64
+            } else {
+                0
+            },
+            "files",
+        );
         let cleanup = |cg: &Option<cgroup::Cgroup>| {
             if let Some(cg) = cg {
                 let _ = std::fs::remove_dir(&cg.dir);
@@ -327,6 +350,8 @@ impl Containers {
             return Err(ContainerError::AlreadyExists { id });
         }
         table.insert(id, c);
+        drop(table);
+        meter.mark("register");
         Ok(theirs)
     }
 

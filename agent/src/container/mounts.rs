@@ -67,6 +67,8 @@ impl InRoot {
 pub struct MountOp {
     /// `mounts[i] (destination)`, for error messages.
     pub what: String,
+    /// `type:destination` (`bind` for a bind), for the accounting.
+    pub label: String,
     /// The destination: missing directories (and for a file bind, the
     /// file) are created as it is resolved.
     pub target: InRoot,
@@ -309,8 +311,14 @@ pub(super) fn mount_op(
     let what = format!("{field} ({})", dest.display());
     let target = InRoot::new(&field, &dest)?;
     let is_bind = typ == "bind" || opts.flags & libc::MS_BIND != 0;
+    let kind = if is_bind && typ != "cgroup" {
+        "bind"
+    } else {
+        typ
+    };
     let mut op = MountOp {
         what,
+        label: format!("{kind}:{}", dest.display()),
         create_file: false,
         source: None,
         target,

@@ -16,6 +16,7 @@ use super::{
     cgroup, get, get_mut, proc_mut, spec, state_error, ContainerError, Containers, Plan, Proc,
     ProcessPlan, SpecError, State, Stdio,
 };
+use crate::accounting::Meter;
 use crate::reaper::ExitWatch;
 
 impl Containers {
@@ -81,6 +82,20 @@ impl Containers {
     /// Starts the container's init (`exec_id` None) or a registered exec;
     /// returns its pid (the agent's view) once it has exec'd.
     pub fn start(&self, id: &str, exec_id: Option<&str>) -> Result<libc::pid_t, ContainerError> {
+        self.start_metered(id, exec_id, &mut Meter::off())
+    }
+
+    /// [`Self::start`], its steps measured into `meter`: `prepare` (from
+    /// the meter's last mark to the clone), `clone`, the child's steps
+    /// (`join`, `setns`, `mounts`, `pivot_root`, `sysctl`,
+    /// `masked_readonly` or `empty_root`, `creds`, `seccomp`: those that
+    /// ran), `exec`.
+    pub fn start_metered(
+        &self,
+        id: &str,
+        exec_id: Option<&str>,
+        meter: &mut Meter,
+    ) -> Result<libc::pid_t, ContainerError> {
         // Take what the launch needs; the table is not locked during the
         // clone (seconds in an emulated guest).
         let (plan, process, stdio, cgroup_procs, init_pid, cell) = {
@@ -120,6 +135,7 @@ impl Containers {
             stdio.as_ref(),
             cgroup_procs.as_deref(),
             init_pid,
+            meter,
         );
         let mut table = self.table();
         let Some(c) = table.get_mut(id) else {
@@ -168,6 +184,7 @@ impl Containers {
         stdio: Option<&PreparedStdio>,
         cgroup_procs: Option<&Path>,
         init_pid: Option<libc::pid_t>,
+        meter: &mut Meter,
     ) -> Result<(libc::pid_t, ExitWatch), ContainerError> {
         let io_err = |what: &str| ContainerError::io(id, what.to_owned());
         let stdio =
@@ -279,7 +296,7 @@ impl Containers {
                 ctty: stdio.ctty,
             },
         };
-        child::launch(&self.inner.reaper, &launch).map_err(|e| match e {
+        child::launch(&self.inner.reaper, &launch, meter).map_err(|e| match e {
             LaunchError::Agent(what, source) => ContainerError::Io {
                 id: id.to_owned(),
                 what: what.to_owned(),

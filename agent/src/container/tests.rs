@@ -850,3 +850,154 @@ fn mount_targets_resolve_inside_the_rootfs() {
     }
     std::fs::remove_file(&bound).unwrap();
 }
+
+/// The names of `steps` (not their parts), in order.
+fn names(steps: &[crate::accounting::Step]) -> Vec<&str> {
+    steps
+        .iter()
+        .filter(|s| s.within.is_empty())
+        .map(|s| s.name.as_ref())
+        .collect()
+}
+
+/// The parts of step `within`: (name, mount calls).
+fn parts<'a>(steps: &'a [crate::accounting::Step], within: &str) -> Vec<(&'a str, u64)> {
+    steps
+        .iter()
+        .filter(|s| s.within == within)
+        .map(|s| (s.name.as_ref(), s.count))
+        .collect()
+}
+
+/// A metered create and start account for each coarse step: the agent's
+/// (cgroup, register; prepare, clone), the child's own (join, mounts,
+/// pivot_root, masked_readonly, creds, seccomp), the exec, and what the
+/// measuring cost; with the counts of what each did. No timing is
+/// asserted beyond "some".
+#[test]
+fn a_metered_start_accounts_for_each_step() {
+    need_root!("a_metered_start_accounts_for_each_step");
+    use crate::accounting::{Meter, ACCOUNTING};
+    let c = registry();
+    let id = id("metered");
+    let plan = c
+        .validate(
+            &id,
+            spec(&["sleep", "600"]).to_string().as_bytes(),
+            rootfs(),
+        )
+        .unwrap();
+    let (stdio, _out, _err) = pipes();
+    let mut meter = Meter::thread();
+    c.create_metered(plan, stdio, &mut meter).unwrap();
+    let created = meter.finish();
+    assert_eq!(names(&created), ["cgroup", "register", ACCOUNTING]);
+
+    let mut meter = Meter::thread();
+    c.start_metered(&id, None, &mut meter).unwrap();
+    let steps = meter.finish();
+    // No namespace joined and no cgroup namespace: no setns step; no
+    // sysctls.
+    assert_eq!(
+        names(&steps),
+        [
+            "prepare",
+            "clone",
+            "join",
+            "mounts",
+            "pivot_root",
+            "masked_readonly",
+            "creds",
+            "seccomp",
+            "exec",
+            ACCOUNTING
+        ],
+        "{steps:#?}"
+    );
+    let step = |n: &str| steps.iter().find(|s| s.name == n).unwrap();
+    // Each spec mount timed apart, in order, then the device nodes.
+    assert_eq!(
+        parts(&steps, "mounts"),
+        [
+            ("proc:/proc", 1),
+            ("tmpfs:/dev", 1),
+            ("devpts:/dev/pts", 1),
+            ("tmpfs:/dev/shm", 1),
+            ("mqueue:/dev/mqueue", 1),
+            ("sysfs:/sys", 1),
+            ("devices", 0),
+        ],
+        "{steps:#?}"
+    );
+    let paths = parts(&steps, "masked_readonly");
+    assert_eq!(
+        paths.iter().map(|p| p.0).collect::<Vec<_>>(),
+        ["masked", "readonly"]
+    );
+    assert_eq!(
+        paths.iter().map(|p| p.1).sum::<u64>(),
+        step("masked_readonly").count
+    );
+    // pid, ipc, uts, mount, network.
+    assert_eq!((step("clone").count, step("clone").unit), (5, "namespaces"));
+    // `/` rslave, the rootfs bind, the 6 spec mounts (and their remounts).
+    let mounts = step("mounts");
+    assert!(mounts.count >= 8 && mounts.unit == "mounts", "{mounts:?}");
+    assert_eq!(step("pivot_root").count, 2);
+    // 10 masked paths (a directory takes 2 calls), 5 read-only (2 each
+    // where they exist).
+    assert!(step("masked_readonly").count >= 10, "{steps:#?}");
+    assert_eq!((step("exec").count, step("exec").unit), (1, "execve"));
+    assert!(
+        steps.iter().map(|s| s.wall_us).sum::<u64>() > 0,
+        "{steps:#?}"
+    );
+    // The agent's 3 samples (the start, the prepare mark, the wakeup) and
+    // one per child step.
+    let acct = steps.last().unwrap();
+    assert_eq!((acct.count, acct.unit), (3 + 6, "syscalls"), "{acct:?}");
+    c.remove(&id).unwrap();
+}
+
+/// A light sandbox's child steps: its sysctls, its empty root.
+#[test]
+fn a_metered_light_sandbox() {
+    need_root!("a_metered_light_sandbox");
+    use crate::accounting::{Meter, ACCOUNTING};
+    let c = registry();
+    let id = id("metered-pause");
+    let mut s = spec(&["/pause"]);
+    s["annotations"] = json!({"io.kubernetes.cri.container-type": "sandbox"});
+    s["linux"]["sysctl"] = json!({"kernel.shmmni": "1234"});
+    let mut plan = c.validate(&id, s.to_string().as_bytes(), rootfs()).unwrap();
+    plan.process.args = vec![c"sleep".to_owned(), c"600".to_owned()];
+    plan.process.candidates = vec![c"/bin/busybox".to_owned()];
+    c.create(plan, Stdio::Null).unwrap();
+    let mut meter = Meter::thread();
+    c.start_metered(&id, None, &mut meter).unwrap();
+    let steps = meter.finish();
+    assert_eq!(
+        names(&steps),
+        [
+            "prepare",
+            "clone",
+            "join",
+            "sysctl",
+            "empty_root",
+            "creds",
+            "seccomp",
+            "exec",
+            ACCOUNTING
+        ],
+        "{steps:#?}"
+    );
+    let step = |n: &str| steps.iter().find(|s| s.name == n).unwrap();
+    assert!(steps.iter().all(|s| s.within.is_empty()), "no parts");
+    assert_eq!((step("sysctl").count, step("sysctl").unit), (1, "files"));
+    // rprivate, the tmpfs, pivot_root, the old root's umount.
+    assert_eq!(
+        (step("empty_root").count, step("empty_root").unit),
+        (4, "mounts")
+    );
+    c.remove(&id).unwrap();
+}

@@ -28,6 +28,7 @@ use husk_agent_protocol::INIT_EXEC_ID;
 use thiserror::Error;
 use ttrpc::Code;
 
+use crate::accounting::{Meter, Step};
 use crate::container::{
     validate_id, ContainerError, Containers, Event, ExitInfo, SpecError, Stats, Stdio,
 };
@@ -294,7 +295,10 @@ impl ContainerService {
         }
     }
 
-    pub fn create(&self, req: &CreateContainerRequest) -> Result<()> {
+    /// Creates the container; returns the agent's accounting of it
+    /// (`validate`, `stdio`, `cgroup`, `register`, `accounting`).
+    pub fn create(&self, req: &CreateContainerRequest) -> Result<Vec<Step>> {
+        let mut meter = Meter::thread();
         let id = req.container_id.as_str();
         validate_id("container_id", id)?;
         let stdio = wanted_stdio(req.stdio.as_ref())?;
@@ -319,21 +323,27 @@ impl ContainerService {
         if stdio.size.is_some() {
             plan.process.console_size = stdio.size;
         }
+        meter.mark("validate");
         let key = key(id, "");
         let claimed = self.claim(&key, stdio.wanted)?;
+        let streams = claimed.count();
         let (lib_stdio, io, tty_sock) = plumb(key.clone(), claimed)?;
-        let master = self.containers.create(plan, lib_stdio)?;
+        meter.mark_counting("stdio", streams, "streams");
+        let master = self
+            .containers
+            .create_metered(plan, lib_stdio, &mut meter)?;
         let tty = match (master, tty_sock) {
             (Some(m), Some(s)) => Some((m, s)),
             _ => None,
         };
         self.set_io(key, Self::pending(io, tty));
         log(&format!("container {id}: created"));
-        Ok(())
+        Ok(meter.finish())
     }
 
-    /// Starts the process with `start`, then hands its stdio to the pump.
-    fn start_process(&self, id: &str, exec_id: &str) -> Result<u32> {
+    /// Starts the process with `start`, then hands its stdio to the pump
+    /// (`attach`, measured into `meter` as the start's last step).
+    fn start_process(&self, id: &str, exec_id: &str, meter: &mut Meter) -> Result<u32> {
         let key = key(id, exec_id);
         let io = {
             let mut procs = self.procs();
@@ -344,7 +354,7 @@ impl ContainerService {
                 _ => None,
             }
         };
-        let pid = match self.containers.start(id, exec_opt(exec_id)) {
+        let pid = match self.containers.start_metered(id, exec_opt(exec_id), meter) {
             Ok(pid) => pid,
             Err(e) => {
                 if let Some(io) = io {
@@ -364,13 +374,18 @@ impl ContainerService {
             self.set_io(key, state);
             result?;
         }
+        meter.mark("attach");
         Ok(u32::try_from(pid).unwrap_or(0))
     }
 
-    pub fn start(&self, id: &str) -> Result<u32> {
-        let pid = self.start_process(id, "")?;
+    /// Starts the container's process; returns its pid and the agent's
+    /// accounting of the start (see [`Containers::start_metered`], then
+    /// `attach`, `accounting`).
+    pub fn start(&self, id: &str) -> Result<(u32, Vec<Step>)> {
+        let mut meter = Meter::thread();
+        let pid = self.start_process(id, "", &mut meter)?;
         log(&format!("container {id}: started, pid {pid}"));
-        Ok(pid)
+        Ok((pid, meter.finish()))
     }
 
     pub fn exec(&self, req: &ExecProcessRequest) -> Result<u32> {
@@ -401,7 +416,7 @@ impl ContainerService {
             _ => None,
         };
         self.set_io(key.clone(), Self::pending(io, tty));
-        match self.start_process(id, exec_id) {
+        match self.start_process(id, exec_id, &mut Meter::off()) {
             Ok(pid) => {
                 log(&format!(
                     "container {id}: exec {exec_id} started, pid {pid}"

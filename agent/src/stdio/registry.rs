@@ -43,6 +43,14 @@ pub struct Claimed {
 }
 
 impl Claimed {
+    /// How many streams were claimed.
+    pub fn count(&self) -> u64 {
+        [&self.stdin, &self.stdout, &self.stderr, &self.tty]
+            .iter()
+            .filter(|s| s.is_some())
+            .count() as u64
+    }
+
     fn slot(&mut self, kind: StreamKind) -> &mut Option<OwnedFd> {
         match kind {
             StreamKind::Stdin => &mut self.stdin,

@@ -25,6 +25,7 @@ use husk_agent_protocol::agent::{
 };
 use ttrpc::context;
 
+use super::steps::{GuestSteps, Started};
 use super::{classify, AgentClient, AgentClientError};
 
 /// A terminal's size in character cells.
@@ -206,14 +207,15 @@ impl AgentClient {
     /// Creates container `id` from its OCI runtime spec (`config.json`
     /// bytes) on the root file system at guest path `rootfs`; its process
     /// is made by [`start_container`](Self::start_container). The streams
-    /// `stdio` asks for must be open by now.
+    /// `stdio` asks for must be open by now. Returns the agent's accounting
+    /// of the create (none from an agent before API 6).
     pub fn create_container(
         &self,
         id: &str,
         spec_json: &[u8],
         rootfs: &str,
         stdio: Stdio,
-    ) -> Result<(), AgentClientError> {
+    ) -> Result<GuestSteps, AgentClientError> {
         let req = CreateContainerRequest {
             container_id: id.to_owned(),
             spec_json: spec_json.to_vec(),
@@ -221,16 +223,17 @@ impl AgentClient {
             stdio: Some(stdio.to_msg()).into(),
             ..Default::default()
         };
-        self.call_within(
+        let r = self.call_within(
             "CreateContainer",
             self.call_timeout.max(CONTAINER_SETUP_BOUND),
             |c, ctx| c.create_container(ctx, &req),
         )?;
-        Ok(())
+        Ok(GuestSteps::from_msgs(&r.steps))
     }
 
-    /// Starts container `id`'s process; returns its pid in the guest.
-    pub fn start_container(&self, id: &str) -> Result<u32, AgentClientError> {
+    /// Starts container `id`'s process; returns its pid in the guest and
+    /// the agent's accounting of the start.
+    pub fn start_container(&self, id: &str) -> Result<Started, AgentClientError> {
         let req = StartContainerRequest {
             container_id: id.to_owned(),
             ..Default::default()
@@ -240,7 +243,10 @@ impl AgentClient {
             self.call_timeout.max(CONTAINER_SETUP_BOUND),
             |c, ctx| c.start_container(ctx, &req),
         )?;
-        Ok(r.pid)
+        Ok(Started {
+            pid: r.pid,
+            steps: GuestSteps::from_msgs(&r.steps),
+        })
     }
 
     /// Starts another process (an OCI `process` object, JSON) in running

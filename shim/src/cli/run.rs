@@ -27,7 +27,7 @@ use std::time::Duration;
 use husk_vmm::{ConsoleConfig, PvmCompat, SeccompMode, ShareConfig};
 
 use crate::agent_client::stdio::is_valid_id;
-use crate::agent_client::{ProcessStreams, Stdio};
+use crate::agent_client::{GuestSteps, ProcessStreams, Stdio};
 use crate::sandbox::store::TemplateStore;
 use crate::sandbox::template_build::VmTemplateBuilder;
 use crate::sandbox::{build_id, GuestSpec, Sandbox, SandboxConfig, ShareMount, Source};
@@ -117,6 +117,13 @@ pub struct RunArgs {
     /// the stdio streams, create, start, the exit, stop.
     #[arg(long, value_name = "FILE")]
     pub timings: Option<PathBuf>,
+    /// Print the guest agent's accounting of the container's create and
+    /// start to stderr once the run ends: per step its wall time, guest
+    /// CPU (user, system), page faults (minor, major), context switches
+    /// (voluntary, involuntary) and what it did (mounts, namespaces, files,
+    /// execve).
+    #[arg(long)]
+    pub guest_steps: bool,
     /// The command and its arguments (optional with --bundle).
     #[arg(last = true, value_name = "CMD", required_unless_present = "bundle")]
     pub command: Vec<String>,
@@ -358,7 +365,14 @@ fn run_timed(args: &RunArgs, timings: &Timings) -> i32 {
             eprintln!("husk: interrupted (signal {sig}) before the container ran");
             EXIT_INTERRUPTED
         }
-        None => run_container(&sandbox, &prepared, &signals, timings),
+        None => {
+            let mut steps = Vec::new();
+            let code = run_container(&sandbox, &prepared, &signals, timings, &mut steps);
+            if args.guest_steps {
+                print_steps(&steps);
+            }
+            code
+        }
     };
     if let Err(e) = sandbox.stop(STOP_DEADLINE) {
         tracing::warn!(error = %super::error_chain(&e), "stopping the sandbox");
@@ -367,8 +381,26 @@ fn run_timed(args: &RunArgs, timings: &Timings) -> i32 {
     code
 }
 
-/// From the mount to the container's end; the sandbox runs.
-fn run_container(sandbox: &Sandbox, p: &Prepared, signals: &Signals, timings: &Timings) -> i32 {
+/// The agent's accounting of each call, as tables on stderr.
+fn print_steps(steps: &[(&str, GuestSteps)]) {
+    for (call, s) in steps {
+        if s.is_empty() {
+            eprintln!("husk: {call}: the guest agent sent no accounting (agent API < 6)");
+        } else {
+            eprint!("{}", s.table(call));
+        }
+    }
+}
+
+/// From the mount to the container's end; the sandbox runs. The agent's
+/// accounting of the create and the start go to `steps`.
+fn run_container(
+    sandbox: &Sandbox,
+    p: &Prepared,
+    signals: &Signals,
+    timings: &Timings,
+    steps: &mut Vec<(&'static str, GuestSteps)>,
+) -> i32 {
     let agent = sandbox.agent();
     let id = p.name.as_str();
     let before = |what: &str, e: &dyn std::error::Error| {
@@ -393,8 +425,9 @@ fn run_container(sandbox: &Sandbox, p: &Prepared, signals: &Signals, timings: &T
         Err(e) => return before("opening its stdio", &e),
     };
     timings.mark("streams_open_s");
-    if let Err(e) = agent.create_container(id, &p.spec_json, GUEST_ROOTFS, p.stdio) {
-        return before("create", &e);
+    match agent.create_container(id, &p.spec_json, GUEST_ROOTFS, p.stdio) {
+        Ok(s) => steps.push(("create", s)),
+        Err(e) => return before("create", &e),
     }
     timings.mark("created_s");
     // Raw mode from before the process can write until its output is done.
@@ -406,11 +439,14 @@ fn run_container(sandbox: &Sandbox, p: &Prepared, signals: &Signals, timings: &T
     } else {
         None
     };
-    if let Err(e) = agent.start_container(id) {
-        drop(raw);
-        let code = before("start", &e);
-        let _ = agent.remove_container(id);
-        return code;
+    match agent.start_container(id) {
+        Ok(started) => steps.push(("start", started.steps)),
+        Err(e) => {
+            drop(raw);
+            let code = before("start", &e);
+            let _ = agent.remove_container(id);
+            return code;
+        }
     }
     timings.mark("started_s");
     let code = match attach::attach(agent, id, streams, p.stdio, signals, HostIo::husk()) {

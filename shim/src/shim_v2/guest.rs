@@ -12,8 +12,8 @@ use husk_shim_protos::mount::Mount;
 use super::error::TaskError;
 use super::spec::Volume;
 use crate::agent_client::{
-    AgentClient, AgentClientError, ContainerEvent, ContainerStats, ProcessExit, ProcessStreams,
-    SignalTarget, Stdio, TtySize,
+    AgentClient, AgentClientError, ContainerEvent, ContainerStats, GuestSteps, ProcessExit,
+    ProcessStreams, SignalTarget, Started, Stdio, TtySize,
 };
 
 /// The agent's container API (see [`AgentClient`]'s methods of the same
@@ -25,8 +25,8 @@ pub trait ContainerApi: Send + Sync {
         spec_json: &[u8],
         rootfs: &str,
         stdio: Stdio,
-    ) -> Result<(), AgentClientError>;
-    fn start_container(&self, id: &str) -> Result<u32, AgentClientError>;
+    ) -> Result<GuestSteps, AgentClientError>;
+    fn start_container(&self, id: &str) -> Result<Started, AgentClientError>;
     fn exec_process(
         &self,
         id: &str,
@@ -69,10 +69,10 @@ impl ContainerApi for AgentClient {
         spec_json: &[u8],
         rootfs: &str,
         stdio: Stdio,
-    ) -> Result<(), AgentClientError> {
+    ) -> Result<GuestSteps, AgentClientError> {
         AgentClient::create_container(self, id, spec_json, rootfs, stdio)
     }
-    fn start_container(&self, id: &str) -> Result<u32, AgentClientError> {
+    fn start_container(&self, id: &str) -> Result<Started, AgentClientError> {
         AgentClient::start_container(self, id)
     }
     fn exec_process(

@@ -200,10 +200,14 @@ impl Tasks {
             ));
         }
         let pid = match &p.exec_id {
-            None => vm
-                .api()
-                .start_container(&c.id)
-                .map_err(|e| TaskError::agent(&c.id, "start", e))?,
+            None => {
+                let started = vm
+                    .api()
+                    .start_container(&c.id)
+                    .map_err(|e| TaskError::agent(&c.id, "start", e))?;
+                create::log_guest_steps(&c, "start", &started.steps);
+                started.pid
+            }
             Some(exec_id) => {
                 if c.init.snapshot().0 != State::Running {
                     return Err(TaskError::precondition(

@@ -19,103 +19,32 @@
 //! bounding set, KEEPCAPS + setgroups/setresgid/setresuid, capset, ambient,
 //! no_new_privs, umask, seccomp (last before exec), signal mask, execve of
 //! each PATH candidate in turn.
+//!
+//! A metered launch also accounts for its steps (`tally.rs`): the child
+//! samples its own usage at each coarse step's end into a record in the
+//! agent's memory (CLONE_VM), which the agent reads once the clone
+//! returns. The failure report is `report.rs`.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+mod report;
 mod root;
+mod tally;
 
 use super::caps::{CapHeader, CapSets, LINUX_CAPABILITY_VERSION_3};
 use super::mounts::RootfsPlan;
 use super::seccomp::Filters;
 use super::spec::ProcessPlan;
+use report::fail;
+pub(super) use report::{ChildFailure, Step};
+use tally::{ChildStep, Tally};
+
+use crate::accounting::Meter;
 use crate::exec::{clone_vfork_with, not_default_signals, reset_signals, ChildStack, SignalSet};
 use crate::reaper::{cloexec_pipe, ExitWatch, Reaper};
-
-/// Steps the child reports (the byte on the report pipe).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub(super) enum Step {
-    Stdio,
-    Setsid,
-    Ctty,
-    Cgroup,
-    OomScoreAdj,
-    Setns,
-    UnshareCgroup,
-    RootPropagation,
-    RootfsBind,
-    EmptyRoot,
-    Mkdir,
-    CreateFile,
-    Mount,
-    Remount,
-    Propagation,
-    Device,
-    Symlink,
-    PivotRoot,
-    PostPropagation,
-    Sysctl,
-    Masked,
-    Readonly,
-    RootReadonly,
-    Hostname,
-    Domainname,
-    Rlimit,
-    Chdir,
-    Bounding,
-    Setgroups,
-    Setresgid,
-    Setresuid,
-    Capset,
-    Ambient,
-    NoNewPrivs,
-    Seccomp,
-    SigMask,
-    Exec,
-}
-
-const ALL_STEPS: [Step; 37] = [
-    Step::Stdio,
-    Step::Setsid,
-    Step::Ctty,
-    Step::Cgroup,
-    Step::OomScoreAdj,
-    Step::Setns,
-    Step::UnshareCgroup,
-    Step::RootPropagation,
-    Step::RootfsBind,
-    Step::EmptyRoot,
-    Step::Mkdir,
-    Step::CreateFile,
-    Step::Mount,
-    Step::Remount,
-    Step::Propagation,
-    Step::Device,
-    Step::Symlink,
-    Step::PivotRoot,
-    Step::PostPropagation,
-    Step::Sysctl,
-    Step::Masked,
-    Step::Readonly,
-    Step::RootReadonly,
-    Step::Hostname,
-    Step::Domainname,
-    Step::Rlimit,
-    Step::Chdir,
-    Step::Bounding,
-    Step::Setgroups,
-    Step::Setresgid,
-    Step::Setresuid,
-    Step::Capset,
-    Step::Ambient,
-    Step::NoNewPrivs,
-    Step::Seccomp,
-    Step::SigMask,
-    Step::Exec,
-];
 
 /// The process's stdio as raw descriptors above 2 (owned by the caller of
 /// [`launch`]).
@@ -171,6 +100,8 @@ struct Setup<'a> {
     empty_mask: libc::sigset_t,
     /// The signals to put back to their default (asked before the clone).
     reset: &'static SignalSet,
+    /// The child's own step accounting (written in the child).
+    tally: Tally,
 }
 
 fn nul_terminated(v: &[CString]) -> Vec<*const libc::c_char> {
@@ -178,14 +109,6 @@ fn nul_terminated(v: &[CString]) -> Vec<*const libc::c_char> {
         .map(|c| c.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect()
-}
-
-/// A failure in the child: the step, which entry of its list, errno.
-#[derive(Debug)]
-pub(super) struct ChildFailure {
-    pub step: Step,
-    pub index: u32,
-    pub error: io::Error,
 }
 
 pub(super) enum LaunchError {
@@ -216,9 +139,12 @@ fn open_own_pid_ns() -> io::Result<OwnedFd> {
 }
 
 /// Starts the process; returns its pid and exit watch once it has exec'd.
+/// `meter` gets the steps from here on: `prepare` (everything since its
+/// last mark), `clone`, the child's own, `exec`.
 pub(super) fn launch(
     reaper: &Reaper,
     l: &Launch<'_>,
+    meter: &mut Meter,
 ) -> Result<(libc::pid_t, ExitWatch), LaunchError> {
     let (report_r, report_w) = cloexec_pipe().map_err(|e| LaunchError::Agent("pipe", e))?;
     let progs = l
@@ -255,6 +181,7 @@ pub(super) fn launch(
         report: report_w.as_raw_fd(),
         empty_mask,
         reset: not_default_signals(),
+        tally: Tally::new(meter.is_on()),
     };
     let own_pid_ns = match l.join_pid {
         Some(_) => {
@@ -263,6 +190,9 @@ pub(super) fn launch(
         None => None,
     };
     let stack = ChildStack::new().map_err(|e| LaunchError::Agent("map the child stack", e))?;
+    meter.mark("prepare");
+    let before = meter.last().copied();
+    let mut woke = None;
     let spawned = reaper.spawn(|| {
         let _guard = match (l.join_pid, own_pid_ns) {
             (Some(ns), Some(own)) => {
@@ -275,35 +205,32 @@ pub(super) fn launch(
             }
             _ => None,
         };
-        clone_vfork(&stack, &setup)
+        let pid = clone_vfork(&stack, &setup);
+        woke = meter.sample();
+        pid
     });
     let (pid, mut watch) = spawned.map_err(|e| LaunchError::Agent("clone", e))?;
     drop(report_w);
-    let mut report = [0u8; 9];
-    let mut got = 0;
-    let mut report_r = File::from(report_r);
-    while got < report.len() {
-        match report_r.read(&mut report[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(LaunchError::Agent("read the child's report", e)),
-        }
-    }
-    if got == report.len() {
+    if let Some(failure) = report::read(File::from(report_r))? {
         // It exits 127 at once: collect it so nothing is left over.
         let _ = watch.read_status();
-        let step = ALL_STEPS
-            .get(usize::from(report[0]))
-            .copied()
-            .unwrap_or(Step::Exec);
-        let index = u32::from_ne_bytes([report[1], report[2], report[3], report[4]]);
-        let errno = i32::from_ne_bytes([report[5], report[6], report[7], report[8]]);
-        return Err(LaunchError::Child(ChildFailure {
-            step,
-            index,
-            error: io::Error::from_raw_os_error(errno),
-        }));
+        return Err(LaunchError::Child(failure));
+    }
+    if let (Some(before), Some(woke)) = (before, woke) {
+        let namespaces = setup.l.clone_flags.count_ones();
+        let label = |i: usize| match &setup.l.root {
+            Root::Rootfs(plan) => plan
+                .mounts
+                .get(i)
+                .map_or_else(|| format!("mounts[{i}]"), |m| m.label.clone()),
+            _ => format!("mounts[{i}]"),
+        };
+        let (steps, child_ns, child_calls) = setup.tally.steps(&before, &woke, namespaces, &label);
+        for s in steps {
+            meter.push(s);
+        }
+        meter.add_cost(child_ns, child_calls);
+        meter.resume_at(woke);
     }
     Ok((pid, watch))
 }
@@ -335,19 +262,6 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
 fn errno() -> i32 {
     // SAFETY: __errno_location returns this thread's errno slot.
     unsafe { *libc::__errno_location() }
-}
-
-/// Reports (step, index, errno) and exits 127.
-fn fail(report: RawFd, step: Step, index: usize, err: i32) -> ! {
-    let mut msg = [0u8; 9];
-    msg[0] = step as u8;
-    msg[1..5].copy_from_slice(&(index as u32).to_ne_bytes());
-    msg[5..9].copy_from_slice(&err.to_ne_bytes());
-    // SAFETY: write and _exit are async-signal-safe; `msg` is on our stack.
-    unsafe {
-        libc::write(report, msg.as_ptr().cast(), msg.len());
-        libc::_exit(127)
-    }
 }
 
 /// Writes `value` to the file at `path` (open, write, close).
@@ -389,6 +303,8 @@ unsafe fn child_main(s: &Setup<'_>) -> libc::c_int {
     let l = s.l;
     let p = l.process;
     let r = s.report;
+    let t = &s.tally;
+    t.enter();
     let check = |rc: libc::c_int, step: Step, index: usize| {
         if rc < 0 {
             fail(r, step, index, errno());
@@ -422,11 +338,19 @@ unsafe fn child_main(s: &Setup<'_>) -> libc::c_int {
                 fail(r, Step::OomScoreAdj, 0, e);
             }
         }
+        t.mark(
+            ChildStep::Join,
+            u32::from(l.cgroup_procs.is_some()) + u32::from(p.oom_score_adj.is_some()),
+        );
         for (i, (fd, kind)) in l.setns.iter().enumerate() {
             check(libc::setns(fd.as_raw_fd(), *kind), Step::Setns, i);
         }
         if l.unshare_cgroup {
             check(libc::unshare(libc::CLONE_NEWCGROUP), Step::UnshareCgroup, 0);
+        }
+        let joined = l.setns.len() + usize::from(l.unshare_cgroup);
+        if joined > 0 {
+            t.mark(ChildStep::Setns, joined as u32);
         }
         // Under the container's /proc/sys; a light sandbox's before its
         // empty root, under the guest's, whose namespaced files are this
@@ -437,16 +361,21 @@ unsafe fn child_main(s: &Setup<'_>) -> libc::c_int {
                     fail(r, Step::Sysctl, i, e);
                 }
             }
+            if !l.sysctl.is_empty() {
+                t.mark(ChildStep::Sysctl, l.sysctl.len() as u32);
+            }
         };
         match l.root {
             Root::Rootfs(root) => {
-                root::setup_root(r, root);
+                root::setup_root(r, t, root);
                 sysctls();
-                root::finish_root(r, root);
+                root::finish_root(r, t, root);
+                t.mark(ChildStep::Paths, 0);
             }
             Root::Empty { .. } => {
                 sysctls();
-                root::empty_root(r);
+                root::empty_root(r, t);
+                t.mark(ChildStep::EmptyRoot, 0);
             }
             Root::Joined => sysctls(),
         }
@@ -531,6 +460,7 @@ unsafe fn child_main(s: &Setup<'_>) -> libc::c_int {
             );
         }
         libc::umask(p.umask);
+        t.mark(ChildStep::Creds, 0);
         if !early_seccomp {
             install_seccomp(s);
         }
@@ -543,7 +473,16 @@ unsafe fn child_main(s: &Setup<'_>) -> libc::c_int {
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         );
+        t.mark(
+            ChildStep::Seccomp,
+            if early_seccomp {
+                0
+            } else {
+                s.progs.len() as u32
+            },
+        );
         if let Root::Empty { binary } = l.root {
+            t.exec();
             libc::syscall(
                 libc::SYS_execveat,
                 binary,
@@ -558,6 +497,7 @@ unsafe fn child_main(s: &Setup<'_>) -> libc::c_int {
         // missing one is skipped, a refused one remembered (as execvp).
         let mut saved = libc::ENOENT;
         for (i, cand) in p.candidates.iter().enumerate() {
+            t.exec();
             libc::execve(cand.as_ptr(), s.argv.as_ptr(), s.envp.as_ptr());
             match errno() {
                 libc::ENOENT | libc::ENOTDIR => {}

@@ -14,9 +14,11 @@
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use super::{errno, fail, Step};
+use super::errno;
+use super::report::{fail, Step};
+use super::tally::{ChildStep, Part, Tally};
 use crate::container::in_root::{open_in_root, FdPath};
-use crate::container::mounts::{InRoot, RootfsPlan};
+use crate::container::mounts::{InRoot, MountOp, RootfsPlan};
 
 /// The first `n` components of `t` inside `root` (O_PATH), creating each
 /// missing one: a directory, or with `file` the last as an empty file.
@@ -95,11 +97,12 @@ fn last_name(t: &InRoot) -> &CStr {
 ///
 /// # Safety
 /// For the child.
-pub(super) unsafe fn setup_root(r: RawFd, root: &RootfsPlan) {
+pub(super) unsafe fn setup_root(r: RawFd, t: &Tally, root: &RootfsPlan) {
     let null = std::ptr::null::<libc::c_char>();
     // SAFETY: (whole block) raw calls on prepared strings and descriptors
     // of ours.
     unsafe {
+        t.mount();
         if libc::mount(
             null,
             c"/".as_ptr(),
@@ -111,6 +114,7 @@ pub(super) unsafe fn setup_root(r: RawFd, root: &RootfsPlan) {
             fail(r, Step::RootPropagation, 0, errno());
         }
         let rootfs = root.rootfs.as_ptr();
+        t.mount();
         if libc::mount(
             rootfs,
             rootfs,
@@ -129,46 +133,11 @@ pub(super) unsafe fn setup_root(r: RawFd, root: &RootfsPlan) {
         let root_fd = OwnedFd::from_raw_fd(fd);
         let rfd = root_fd.as_raw_fd();
         for (i, m) in root.mounts.iter().enumerate() {
-            let target = match resolve(rfd, &m.target, m.target.len(), m.create_file) {
-                Ok(fd) => fd,
-                Err(e) if m.create_file => fail(r, Step::CreateFile, i, e),
-                Err(e) => fail(r, Step::Mkdir, i, e),
-            };
-            let data = m
-                .data
-                .as_ref()
-                .map_or(std::ptr::null(), |d| d.as_ptr().cast());
-            if libc::mount(
-                ptr(&m.source),
-                FdPath::new(target.as_raw_fd()).as_ptr(),
-                ptr(&m.fstype),
-                m.flags,
-                data,
-            ) < 0
-            {
-                fail(r, Step::Mount, i, errno());
-            }
-            drop(target);
-            if m.remount.is_none() && m.propagation.is_none() {
-                continue;
-            }
-            // The new mount: the old descriptor names what it covers.
-            let top = match open_in_root(rfd, last_prefix(&m.target), libc::O_PATH) {
-                Ok(fd) => fd,
-                Err(e) => fail(r, Step::Remount, i, e),
-            };
-            let top_path = FdPath::new(top.as_raw_fd());
-            if let Some(flags) = m.remount {
-                if libc::mount(null, top_path.as_ptr(), null, flags, std::ptr::null()) < 0 {
-                    fail(r, Step::Remount, i, errno());
-                }
-            }
-            if let Some(flags) = m.propagation {
-                if libc::mount(null, top_path.as_ptr(), null, flags, std::ptr::null()) < 0 {
-                    fail(r, Step::Propagation, i, errno());
-                }
-            }
+            let p = t.part_start();
+            spec_mount(r, t, rfd, i, m);
+            t.part_end(Part::Mount(i as u16), p);
         }
+        let p = t.part_start();
         for (i, d) in root.devices.iter().enumerate() {
             let dir = match resolve(rfd, &d.path, d.path.len().saturating_sub(1), false) {
                 Ok(fd) => fd,
@@ -191,6 +160,7 @@ pub(super) unsafe fn setup_root(r: RawFd, root: &RootfsPlan) {
                             fail(r, Step::Device, i, errno());
                         }
                         let node = OwnedFd::from_raw_fd(node);
+                        t.mount();
                         if libc::mount(
                             from.as_ptr(),
                             FdPath::new(node.as_raw_fd()).as_ptr(),
@@ -223,16 +193,75 @@ pub(super) unsafe fn setup_root(r: RawFd, root: &RootfsPlan) {
                 fail(r, Step::Symlink, i, errno());
             }
         }
+        t.part_end(Part::Devices, p);
+        t.mark(ChildStep::Mounts, 0);
         // pivot_root(".", "."): the old root ends up on top of the new one
         // and is detached at once (no put_old directory needed).
         if libc::fchdir(rfd) < 0 {
             fail(r, Step::PivotRoot, 0, errno());
         }
         drop(root_fd);
-        pivot_here(r);
+        pivot_here(r, t);
         if let Some(flags) = root.post_propagation {
+            t.mount();
             if libc::mount(null, c"/".as_ptr(), null, flags, std::ptr::null()) < 0 {
                 fail(r, Step::PostPropagation, 0, errno());
+            }
+        }
+        t.mark(ChildStep::PivotRoot, 0);
+    }
+}
+
+/// Spec mount `i` (`m`): its target resolved (made) inside the rootfs
+/// `rfd`, the mount, its remount and propagation.
+///
+/// # Safety
+/// For the child.
+unsafe fn spec_mount(r: RawFd, t: &Tally, rfd: RawFd, i: usize, m: &MountOp) {
+    let null = std::ptr::null::<libc::c_char>();
+    // SAFETY: (whole block) raw calls on prepared strings and descriptors
+    // of ours.
+    unsafe {
+        let target = match resolve(rfd, &m.target, m.target.len(), m.create_file) {
+            Ok(fd) => fd,
+            Err(e) if m.create_file => fail(r, Step::CreateFile, i, e),
+            Err(e) => fail(r, Step::Mkdir, i, e),
+        };
+        let data = m
+            .data
+            .as_ref()
+            .map_or(std::ptr::null(), |d| d.as_ptr().cast());
+        t.mount();
+        if libc::mount(
+            ptr(&m.source),
+            FdPath::new(target.as_raw_fd()).as_ptr(),
+            ptr(&m.fstype),
+            m.flags,
+            data,
+        ) < 0
+        {
+            fail(r, Step::Mount, i, errno());
+        }
+        drop(target);
+        if m.remount.is_none() && m.propagation.is_none() {
+            return;
+        }
+        // The new mount: the old descriptor names what it covers.
+        let top = match open_in_root(rfd, last_prefix(&m.target), libc::O_PATH) {
+            Ok(fd) => fd,
+            Err(e) => fail(r, Step::Remount, i, e),
+        };
+        let top_path = FdPath::new(top.as_raw_fd());
+        if let Some(flags) = m.remount {
+            t.mount();
+            if libc::mount(null, top_path.as_ptr(), null, flags, std::ptr::null()) < 0 {
+                fail(r, Step::Remount, i, errno());
+            }
+        }
+        if let Some(flags) = m.propagation {
+            t.mount();
+            if libc::mount(null, top_path.as_ptr(), null, flags, std::ptr::null()) < 0 {
+                fail(r, Step::Propagation, i, errno());
             }
         }
     }
@@ -243,9 +272,12 @@ pub(super) unsafe fn setup_root(r: RawFd, root: &RootfsPlan) {
 ///
 /// # Safety
 /// For the child.
-unsafe fn pivot_here(r: RawFd) {
+unsafe fn pivot_here(r: RawFd, t: &Tally) {
     // SAFETY: raw calls on constant paths.
     unsafe {
+        // pivot_root and umount2 change the mount table too.
+        t.mount();
+        t.mount();
         if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) < 0
             || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) < 0
             || libc::chdir(c"/".as_ptr()) < 0
@@ -271,10 +303,11 @@ const EMPTY_ROOT_DATA: &CStr = c"mode=0555,size=4k,nr_inodes=1";
 ///
 /// # Safety
 /// For the child.
-pub(super) unsafe fn empty_root(r: RawFd) {
+pub(super) unsafe fn empty_root(r: RawFd, t: &Tally) {
     let null = std::ptr::null::<libc::c_char>();
     // SAFETY: (whole block) raw calls on constant strings.
     unsafe {
+        t.mount();
         if libc::mount(
             null,
             c"/".as_ptr(),
@@ -285,6 +318,7 @@ pub(super) unsafe fn empty_root(r: RawFd) {
         {
             fail(r, Step::RootPropagation, 0, errno());
         }
+        t.mount();
         if libc::mount(
             c"tmpfs".as_ptr(),
             c"/".as_ptr(),
@@ -298,7 +332,7 @@ pub(super) unsafe fn empty_root(r: RawFd) {
         if libc::chdir(c"/..".as_ptr()) < 0 {
             fail(r, Step::PivotRoot, 0, errno());
         }
-        pivot_here(r);
+        pivot_here(r, t);
     }
 }
 
@@ -307,11 +341,13 @@ pub(super) unsafe fn empty_root(r: RawFd) {
 ///
 /// # Safety
 /// For the child.
-pub(super) unsafe fn finish_root(r: RawFd, root: &RootfsPlan) {
+pub(super) unsafe fn finish_root(r: RawFd, t: &Tally, root: &RootfsPlan) {
     let null = std::ptr::null::<libc::c_char>();
     // SAFETY: (whole block) raw calls on prepared strings.
     unsafe {
+        let p = t.part_start();
         for (i, path) in root.masked.iter().enumerate() {
+            t.mount();
             if libc::mount(
                 c"/dev/null".as_ptr(),
                 path.as_ptr(),
@@ -324,6 +360,7 @@ pub(super) unsafe fn finish_root(r: RawFd, root: &RootfsPlan) {
                     libc::ENOENT => {}
                     // A directory: an empty read-only tmpfs over it.
                     libc::ENOTDIR => {
+                        t.mount();
                         if libc::mount(
                             c"tmpfs".as_ptr(),
                             path.as_ptr(),
@@ -339,7 +376,10 @@ pub(super) unsafe fn finish_root(r: RawFd, root: &RootfsPlan) {
                 }
             }
         }
+        t.part_end(Part::Masked, p);
+        let p = t.part_start();
         for (i, path) in root.readonly.iter().enumerate() {
+            t.mount();
             if libc::mount(
                 path.as_ptr(),
                 path.as_ptr(),
@@ -359,16 +399,19 @@ pub(super) unsafe fn finish_root(r: RawFd, root: &RootfsPlan) {
                 | libc::MS_NOSUID
                 | libc::MS_NODEV
                 | libc::MS_NOEXEC;
+            t.mount();
             if libc::mount(null, path.as_ptr(), null, flags, std::ptr::null()) < 0 {
                 fail(r, Step::Readonly, i, errno());
             }
         }
         if root.root_readonly {
             let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+            t.mount();
             if libc::mount(null, c"/".as_ptr(), null, flags, std::ptr::null()) < 0 {
                 fail(r, Step::RootReadonly, 0, errno());
             }
         }
+        t.part_end(Part::Readonly, p);
     }
 }
 

@@ -16,6 +16,8 @@ use protobuf::MessageField;
 use super::process::{lock, Container, Process};
 use super::Tasks;
 use crate::agent_client::stdio::is_valid_id;
+use crate::agent_client::GuestSteps;
+use crate::shim_v2::cmd::POD_ANNOTATIONS;
 use crate::shim_v2::error::TaskError;
 use crate::shim_v2::events::{to_any, topic};
 use crate::shim_v2::guest::PodRequest;
@@ -148,13 +150,18 @@ impl Tasks {
                 .create_container(id, &guest.json, &rootfs, stdio)
                 .map_err(|e| TaskError::agent(id, "create", e))
         });
-        if let Err(e) = created {
-            init.stop_io();
-            vm.detach_rootfs(id);
-            return Err(e);
-        }
+        let steps = match created {
+            Ok(steps) => steps,
+            Err(e) => {
+                init.stop_io();
+                vm.detach_rootfs(id);
+                return Err(e);
+            }
+        };
+        let pod = pod_name(id, &request);
         let c = Arc::new(Container {
             id: id.to_owned(),
+            pod,
             bundle: req.bundle.clone(),
             rootfs: req.rootfs.clone(),
             init,
@@ -162,6 +169,7 @@ impl Tasks {
         });
         self.register(reservation, c.clone());
         tracing::info!(container = id, "created");
+        log_guest_steps(&c, "create", &steps);
         self.publish(
             topic::CREATE,
             to_any(&TaskCreate {
@@ -190,6 +198,26 @@ impl Tasks {
             }),
         );
         Ok(CreateTaskResponse::default())
+    }
+}
+
+/// The pod a container belongs to, for log lines: its spec's pod
+/// annotation (as `start` finds the shim), else its own id.
+fn pod_name(id: &str, request: &PodRequest) -> String {
+    POD_ANNOTATIONS
+        .iter()
+        .find_map(|k| request.annotations.get(*k))
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| id.to_owned(), Clone::clone)
+}
+
+/// The agent's accounting of a container's create or start as one log
+/// line (`guest steps container=… pod=… phase=create|start steps=[…]`,
+/// the steps as compact JSON: `perf/density.py` reads it). Nothing from
+/// an agent before API 6.
+pub(super) fn log_guest_steps(c: &Container, phase: &'static str, steps: &GuestSteps) {
+    if !steps.is_empty() {
+        tracing::info!(container = %c.id, pod = %c.pod, phase = %phase, steps = %steps, "guest steps");
     }
 }
 

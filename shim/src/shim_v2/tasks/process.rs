@@ -144,6 +144,9 @@ impl Process {
 
 pub(super) struct Container {
     pub id: String,
+    /// The pod it belongs to (its spec's pod annotation, else its id): for
+    /// log lines.
+    pub pod: String,
     pub bundle: String,
     pub rootfs: Vec<husk_shim_protos::mount::Mount>,
     pub init: Arc<Process>,

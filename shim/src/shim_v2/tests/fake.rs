@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use husk_shim_protos::mount::Mount;
 
 use crate::agent_client::{
-    AgentClientError, ContainerEvent, ContainerStats, ProcessExit, ProcessStreams, SignalTarget,
-    Stdio, TtySize,
+    AgentClientError, ContainerEvent, ContainerStats, GuestStep, GuestSteps, ProcessExit,
+    ProcessStreams, SignalTarget, Started, Stdio, TtySize,
 };
 use crate::shim_v2::error::TaskError;
 use crate::shim_v2::guest::{ContainerApi, PodFactory, PodRequest, PodVm};
@@ -269,7 +269,7 @@ impl ContainerApi for FakeApi {
         spec_json: &[u8],
         rootfs: &str,
         stdio: Stdio,
-    ) -> Result<(), AgentClientError> {
+    ) -> Result<GuestSteps, AgentClientError> {
         let mut g = self.alive("CreateContainer")?;
         g.creating_now = true;
         self.0.cv.notify_all();
@@ -295,10 +295,14 @@ impl ContainerApi for FakeApi {
                 spec: Vec::new(),
             },
         );
-        Ok(())
+        Ok(GuestSteps(vec![GuestStep {
+            name: "validate".into(),
+            wall_us: 1,
+            ..GuestStep::default()
+        }]))
     }
 
-    fn start_container(&self, id: &str) -> Result<u32, AgentClientError> {
+    fn start_container(&self, id: &str) -> Result<Started, AgentClientError> {
         let mut g = self.alive("StartContainer")?;
         g.starting = true;
         self.0.cv.notify_all();
@@ -316,7 +320,10 @@ impl ContainerApi for FakeApi {
         p.started = true;
         p.pid = pid;
         g.next_pid += 1;
-        Ok(pid)
+        Ok(Started {
+            pid,
+            steps: GuestSteps::default(),
+        })
     }
 
     fn exec_process(
