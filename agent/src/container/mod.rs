@@ -270,19 +270,25 @@ impl Containers {
             )
             .into());
         }
+        let mut written = 0;
         let cgroup = match self
             .prepare_pod_cgroup()
             .map_err(ContainerError::io(&id, "prepare the pod cgroup"))?
         {
             Some(parent) => Some(
-                cgroup::Cgroup::create(&parent, &id, &plan.resources).map_err(|e| match e {
-                    cgroup::CgroupError::Spec(s) => ContainerError::Spec(s),
-                    cgroup::CgroupError::Io { what, source } => ContainerError::Io {
-                        id: id.clone(),
-                        what,
-                        source,
-                    },
-                })?,
+                cgroup::Cgroup::create(&parent, &id, &plan.resources)
+                    .map(|(cg, n)| {
+                        written = n;
+                        cg
+                    })
+                    .map_err(|e| match e {
+                        cgroup::CgroupError::Spec(s) => ContainerError::Spec(s),
+                        cgroup::CgroupError::Io { what, source } => ContainerError::Io {
+                            id: id.clone(),
+                            what,
+                            source,
+                        },
+                    })?,
             ),
             None if plan.wants_cgroup_limits => {
                 return Err(ContainerError::NoCgroups {
@@ -292,15 +298,7 @@ impl Containers {
             }
             None => None,
         };
-        meter.mark_counting(
-            "cgroup",
-            if cgroup.is_some() {
-                plan.resources.len() as u64
-            } else {
-                0
-            },
-            "files",
-        );
+        meter.mark_counting("cgroup", written as u64, "files");
         let cleanup = |cg: &Option<cgroup::Cgroup>| {
             if let Some(cg) = cg {
                 let _ = std::fs::remove_dir(&cg.dir);

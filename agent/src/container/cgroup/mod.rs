@@ -46,6 +46,21 @@ fn write_file(path: &Path, value: &str) -> io::Result<()> {
     f.write_all(value.as_bytes())
 }
 
+/// Whether `value` is what interface file `file` holds in a cgroup just
+/// made (the kernel's defaults for a new child of cgroup v2), so that
+/// writing it there changes nothing. Only exact default spellings count;
+/// anything else (and every file not listed) is written.
+pub fn is_fresh_default(file: &str, value: &str) -> bool {
+    match file {
+        "cpu.max" => value == "max 100000" || value == "max",
+        "cpu.weight" => value == "100",
+        "cpu.idle" | "cpu.max.burst" | "memory.low" | "memory.min" => value == "0",
+        "memory.max" | "memory.high" | "memory.swap.max" | "pids.max" => value == "max",
+        f if f.starts_with("hugetlb.") && f.ends_with(".max") => value == "max",
+        _ => false,
+    }
+}
+
 /// The controllers `root` offers (its `cgroup.controllers`).
 pub fn available(root: &Path) -> io::Result<Vec<String>> {
     Ok(fs::read_to_string(root.join("cgroup.controllers"))?
@@ -90,15 +105,29 @@ pub fn prepare_parent(root: &Path, parent: &str) -> io::Result<PathBuf> {
 impl Cgroup {
     /// Makes the container's directory under `parent_dir` and applies
     /// `writes`. On error the directory is removed again.
-    pub fn create(parent_dir: &Path, id: &str, writes: &[Write1]) -> Result<Self, CgroupError> {
+    ///
+    /// Values a new cgroup already has ([`is_fresh_default`]: kubelet's
+    /// `cpu.max "max 100000"` for every container without a quota, say)
+    /// are not written: each write is ~25 ms of emulated guest kernel on
+    /// nested hosts. Returns the cgroup and how many files were written.
+    pub fn create(
+        parent_dir: &Path,
+        id: &str,
+        writes: &[Write1],
+    ) -> Result<(Self, usize), CgroupError> {
         let dir = parent_dir.join(id);
         fs::create_dir(&dir).map_err(|e| CgroupError::io(format!("mkdir {}", dir.display()), e))?;
         let cg = Self { dir };
-        if let Err(e) = cg.apply(writes) {
+        let writes: Vec<Write1> = writes
+            .iter()
+            .filter(|(file, value, _)| !is_fresh_default(file, value))
+            .cloned()
+            .collect();
+        if let Err(e) = cg.apply(&writes).map(|()| writes.len()) {
             let _ = fs::remove_dir(&cg.dir);
             return Err(e);
         }
-        Ok(cg)
+        Ok((cg, writes.len()))
     }
 
     /// Writes each value; a file that is not there means its controller is
@@ -300,6 +329,48 @@ mod tests {
 
     use super::resources::tests::res;
     use super::*;
+
+    /// kubelet's BestEffort container (shares 2, period 100000, no quota)
+    /// writes cpu.weight only into a new cgroup; a quota, a memory limit
+    /// or a non-default weight are written; unknown files always are.
+    #[test]
+    fn fresh_defaults_are_not_written() {
+        let kubelet = resource_writes(
+            "r",
+            &res(
+                r#"{"cpu":{"shares":2,"period":100000},"memory":{"limit":-1},"pids":{"limit":0}}"#,
+            ),
+        )
+        .unwrap();
+        let kept: Vec<_> = kubelet
+            .iter()
+            .filter(|(f, v, _)| !is_fresh_default(f, v))
+            .map(|(f, v, _)| (f.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(kept, [("cpu.weight", "1")]);
+        for (f, v) in [
+            ("cpu.max", "50000 100000"),
+            ("cpu.max", "max 50000"),
+            ("cpu.weight", "39"),
+            ("memory.max", "104857600"),
+            ("pids.max", "100"),
+            ("hugetlb.2MB.max", "4194304"),
+            ("memory.oom.group", "1"),
+            ("io.weight", "default 100"),
+        ] {
+            assert!(!is_fresh_default(f, v), "{f} {v}");
+        }
+        for (f, v) in [
+            ("cpu.max", "max 100000"),
+            ("cpu.weight", "100"),
+            ("memory.max", "max"),
+            ("memory.low", "0"),
+            ("pids.max", "max"),
+            ("hugetlb.1GB.rsvd.max", "max"),
+        ] {
+            assert!(is_fresh_default(f, v), "{f} {v}");
+        }
+    }
 
     /// A kernel without swap: memory.swap.max is skipped where the memory
     /// controller is there, refused where it is not.
