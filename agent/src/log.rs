@@ -176,8 +176,33 @@ fn console_line(console: &mut dyn Write, msg: &str) -> String {
 static LOGGER: Logger = Logger::new();
 
 /// Logs one line to the console (stderr) and the host stream.
+///
+/// Each console byte is guest work: on nested hosts a line costs ~10 ms of
+/// emulated UART driver and port exits, so per-container routine lines are
+/// not logged here (the shim logs each create and start) and warnings that
+/// repeat for every container go through [`log_once`].
 pub fn log(msg: &str) {
     LOGGER.log_to(&mut io::stderr(), msg);
+}
+
+/// Messages [`log_once`] keeps at most; later new ones are logged each time.
+const ONCE_MAX: usize = 256;
+
+/// [`log`], once per distinct message for this guest's life (a warning
+/// every container of every pod would repeat, such as a spec field the
+/// guest ignores).
+pub fn log_once(msg: &str) {
+    static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    {
+        let mut seen = SEEN.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.iter().any(|m| m == msg) {
+            return;
+        }
+        if seen.len() < ONCE_MAX {
+            seen.push(msg.to_owned());
+        }
+    }
+    log(msg);
 }
 
 /// Connects the process-wide logger to the host's log port on a background

@@ -251,7 +251,7 @@ pub(super) fn parse_options(field: &str, options: &[String]) -> Result<Options, 
                 format!("{opt}: recursive mount attributes are not supported"),
             ));
         } else if opt == "tmpcopyup" {
-            crate::log::log(&format!("container: {field}[{i}]: tmpcopyup ignored"));
+            crate::log::log_once(&format!("containers: {field}[{i}]: tmpcopyup ignored"));
         } else if opt.contains(',') {
             return Err(SpecError::new(
                 format!("{field}[{i}]"),

@@ -287,7 +287,7 @@ impl ProcessPlan {
             ("execCPUAffinity", p.exec_cpu_affinity().is_some()),
         ] {
             if set {
-                crate::log::log(&format!("container: {field}.{name}: ignored"));
+                crate::log::log_once(&format!("containers: {field}.{name}: ignored"));
             }
         }
         let console_size = p.console_size().map(|b| {
@@ -432,7 +432,7 @@ impl ContainerSpec {
             ("zos", spec.zos().is_some()),
         ] {
             if set {
-                crate::log::log(&format!("container {id}: {name}: ignored (not Linux)"));
+                crate::log::log_once(&format!("containers: {name}: ignored (not Linux)"));
             }
         }
         let default_linux = oci_spec::runtime::Linux::default();
@@ -662,9 +662,9 @@ impl ContainerSpec {
             None => (Vec::new(), false),
         };
         if linux.cgroups_path().is_some() {
-            crate::log::log(&format!(
-                "container {id}: linux.cgroupsPath ignored: the agent places it under its pod cgroup"
-            ));
+            crate::log::log_once(
+                "containers: linux.cgroupsPath ignored: the agent places them under its pod cgroup",
+            );
         }
         let seccomp = match linux.seccomp() {
             Some(s) => seccomp::compile(s)?,
@@ -679,7 +679,7 @@ impl ContainerSpec {
             ("annotations", false),
         ] {
             if set {
-                crate::log::log(&format!("container {id}: {name}: ignored"));
+                crate::log::log_once(&format!("containers: {name}: ignored"));
             }
         }
         if linux.time_offsets().is_some() {

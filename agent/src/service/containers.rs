@@ -337,7 +337,6 @@ impl ContainerService {
             _ => None,
         };
         self.set_io(key, Self::pending(io, tty));
-        log(&format!("container {id}: created"));
         Ok(meter.finish())
     }
 
@@ -384,7 +383,6 @@ impl ContainerService {
     pub fn start(&self, id: &str) -> Result<(u32, Vec<Step>)> {
         let mut meter = Meter::thread();
         let pid = self.start_process(id, "", &mut meter)?;
-        log(&format!("container {id}: started, pid {pid}"));
         Ok((pid, meter.finish()))
     }
 
@@ -615,7 +613,6 @@ impl ContainerService {
                 d.wait_drained(now);
             }
         }
-        log(&format!("container {id}: removed"));
         Ok(())
     }
 

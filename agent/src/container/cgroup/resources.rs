@@ -31,7 +31,7 @@ fn limit(v: i64) -> String {
 pub fn resource_writes(field: &str, r: &LinuxResources) -> Result<Vec<Write1>, SpecError> {
     let mut w: Vec<Write1> = Vec::new();
     let mut put = |file: &str, value: String, f: String| w.push((file.to_owned(), value, f));
-    let warn = |what: &str| crate::log::log(&format!("container: {field}.{what}: ignored"));
+    let warn = |what: &str| crate::log::log_once(&format!("containers: {field}.{what}: ignored"));
     if let Some(m) = r.memory() {
         let f = format!("{field}.memory");
         let mem = m.limit();
