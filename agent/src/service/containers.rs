@@ -415,12 +415,8 @@ impl ContainerService {
         };
         self.set_io(key.clone(), Self::pending(io, tty));
         match self.start_process(id, exec_id, &mut Meter::off()) {
-            Ok(pid) => {
-                log(&format!(
-                    "container {id}: exec {exec_id} started, pid {pid}"
-                ));
-                Ok(pid)
-            }
+            // No console line: kubelet's exec probes would print one each.
+            Ok(pid) => Ok(pid),
             Err(e) => {
                 // Not started: forget it, so the host may retry the id; the
                 // host's streams close.
