@@ -385,30 +385,37 @@ impl ContainerSpec {
         if spec.root().is_none() {
             return Err(SpecError::new("root", "missing"));
         }
-        let rootfs = match std::fs::canonicalize(rootfs) {
-            Ok(p) if p.is_dir() => p,
-            Ok(p) => {
-                return Err(SpecError::new(
-                    "root.path",
-                    format!("{}: not a directory", p.display()),
-                ))
-            }
-            Err(e) => {
-                return Err(SpecError::missing(
-                    "root.path",
-                    format!("{}: {e}", rootfs.display()),
-                ))
+        let light_sandbox = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(CRI_CONTAINER_TYPE))
+            .is_some_and(|t| t == CRI_SANDBOX);
+        // A light sandbox never uses its rootfs (its root is an empty one
+        // of its own): not resolved, which spares the pod's first guest
+        // request the lookups of its path over virtio-fs.
+        let rootfs = if light_sandbox {
+            rootfs.to_path_buf()
+        } else {
+            match std::fs::canonicalize(rootfs) {
+                Ok(p) if p.is_dir() => p,
+                Ok(p) => {
+                    return Err(SpecError::new(
+                        "root.path",
+                        format!("{}: not a directory", p.display()),
+                    ))
+                }
+                Err(e) => {
+                    return Err(SpecError::missing(
+                        "root.path",
+                        format!("{}: {e}", rootfs.display()),
+                    ))
+                }
             }
         };
         let Some(process) = spec.process() else {
             return Err(SpecError::new("process", "missing"));
         };
         let mut process = ProcessPlan::from_spec("process", process)?;
-        let light_sandbox = spec
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(CRI_CONTAINER_TYPE))
-            .is_some_and(|t| t == CRI_SANDBOX);
         if light_sandbox {
             process.args = vec![
                 c("process.args", AGENT_BINARY)?,
