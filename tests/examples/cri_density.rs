@@ -308,12 +308,7 @@ fn tree_cpu_s(pid: u32) -> Option<f64> {
         }
     }
     proc_stat(pid)?;
-    let t: u64 = tree(pid, &kids)
-        .iter()
-        .filter_map(|&q| proc_stat(q))
-        .map(|s| s.1)
-        .sum();
-    Some(t as f64 / clock_ticks())
+    Some(tree_cpu(&tree(pid, &kids)) as f64 / clock_ticks())
 }
 
 /// CPU seconds of `pid`'s threads, summed by thread name (husk: the vCPU
@@ -776,16 +771,9 @@ fn measure(a: &Args, f: &CriFixture, handler: &str, work: &Path) -> Result<Value
         }
     }
     // Each pod's process tree CPU now, for its idle rate over the settle.
-    let cpu_of_tree = |spid: u32| -> u64 {
-        tree(spid, &kids)
-            .iter()
-            .filter_map(|&q| proc_stat(q))
-            .map(|s| s.1)
-            .sum()
-    };
     let cpu_before: HashMap<String, u64> = shims
         .iter()
-        .map(|(id, &spid)| (id.clone(), cpu_of_tree(spid)))
+        .map(|(id, &spid)| (id.clone(), tree_cpu(&tree(spid, &kids))))
         .collect();
     // All running: settle, then per pod CPU and memory. husk: each pod
     // VM's counters (`husk pods --json`) before and after the settle, so
@@ -837,11 +825,7 @@ fn measure(a: &Args, f: &CriFixture, handler: &str, work: &Path) -> Result<Value
                         .map(|m| m.get(k).copied().unwrap_or(0))
                         .sum::<u64>()
                 };
-                let cpu: u64 = procs
-                    .iter()
-                    .filter_map(|&q| proc_stat(q))
-                    .map(|s| s.1)
-                    .sum();
+                let cpu = tree_cpu(&procs);
                 p["shim_pid"] = json!(spid);
                 if let Some(&c0) = cpu_before.get(id) {
                     // % of a core over the settle (clock ticks: coarse).
@@ -998,28 +982,48 @@ fn husk_pods(shim: &Path, run_dir: &Path) -> HashMap<String, Value> {
     }
 }
 
-/// The figures of one pod VM's counters that show what it does while
-/// idle: vCPU thread CPU and KVM's exits, interrupts injected, halt
-/// wake-ups, emulated instructions, and the exits our run loop took.
+/// CPU (clock ticks, utime + stime with reaped children) of processes
+/// `procs`.
+fn tree_cpu(procs: &[u32]) -> u64 {
+    procs
+        .iter()
+        .filter_map(|&q| proc_stat(q))
+        .map(|s| s.1)
+        .sum()
+}
+
+/// The figures of a pod VM's counters that show what it does while idle
+/// ([`vm_figures`]), by name.
+const IDLE_FIGURES: [&str; 6] = [
+    "vcpu_cpu_ms",
+    "kvm_exits",
+    "irq_injections",
+    "halt_wakeup",
+    "insn_emulation",
+    "vmm_exits",
+];
+
+/// One pod VM's [`IDLE_FIGURES`] from its `husk pods` entry: vCPU thread
+/// CPU and KVM's exits, interrupts injected, halt wake-ups, emulated
+/// instructions, and the exits our run loop took.
 fn vm_figures(p: &Value) -> Vec<(&'static str, f64)> {
     let vcpu = &p["vm"]["vcpus"][0];
     let kvm = |k: &str| vcpu["kvm"]["counters"][k].as_f64();
-    let exits = &vcpu["exits"];
-    let vmm_exits: f64 = ["io_in", "io_out", "mmio_read", "mmio_write"]
+    let figure = |name: &str| match name {
+        "vcpu_cpu_ms" => vcpu["cpu_ns"].as_f64().map(|n| n / 1e6),
+        "kvm_exits" => kvm("exits"),
+        "vmm_exits" => Some(
+            ["io_in", "io_out", "mmio_read", "mmio_write"]
+                .iter()
+                .filter_map(|k| vcpu["exits"][*k].as_f64())
+                .sum(),
+        ),
+        counter => kvm(counter),
+    };
+    IDLE_FIGURES
         .iter()
-        .filter_map(|k| exits[*k].as_f64())
-        .sum();
-    [
-        ("vcpu_cpu_ms", vcpu["cpu_ns"].as_f64().map(|n| n / 1e6)),
-        ("kvm_exits", kvm("exits")),
-        ("irq_injections", kvm("irq_injections")),
-        ("halt_wakeup", kvm("halt_wakeup")),
-        ("insn_emulation", kvm("insn_emulation")),
-        ("vmm_exits", Some(vmm_exits)),
-    ]
-    .into_iter()
-    .filter_map(|(k, v)| Some((k, v?)))
-    .collect()
+        .filter_map(|&k| Some((k, figure(k)?)))
+        .collect()
 }
 
 /// Per pod: each figure's rate over `secs` between two `husk pods`
@@ -1047,14 +1051,7 @@ fn idle_rates(
 /// p50/max of each idle rate over the pods that have them.
 fn idle_summary(pods: &[Value]) -> Value {
     let mut out = serde_json::Map::new();
-    for k in [
-        "vcpu_cpu_ms",
-        "kvm_exits",
-        "irq_injections",
-        "halt_wakeup",
-        "insn_emulation",
-        "vmm_exits",
-    ] {
+    for k in IDLE_FIGURES {
         let v: Vec<f64> = pods
             .iter()
             .filter_map(|p| p["vm_idle_per_s"][k].as_f64())
