@@ -270,33 +270,29 @@ impl Containers {
             )
             .into());
         }
-        let mut written = 0;
-        let cgroup = match self
+        let (cgroup, written) = match self
             .prepare_pod_cgroup()
             .map_err(ContainerError::io(&id, "prepare the pod cgroup"))?
         {
-            Some(parent) => Some(
-                cgroup::Cgroup::create(&parent, &id, &plan.resources)
-                    .map(|(cg, n)| {
-                        written = n;
-                        cg
-                    })
-                    .map_err(|e| match e {
+            Some(parent) => {
+                let (cg, written) =
+                    cgroup::Cgroup::create(&parent, &id, &plan.resources).map_err(|e| match e {
                         cgroup::CgroupError::Spec(s) => ContainerError::Spec(s),
                         cgroup::CgroupError::Io { what, source } => ContainerError::Io {
                             id: id.clone(),
                             what,
                             source,
                         },
-                    })?,
-            ),
+                    })?;
+                (Some(cg), written)
+            }
             None if plan.wants_cgroup_limits => {
                 return Err(ContainerError::NoCgroups {
                     id,
                     what: "linux.resources",
                 })
             }
-            None => None,
+            None => (None, 0),
         };
         meter.mark_counting("cgroup", written as u64, "files");
         let cleanup = |cg: &Option<cgroup::Cgroup>| {

@@ -123,7 +123,7 @@ impl Cgroup {
             .filter(|(file, value, _)| !is_fresh_default(file, value))
             .cloned()
             .collect();
-        if let Err(e) = cg.apply(&writes).map(|()| writes.len()) {
+        if let Err(e) = cg.apply(&writes) {
             let _ = fs::remove_dir(&cg.dir);
             return Err(e);
         }
