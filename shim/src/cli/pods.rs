@@ -137,30 +137,42 @@ pub fn table(pods: &[PodStats]) -> String {
     out
 }
 
-/// `husk pods`.
-pub fn pods(args: &PodsArgs) -> i32 {
-    let listed = run_dir(&args.run_dir).and_then(|d| ask_all(&d));
-    let (pods, failed) = match listed {
-        Ok(x) => x,
+/// Every pod's counters under the run dir `given` (or the config's), and
+/// the monitors that did not answer; an error is said here (exit code).
+fn listed(given: &Option<PathBuf>) -> Result<(Vec<PodStats>, Vec<String>), i32> {
+    run_dir(given).and_then(|d| ask_all(&d)).map_err(|e| {
+        eprintln!("husk: {e}");
+        exit_code::ERROR
+    })
+}
+
+/// Prints `v` as pretty JSON; the exit code.
+fn print_json(v: &impl serde::Serialize) -> i32 {
+    match serde_json::to_string_pretty(v) {
+        Ok(j) => {
+            println!("{j}");
+            exit_code::OK
+        }
         Err(e) => {
             eprintln!("husk: {e}");
-            return exit_code::ERROR;
+            exit_code::ERROR
         }
+    }
+}
+
+/// `husk pods`.
+pub fn pods(args: &PodsArgs) -> i32 {
+    let (pods, failed) = match listed(&args.run_dir) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     for f in &failed {
         eprintln!("husk: {f}");
     }
     if args.json {
-        match serde_json::to_string_pretty(&pods) {
-            Ok(j) => println!("{j}"),
-            Err(e) => {
-                eprintln!("husk: {e}");
-                return exit_code::ERROR;
-            }
-        }
-    } else {
-        print!("{}", table(&pods));
+        return print_json(&pods);
     }
+    print!("{}", table(&pods));
     exit_code::OK
 }
 
@@ -186,13 +198,9 @@ pub fn find<'a>(pods: &'a [PodStats], wanted: &str) -> Result<&'a PodStats, Stri
 
 /// `husk vm stats`.
 pub fn stats(args: &StatsArgs) -> i32 {
-    let listed = run_dir(&args.run_dir).and_then(|d| ask_all(&d));
-    let (pods, failed) = match listed {
+    let (pods, failed) = match listed(&args.run_dir) {
         Ok(x) => x,
-        Err(e) => {
-            eprintln!("husk: {e}");
-            return exit_code::ERROR;
-        }
+        Err(code) => return code,
     };
     let found = find(&pods, &args.pod);
     let pod = match found {
@@ -205,16 +213,7 @@ pub fn stats(args: &StatsArgs) -> i32 {
             return exit_code::ERROR;
         }
     };
-    match serde_json::to_string_pretty(pod) {
-        Ok(j) => {
-            println!("{j}");
-            exit_code::OK
-        }
-        Err(e) => {
-            eprintln!("husk: {e}");
-            exit_code::ERROR
-        }
-    }
+    print_json(pod)
 }
 
 #[cfg(test)]
